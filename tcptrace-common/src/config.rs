@@ -1,0 +1,58 @@
+//! Configuration handed to the kernel programs: filters as load-time globals, the close-hook mode
+//! through the `CONFIG` array map (decided only after trying to attach fentry and kprobe).
+
+/// Index of the close-hook mode in the `CONFIG` array map.
+pub const CONFIG_CLOSE_HOOK: u32 = 0;
+pub const CONFIG_COUNT: u32 = 1;
+
+/// `CONFIG[CONFIG_CLOSE_HOOK]`: releases are derived from syscall and state tracepoints.
+pub const CLOSE_HOOK_TRACEPOINT: u32 = 1;
+/// `CONFIG[CONFIG_CLOSE_HOOK]`: an fentry program on `tcp_close` reports releases.
+pub const CLOSE_HOOK_FENTRY: u32 = 2;
+/// `CONFIG[CONFIG_CLOSE_HOOK]`: a kprobe on `tcp_close` reports releases.
+pub const CLOSE_HOOK_KPROBE: u32 = 3;
+
+/// How many `--pid` values the kernel filter holds.
+pub const MAX_FILTER_PIDS: usize = 8;
+
+/// In-kernel filters, set as the `FILTER` global at load time. Zero means "no filter".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filter {
+    /// Process ids (tgid) to keep; the first `n_pids` are used.
+    pub pids: [u32; MAX_FILTER_PIDS],
+    pub n_pids: u32,
+    /// Non-zero: keep only processes whose comm equals `comm` (NUL-padded).
+    pub has_comm: u32,
+    pub comm: [u8; 16],
+    /// Non-zero: keep only connections with this local or remote port.
+    pub port: u16,
+    /// Non-zero: keep only this address family (`AF_INET` or `AF_INET6`).
+    pub family: u16,
+    pub _pad0: u32,
+}
+
+const _: () = assert!(size_of::<Filter>() == 64);
+
+impl Filter {
+    pub const fn none() -> Self {
+        Self {
+            pids: [0; MAX_FILTER_PIDS],
+            n_pids: 0,
+            has_comm: 0,
+            comm: [0; 16],
+            port: 0,
+            family: 0,
+            _pad0: 0,
+        }
+    }
+
+    /// A process filter needs the owner map to attribute softirq state changes.
+    pub const fn filters_process(&self) -> bool {
+        self.n_pids != 0 || self.has_comm != 0
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers only, no implicit padding (checked by the size assertion).
+unsafe impl aya::Pod for Filter {}

@@ -1,0 +1,70 @@
+//! Kernel struct member offsets, read from the running kernel's BTF by user space and handed to
+//! the kernel programs as the `OFFSETS` global (Rust eBPF has no CO-RE relocations yet).
+
+/// Byte offsets of the members the kernel programs walk: task → files → fdtable → file →
+/// socket → sock. `valid == 0` means BTF was unavailable: the walks are skipped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub valid: u32,
+    pub task_files: u32,
+    pub task_flags: u32,
+    pub task_signal: u32,
+    pub signal_live: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_private_data: u32,
+    pub file_inode: u32,
+    /// `file.f_count` (6.1: atomic_long_t, count of references) or `file.f_ref` (6.13+:
+    /// file_ref_t, where 0 means one reference); `file_ref_bias` turns either into a count.
+    pub file_refcount: u32,
+    pub file_ref_bias: u32,
+        pub inode_mode: u32,
+    pub socket_sk: u32,
+    pub sock_protocol: u32,
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+}
+
+const _: () = assert!(size_of::<KernelOffsets>() == 23 * 4);
+
+impl KernelOffsets {
+    pub const fn zeroed() -> Self {
+        Self {
+            valid: 0,
+            task_files: 0,
+            task_flags: 0,
+            task_signal: 0,
+            signal_live: 0,
+            files_fdt: 0,
+            fdtable_max_fds: 0,
+            fdtable_fd: 0,
+            file_private_data: 0,
+            file_inode: 0,
+            file_refcount: 0,
+            file_ref_bias: 0,
+            inode_mode: 0,
+            socket_sk: 0,
+            sock_protocol: 0,
+            skc_family: 0,
+            skc_state: 0,
+            skc_num: 0,
+            skc_dport: 0,
+            skc_daddr: 0,
+            skc_rcv_saddr: 0,
+            skc_v6_daddr: 0,
+            skc_v6_rcv_saddr: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), u32 fields only, no padding (checked by the size assertion).
+unsafe impl aya::Pod for KernelOffsets {}

@@ -1,0 +1,106 @@
+//! Maps, load-time globals and the small accessors every hook shares.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use tcptrace_common::{
+    CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT, COUNTER_LOST_EVENTS, Filter, KernelOffsets,
+    Owner, RawEvent,
+};
+
+/// Reads a load-time global. The volatile read keeps the compiler from folding the zero
+/// initialiser; the verifier still sees the patched value because `.rodata` is frozen.
+macro_rules! global {
+    ($place:expr) => {
+        // SAFETY: reading a plain-data static.
+        unsafe { core::ptr::read_volatile(&raw const $place) }
+    };
+}
+pub(crate) use global;
+
+/// Set by user space at load time (`EbpfLoader::set_global`).
+#[unsafe(no_mangle)]
+pub static FILTER: Filter = Filter::none();
+/// Set by user space at load time from the running kernel's BTF.
+#[unsafe(no_mangle)]
+pub static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
+
+/// All events, in order per CPU. Size set by user space.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-CPU counters of things that went wrong (`COUNTER_*`).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Runtime configuration (`CONFIG_*`): written by user space once the close hook is chosen.
+#[map]
+pub static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_COUNT, 0);
+
+/// skaddr → the process that opened it (connect, accept, listen). Lets softirq state changes be
+/// attributed and filtered by process. Entries go away when the socket reaches CLOSE.
+#[map]
+pub static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(65536, 0);
+
+/// Thread id → descriptor passed to an in-flight connect(), read by the `CLOSE -> SYN_SENT`
+/// change that runs inside that syscall.
+#[map]
+pub static CONNECT_FD: HashMap<u32, i32> = HashMap::with_max_entries(16384, 0);
+
+/// The last socket that received a RST on this CPU: `tcp_reset()` fires `tcp_receive_reset` and
+/// then moves the socket to CLOSE without leaving the CPU.
+#[map]
+pub static LAST_RESET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count(counter: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: per-CPU slot; tracing programs do not nest on one CPU.
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn close_hook() -> u32 {
+    CONFIG.get(CONFIG_CLOSE_HOOK).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn offsets_valid() -> bool {
+    global!(OFFSETS.valid) != 0
+}
+
+/// An event stamped with the current time, task and comm.
+#[inline(always)]
+pub fn current_event(kind: u8) -> RawEvent {
+    let mut event = RawEvent::zeroed();
+    // SAFETY: helper with no preconditions.
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    event.pid = (pid_tgid >> 32) as u32;
+    event.tid = pid_tgid as u32;
+    event.comm = bpf_get_current_comm().unwrap_or_default();
+    event.kind = kind;
+    event
+}
+
+/// Copies the event into the ring buffer, or counts it as lost: never silently dropped.
+#[inline(always)]
+pub fn emit(event: &RawEvent) {
+    if EVENTS.output::<RawEvent>(event, 0).is_err() {
+        count(COUNTER_LOST_EVENTS);
+    }
+}
+
+/// Remembers who opened `skaddr`; counts (and flags) a full map.
+#[inline(always)]
+pub fn remember_owner(skaddr: u64, pid: u32, fd: i32) -> bool {
+    let owner = Owner { pid, fd, released: 0, _pad0: 0 };
+    if OWNERS.insert(&skaddr, &owner, 0).is_err() {
+        count(tcptrace_common::COUNTER_OWNER_MAP_FULL);
+        return false;
+    }
+    true
+}

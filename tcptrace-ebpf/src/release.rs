@@ -1,0 +1,117 @@
+//! Releases: the moment a process gives up its last descriptor, i.e. when the kernel runs
+//! `tcp_close()`.
+//!
+//! Three ways to see it, chosen in user space (`--close-hook`):
+//! - fentry on `tcp_close` (net/ipv4/tcp.c, `void tcp_close(struct sock *sk, long timeout)`),
+//! - kprobe on the same function where trampolines are refused,
+//! - tracepoints only: close(2)/dup2/dup3/close_range at syscall entry when the file's reference
+//!   count is 1 (`syscalls` module), and at exit the close-style state change that `tcp_close()`
+//!   makes in the exiting thread (`state` module).
+
+use aya_ebpf::{
+    macros::{fentry, kprobe},
+    programs::{FEntryContext, ProbeContext},
+};
+use tcptrace_common::{FLAG_ADDRS, KIND_RELEASE, RELEASE_CLOSE, RELEASE_EXIT};
+
+use crate::{
+    filter::{addr_matches, filters_process, process_matches},
+    kernel::{FdTable, SockInfo, current_is_exiting, file_refs, socket_sock},
+    maps::{OWNERS, current_event, emit, offsets_valid},
+};
+
+/// Reports that the current process released `sk`. `info` is read here when the caller has not.
+#[inline(always)]
+pub fn report_release(sk: u64, info: Option<&SockInfo>, fd_hint: i32, reason: u8) {
+    let mut event = current_event(KIND_RELEASE);
+    let owner = OWNERS.get_ptr_mut(&sk);
+    let (owner_pid, owner_fd) = match owner {
+        // SAFETY: a map value pointer is valid for the duration of the program.
+        Some(owner) => unsafe {
+            if (*owner).released != 0 {
+                return;
+            }
+            ((*owner).pid, (*owner).fd)
+        },
+        None => (0, -1),
+    };
+    // With a process filter, owners are only remembered for matching processes.
+    if filters_process() && owner.is_none() && !process_matches(event.pid, &event.comm) {
+        return;
+    }
+    let read_info;
+    let info = match info {
+        Some(info) => Some(info),
+        None if offsets_valid() => {
+            read_info = SockInfo::read(sk).ok();
+            read_info.as_ref()
+        }
+        None => None,
+    };
+    if let Some(info) = info {
+        if !addr_matches(info.family, info.lport, info.rport) {
+            return;
+        }
+        event.family = info.family;
+        event.lport = info.lport;
+        event.rport = info.rport;
+        event.saddr = info.saddr;
+        event.daddr = info.daddr;
+        event.old_state = info.state;
+        event.new_state = info.state;
+        event.flags |= FLAG_ADDRS;
+    }
+    event.skaddr = sk;
+    event.reason = reason;
+    event.owner_pid = owner_pid;
+    event.fd = if fd_hint >= 0 {
+        fd_hint
+    } else if owner_pid == event.pid {
+        owner_fd
+    } else {
+        -1
+    };
+    if let Some(owner) = owner {
+        // SAFETY: as above.
+        unsafe { (*owner).released = 1 };
+    }
+    emit(&event);
+}
+
+/// Tracepoint mode: reports a release if `fd` holds the last reference to a TCP socket.
+#[inline(always)]
+pub fn release_if_last(table: &FdTable, fd: u32, reason: u8) -> Result<(), i32> {
+    let file = table.file(fd)?;
+    let sk = socket_sock(file)?;
+    if file_refs(file)? != 1 {
+        return Ok(());
+    }
+    let info = SockInfo::read(sk)?;
+    if info.is_inet_tcp() {
+        report_release(sk, Some(&info), fd as i32, reason);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn on_tcp_close(sk: u64) {
+    // Deferred fput() runs tcp_close() after the syscall returned, so the syscall that dropped
+    // the descriptor is no longer known here; exit is (PF_EXITING).
+    let reason = if current_is_exiting() { RELEASE_EXIT } else { RELEASE_CLOSE };
+    report_release(sk, None, -1, reason);
+}
+
+#[fentry(function = "tcp_close")]
+pub fn tcp_close_fentry(ctx: FEntryContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    on_tcp_close(sk);
+    0
+}
+
+#[kprobe]
+pub fn tcp_close_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        on_tcp_close(sk);
+    }
+    0
+}

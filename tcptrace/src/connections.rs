@@ -1,0 +1,289 @@
+//! Per-socket bookkeeping for `tcptrace trace`: turns kernel events into the records a user
+//! reads — who owns each state change, when TIME_WAIT was entered, and each connection's
+//! lifetime at close. Pure: unit-tested without root.
+
+use std::collections::HashMap;
+
+use crate::decode::{Endpoints, Event, EventKind, ReleaseReason, TcpState};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordKind {
+    Connect,
+    Accept { state: Option<TcpState> },
+    State { old: TcpState, new: TcpState },
+    Release { reason: ReleaseReason },
+    /// The full socket went `FIN_WAIT2/CLOSING -> CLOSE` inside tcp_time_wait().
+    TimeWait { from: TcpState },
+    Close { from: TcpState, reset: bool, lifetime_ns: Option<u64> },
+    Exit,
+}
+
+/// One line of `tcptrace trace` output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub ts_ns: u64,
+    pub kind: RecordKind,
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub comm: Option<String>,
+    pub fd: Option<i32>,
+    pub skaddr: u64,
+    pub endpoints: Option<Endpoints>,
+}
+
+#[derive(Debug, Clone)]
+struct Owner {
+    pid: u32,
+    comm: String,
+    fd: Option<i32>,
+}
+
+#[derive(Debug, Default)]
+struct Conn {
+    /// None when the socket existed before tracing started.
+    opened_ns: Option<u64>,
+    owner: Option<Owner>,
+}
+
+pub struct Connections {
+    conns: HashMap<u64, Conn>,
+    /// Live connections per owning process, so exits of unrelated processes stay quiet.
+    owned: HashMap<u32, usize>,
+    capacity: usize,
+    /// Sockets not tracked because the table was full.
+    pub untracked: u64,
+}
+
+impl Connections {
+    pub fn new(capacity: usize) -> Self {
+        Self { conns: HashMap::new(), owned: HashMap::new(), capacity, untracked: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    fn conn(&mut self, skaddr: u64, opened_ns: Option<u64>) -> Option<&mut Conn> {
+        if !self.conns.contains_key(&skaddr) && self.conns.len() >= self.capacity {
+            self.untracked += 1;
+            return None;
+        }
+        Some(self.conns.entry(skaddr).or_insert_with(|| Conn { opened_ns, owner: None }))
+    }
+
+    fn set_owner(&mut self, skaddr: u64, opened_ns: u64, owner: Owner) {
+        let pid = owner.pid;
+        let Some(conn) = self.conn(skaddr, Some(opened_ns)) else { return };
+        conn.opened_ns.get_or_insert(opened_ns);
+        let previous = conn.owner.replace(owner).map(|o| o.pid);
+        if let Some(previous) = previous {
+            self.disown(previous);
+        }
+        *self.owned.entry(pid).or_default() += 1;
+    }
+
+    fn disown(&mut self, pid: u32) {
+        if let Some(count) = self.owned.get_mut(&pid) {
+            *count -= 1;
+            if *count == 0 {
+                self.owned.remove(&pid);
+            }
+        }
+    }
+
+    fn remove(&mut self, skaddr: u64) -> Option<Conn> {
+        let conn = self.conns.remove(&skaddr)?;
+        if let Some(owner) = &conn.owner {
+            self.disown(owner.pid);
+        }
+        Some(conn)
+    }
+
+    /// Applies one kernel event and appends the records it produces to `out`.
+    pub fn apply(&mut self, event: &Event, out: &mut Vec<Record>) {
+        let current = Record {
+            ts_ns: event.ts_ns,
+            kind: RecordKind::Connect,
+            pid: Some(event.pid),
+            tid: Some(event.tid),
+            comm: Some(event.comm.to_string()),
+            fd: event.fd,
+            skaddr: event.skaddr,
+            endpoints: event.endpoints,
+        };
+        let opener = || Owner { pid: event.pid, comm: event.comm.to_string(), fd: event.fd };
+        match event.kind {
+            EventKind::Connect => {
+                self.set_owner(event.skaddr, event.ts_ns, opener());
+                out.push(current);
+            }
+            EventKind::Accept { state } => {
+                if event.skaddr != 0 {
+                    self.set_owner(event.skaddr, event.ts_ns, opener());
+                }
+                out.push(Record { kind: RecordKind::Accept { state }, ..current });
+            }
+            EventKind::Release { reason, .. } => {
+                out.push(Record { kind: RecordKind::Release { reason }, ..current });
+            }
+            EventKind::Exit => {
+                if self.owned.contains_key(&event.pid) {
+                    out.push(Record { kind: RecordKind::Exit, fd: None, ..current });
+                }
+            }
+            EventKind::State { old: TcpState::Close, new: TcpState::Listen, .. } => {
+                self.set_owner(event.skaddr, event.ts_ns, opener());
+                out.push(Record {
+                    kind: RecordKind::State { old: TcpState::Close, new: TcpState::Listen },
+                    ..current
+                });
+            }
+            EventKind::State { old, new, reset } => {
+                // The passive child is created (LISTEN -> SYN_RECV) when the handshake completes.
+                let created = (old == TcpState::Listen).then_some(event.ts_ns);
+                let owner = self.conn(event.skaddr, created).and_then(|c| c.owner.clone());
+                // State changes run in softirq context: show the owner, not the interrupted task.
+                let attributed = Record {
+                    pid: owner.as_ref().map(|o| o.pid).or(event.owner_pid),
+                    tid: None,
+                    comm: owner.as_ref().map(|o| o.comm.clone()),
+                    fd: owner.as_ref().and_then(|o| o.fd).or(event.fd),
+                    ..current
+                };
+                if new != TcpState::Close {
+                    out.push(Record { kind: RecordKind::State { old, new }, ..attributed });
+                    return;
+                }
+                let conn = self.remove(event.skaddr);
+                if !reset && matches!(old, TcpState::FinWait2 | TcpState::Closing) {
+                    out.push(Record { kind: RecordKind::TimeWait { from: old }, ..attributed.clone() });
+                }
+                let lifetime_ns =
+                    conn.and_then(|c| c.opened_ns).map(|opened| event.ts_ns.saturating_sub(opened));
+                out.push(Record { kind: RecordKind::Close { from: old, reset, lifetime_ns }, ..attributed });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Comm;
+
+    fn event(ts_ns: u64, pid: u32, kind: EventKind) -> Event {
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"cli");
+        Event {
+            ts_ns,
+            skaddr: 0xffff_0001,
+            pid,
+            tid: pid,
+            comm: Comm::new(comm),
+            owner_pid: None,
+            fd: Some(5),
+            endpoints: None,
+            owner_lost: false,
+            kind,
+        }
+    }
+
+    fn state(ts: u64, old: TcpState, new: TcpState, reset: bool) -> Event {
+        // Softirq context: the interrupted task is unrelated (pid 999).
+        let mut e = event(ts, 999, EventKind::State { old, new, reset });
+        e.fd = None;
+        e
+    }
+
+    fn run(events: &[Event]) -> Vec<Record> {
+        let mut conns = Connections::new(16);
+        let mut out = Vec::new();
+        for e in events {
+            conns.apply(e, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn active_close_attributes_state_changes_and_reports_time_wait_and_lifetime() {
+        use TcpState::*;
+        let out = run(&[
+            event(1_000, 10, EventKind::Connect),
+            state(2_000, SynSent, Established, false),
+            event(5_000, 10, EventKind::Release { reason: ReleaseReason::Close }),
+            state(5_100, Established, FinWait1, false),
+            state(5_200, FinWait1, FinWait2, false),
+            state(5_300, FinWait2, Close, false),
+        ]);
+        let kinds: Vec<_> = out.iter().map(|r| r.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                RecordKind::Connect,
+                RecordKind::State { old: SynSent, new: Established },
+                RecordKind::Release { reason: ReleaseReason::Close },
+                RecordKind::State { old: Established, new: FinWait1 },
+                RecordKind::State { old: FinWait1, new: FinWait2 },
+                RecordKind::TimeWait { from: FinWait2 },
+                RecordKind::Close { from: FinWait2, reset: false, lifetime_ns: Some(4_300) },
+            ]
+        );
+        // Softirq changes are shown with the owner (pid 10, fd 5), not the interrupted pid 999.
+        assert!(out.iter().all(|r| r.pid == Some(10)));
+        assert_eq!(out[1].fd, Some(5));
+        assert_eq!(out[1].comm.as_deref(), Some("cli"));
+    }
+
+    #[test]
+    fn reset_is_a_close_not_a_time_wait() {
+        use TcpState::*;
+        let out = run(&[event(0, 10, EventKind::Connect), state(9, FinWait2, Close, true)]);
+        assert_eq!(out[1].kind, RecordKind::Close { from: FinWait2, reset: true, lifetime_ns: Some(9) });
+    }
+
+    #[test]
+    fn passive_open_lifetime_starts_at_the_handshake() {
+        use TcpState::*;
+        let out = run(&[
+            state(100, Listen, SynRecv, false),
+            state(110, SynRecv, Established, false),
+            event(500, 20, EventKind::Accept { state: Some(Established) }),
+            state(900, CloseWait, LastAck, false),
+            state(950, LastAck, Close, false),
+        ]);
+        assert_eq!(out[0].pid, Some(999).filter(|_| false), "owner unknown before accept()");
+        assert_eq!(out[4].kind, RecordKind::Close { from: LastAck, reset: false, lifetime_ns: Some(850) });
+        assert_eq!(out[4].pid, Some(20));
+    }
+
+    #[test]
+    fn sockets_from_before_the_trace_have_no_lifetime_and_exit_is_reported_only_for_owners() {
+        use TcpState::*;
+        let out = run(&[
+            event(0, 77, EventKind::Exit),
+            state(10, Established, Close, true),
+        ]);
+        assert_eq!(out.len(), 1, "exit of a process without connections is not shown");
+        assert_eq!(out[0].kind, RecordKind::Close { from: Established, reset: true, lifetime_ns: None });
+
+        let out = run(&[event(0, 10, EventKind::Connect), event(5, 10, EventKind::Exit)]);
+        assert_eq!(out[1].kind, RecordKind::Exit);
+    }
+
+    #[test]
+    fn a_full_table_counts_untracked_sockets() {
+        let mut conns = Connections::new(1);
+        let mut out = Vec::new();
+        let mut second = event(0, 1, EventKind::Connect);
+        second.skaddr = 2;
+        conns.apply(&event(0, 1, EventKind::Connect), &mut out);
+        conns.apply(&second, &mut out);
+        assert_eq!(conns.len(), 1);
+        assert_eq!(conns.untracked, 1);
+        assert_eq!(out.len(), 2, "events are still printed");
+    }
+}

@@ -1,0 +1,363 @@
+//! Ring-buffer bytes → checked domain events. Pure: no I/O, unit-tested without root.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use tcptrace_common::{
+    FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_ACCEPT, KIND_CONNECT, KIND_EXIT, KIND_RELEASE,
+    KIND_STATE, RELEASE_CLOSE, RELEASE_CLOSE_RANGE, RELEASE_DUP, RELEASE_EXIT, RawEvent,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than an event")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+    #[error("unknown TCP state {0}")]
+    State(u8),
+    #[error("unknown release reason {0}")]
+    Reason(u8),
+    #[error("unknown address family {0}")]
+    Family(u16),
+}
+
+/// TCP states, numbered as include/net/tcp_states.h.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+}
+
+impl TryFrom<u8> for TcpState {
+    type Error = DecodeError;
+
+    fn try_from(raw: u8) -> Result<Self, DecodeError> {
+        use tcptrace_common::tcp_state as s;
+        Ok(match raw {
+            s::ESTABLISHED => Self::Established,
+            s::SYN_SENT => Self::SynSent,
+            s::SYN_RECV => Self::SynRecv,
+            s::FIN_WAIT1 => Self::FinWait1,
+            s::FIN_WAIT2 => Self::FinWait2,
+            s::TIME_WAIT => Self::TimeWait,
+            s::CLOSE => Self::Close,
+            s::CLOSE_WAIT => Self::CloseWait,
+            s::LAST_ACK => Self::LastAck,
+            s::LISTEN => Self::Listen,
+            s::CLOSING => Self::Closing,
+            s::NEW_SYN_RECV => Self::NewSynRecv,
+            other => return Err(DecodeError::State(other)),
+        })
+    }
+}
+
+impl TcpState {
+    /// The names `ss` and the kernel's tracepoint use, without the `TCP_` prefix.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How the process gave up its last descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseReason {
+    Close,
+    CloseRange,
+    Dup,
+    Exit,
+}
+
+impl TryFrom<u8> for ReleaseReason {
+    type Error = DecodeError;
+
+    fn try_from(raw: u8) -> Result<Self, DecodeError> {
+        Ok(match raw {
+            RELEASE_CLOSE => Self::Close,
+            RELEASE_CLOSE_RANGE => Self::CloseRange,
+            RELEASE_DUP => Self::Dup,
+            RELEASE_EXIT => Self::Exit,
+            other => return Err(DecodeError::Reason(other)),
+        })
+    }
+}
+
+impl ReleaseReason {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Close => "close",
+            Self::CloseRange => "close_range",
+            Self::Dup => "dup2",
+            Self::Exit => "exit",
+        }
+    }
+}
+
+/// A task name as the kernel stores it: up to 16 bytes, NUL-padded.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    pub fn new(raw: [u8; 16]) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..len])
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// `CLOSE -> SYN_SENT` in the thread that called connect().
+    Connect,
+    /// accept() returned this socket; `state` is its state at that moment.
+    Accept { state: Option<TcpState> },
+    State { old: TcpState, new: TcpState, reset: bool },
+    Release { reason: ReleaseReason, state: Option<TcpState> },
+    /// The last thread of process `pid` exited.
+    Exit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    /// The task the kernel program ran in.
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: Comm,
+    /// The process that opened the socket, as the kernel's owner map knows it.
+    pub owner_pid: Option<u32>,
+    pub fd: Option<i32>,
+    pub endpoints: Option<Endpoints>,
+    /// The kernel could not remember the owner (owner map full).
+    pub owner_lost: bool,
+    pub kind: EventKind,
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+    match family {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(*raw))),
+        other => Err(DecodeError::Family(other)),
+    }
+}
+
+impl TryFrom<&RawEvent> for Event {
+    type Error = DecodeError;
+
+    fn try_from(raw: &RawEvent) -> Result<Self, DecodeError> {
+        let RawEvent {
+            ts_ns,
+            skaddr,
+            pid,
+            tid,
+            owner_pid,
+            fd,
+            comm,
+            kind,
+            old_state,
+            new_state,
+            reason,
+            family,
+            lport,
+            rport,
+            flags,
+            _pad0: _,
+            saddr,
+            daddr,
+        } = *raw;
+        let endpoints = if flags & FLAG_ADDRS != 0 {
+            Some(Endpoints {
+                local: SocketAddr::new(ip(family, &saddr)?, lport),
+                remote: SocketAddr::new(ip(family, &daddr)?, rport),
+            })
+        } else {
+            None
+        };
+        let state_if_known = |s: u8| if s == 0 { Ok(None) } else { TcpState::try_from(s).map(Some) };
+        let kind = match kind {
+            KIND_CONNECT => EventKind::Connect,
+            KIND_ACCEPT => EventKind::Accept { state: state_if_known(new_state)? },
+            KIND_STATE => EventKind::State {
+                old: TcpState::try_from(old_state)?,
+                new: TcpState::try_from(new_state)?,
+                reset: flags & FLAG_RESET != 0,
+            },
+            KIND_RELEASE => EventKind::Release {
+                reason: ReleaseReason::try_from(reason)?,
+                state: state_if_known(new_state)?,
+            },
+            KIND_EXIT => EventKind::Exit,
+            other => return Err(DecodeError::Kind(other)),
+        };
+        Ok(Self {
+            ts_ns,
+            skaddr,
+            pid,
+            tid,
+            comm: Comm::new(comm),
+            owner_pid: (owner_pid != 0).then_some(owner_pid),
+            fd: (fd >= 0).then_some(fd),
+            endpoints,
+            owner_lost: flags & FLAG_OWNER_LOST != 0,
+            kind,
+        })
+    }
+}
+
+impl TryFrom<&[u8]> for Event {
+    type Error = DecodeError;
+
+    fn try_from(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() < size_of::<RawEvent>() {
+            return Err(DecodeError::Short(bytes.len()));
+        }
+        // SAFETY: the length is checked above; read_unaligned copies, so the ring's alignment
+        // does not matter, and RawEvent is plain integers (every bit pattern is valid).
+        let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) };
+        Self::try_from(&raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tcptrace_common::tcp_state;
+
+    use super::*;
+
+    fn raw_state(old: u8, new: u8) -> RawEvent {
+        let mut raw = RawEvent::zeroed();
+        raw.kind = KIND_STATE;
+        raw.old_state = old;
+        raw.new_state = new;
+        raw.family = AF_INET;
+        raw.flags = FLAG_ADDRS;
+        raw.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        raw.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        raw.lport = 40000;
+        raw.rport = 6379;
+        raw
+    }
+
+    fn bytes(raw: &RawEvent) -> Vec<u8> {
+        // SAFETY: RawEvent is repr(C) plain data without padding.
+        unsafe { std::slice::from_raw_parts((raw as *const RawEvent).cast::<u8>(), size_of::<RawEvent>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_state_change_from_unaligned_bytes() {
+        let mut raw = raw_state(tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1);
+        raw.owner_pid = 42;
+        raw.fd = 7;
+        raw.comm[..4].copy_from_slice(b"curl");
+        let mut buf = vec![0u8];
+        buf.extend(bytes(&raw));
+        let event = Event::try_from(&buf[1..]).expect("decodes");
+        assert_eq!(
+            event.kind,
+            EventKind::State { old: TcpState::Established, new: TcpState::FinWait1, reset: false }
+        );
+        assert_eq!(event.owner_pid, Some(42));
+        assert_eq!(event.fd, Some(7));
+        assert_eq!(event.comm.as_str(), "curl");
+        let endpoints = event.endpoints.expect("addresses");
+        assert_eq!(endpoints.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(endpoints.remote, "10.1.2.3:6379".parse().unwrap());
+    }
+
+    #[test]
+    fn decodes_ipv6_and_the_reset_flag() {
+        let mut raw = raw_state(tcp_state::ESTABLISHED, tcp_state::CLOSE);
+        raw.family = AF_INET6;
+        raw.saddr = Ipv6Addr::LOCALHOST.octets();
+        raw.daddr = Ipv6Addr::LOCALHOST.octets();
+        raw.flags |= FLAG_RESET;
+        let event = Event::try_from(bytes(&raw).as_slice()).expect("decodes");
+        assert!(matches!(event.kind, EventKind::State { reset: true, .. }));
+        assert_eq!(event.endpoints.unwrap().local, "[::1]:40000".parse().unwrap());
+        assert_eq!(event.fd, None, "fd -1 means unknown");
+    }
+
+    #[test]
+    fn rejects_short_records_and_unknown_values() {
+        assert_eq!(Event::try_from(&[0u8; 10][..]), Err(DecodeError::Short(10)));
+        let mut raw = raw_state(tcp_state::ESTABLISHED, 99);
+        assert_eq!(Event::try_from(&raw), Err(DecodeError::State(99)));
+        raw = raw_state(1, 2);
+        raw.kind = 200;
+        assert_eq!(Event::try_from(&raw), Err(DecodeError::Kind(200)));
+        raw = raw_state(1, 2);
+        raw.family = 1;
+        assert_eq!(Event::try_from(&raw), Err(DecodeError::Family(1)));
+        raw = raw_state(1, 2);
+        raw.kind = KIND_RELEASE;
+        raw.reason = 77;
+        assert_eq!(Event::try_from(&raw), Err(DecodeError::Reason(77)));
+    }
+
+    #[test]
+    fn every_kernel_state_number_round_trips() {
+        for raw in 1..=12u8 {
+            let state = TcpState::try_from(raw).expect("known state");
+            assert!(!state.name().is_empty());
+        }
+        assert_eq!(TcpState::try_from(0), Err(DecodeError::State(0)));
+    }
+}

@@ -1,0 +1,45 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tcptrace::{
+    cli::{Cli, Command, UsageError},
+    privileges, trace,
+};
+
+/// Status for bad input (clap uses the same for bad flags).
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tcptrace: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("tcptrace: error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("tcptrace: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Trace(args) => {
+            // Bad flags first: they are the user's to fix whatever the privileges.
+            args.filter.to_filter()?;
+            if let Some(missing) = privileges::missing() {
+                anyhow::bail!(missing);
+            }
+            trace::run(args).await
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Renders `tcptrace trace` records as aligned text columns or JSON lines.
+//!
+//! JSON field names are part of the interface (README "JSON fields"): every record has every
+//! field, `null` where it does not apply, so consumers never branch on presence.
+
+use std::{
+    io::{self, Write},
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use crate::{
+    close_hook::CloseHook,
+    connections::{Record, RecordKind},
+};
+
+/// Maps the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    mono_ns: u64,
+    wall: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let mono_ns = (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
+        Self { mono_ns, wall: SystemTime::now() }
+    }
+
+    pub fn wall(&self, ts_ns: u64) -> SystemTime {
+        if ts_ns >= self.mono_ns {
+            self.wall + Duration::from_nanos(ts_ns - self.mono_ns)
+        } else {
+            self.wall - Duration::from_nanos(self.mono_ns - ts_ns)
+        }
+    }
+}
+
+/// `HH:MM:SS.micros` in local time, as bcc's tools print it.
+fn local_time(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as libc::time_t;
+    // SAFETY: zeroed tm is a valid out-parameter for localtime_r.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers; localtime_r is thread-safe.
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    format!("{:02}:{:02}:{:02}.{:06}", tm.tm_hour, tm.tm_min, tm.tm_sec, since.subsec_micros())
+}
+
+fn event_name(kind: &RecordKind) -> &'static str {
+    match kind {
+        RecordKind::Connect => "connect",
+        RecordKind::Accept { .. } => "accept",
+        RecordKind::State { .. } => "state",
+        RecordKind::Release { .. } => "release",
+        RecordKind::TimeWait { .. } => "time-wait",
+        RecordKind::Close { .. } => "close",
+        RecordKind::Exit => "exit",
+    }
+}
+
+fn lifetime_ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+pub enum Format {
+    Text,
+    Json,
+}
+
+pub struct Renderer<W: Write> {
+    out: W,
+    format: Format,
+    clock: Clock,
+    close_hook: CloseHook,
+}
+
+#[derive(Serialize)]
+struct JsonRecord<'a> {
+    ts: String,
+    ts_ns: u64,
+    event: &'static str,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    comm: Option<&'a str>,
+    fd: Option<i32>,
+    family: Option<&'static str>,
+    laddr: Option<String>,
+    lport: Option<u16>,
+    raddr: Option<String>,
+    rport: Option<u16>,
+    old_state: Option<&'static str>,
+    new_state: Option<&'static str>,
+    reason: Option<&'static str>,
+    reset: Option<bool>,
+    lifetime_ms: Option<f64>,
+    skaddr: String,
+    close_hook: &'static str,
+}
+
+impl<W: Write> Renderer<W> {
+    pub fn new(out: W, format: Format, clock: Clock, close_hook: CloseHook) -> Self {
+        Self { out, format, clock, close_hook }
+    }
+
+    pub fn header(&mut self) -> io::Result<()> {
+        if let Format::Text = self.format {
+            writeln!(
+                self.out,
+                "{:<15} {:>7} {:<16} {:>4} {:<22} {:<22} {:<24} DETAIL",
+                "TIME", "PID", "COMM", "FD", "LADDR:LPORT", "RADDR:RPORT", "EVENT"
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn record(&mut self, r: &Record) -> io::Result<()> {
+        match self.format {
+            Format::Text => self.text(r),
+            Format::Json => self.json(r),
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    fn text(&mut self, r: &Record) -> io::Result<()> {
+        let dash = || "-".to_owned();
+        let (event, detail) = match &r.kind {
+            RecordKind::State { old, new } => (format!("{old}->{new}"), String::new()),
+            RecordKind::Accept { state: Some(s) } => ("accept".to_owned(), format!("state={s}")),
+            RecordKind::Release { reason } => ("release".to_owned(), format!("by={}", reason.name())),
+            RecordKind::TimeWait { from } => ("time-wait".to_owned(), format!("from={from}")),
+            RecordKind::Close { from, reset, lifetime_ns } => {
+                let mut detail = format!("from={from}");
+                if let Some(ns) = lifetime_ns {
+                    detail = format!("lifetime={:.3}ms {detail}", lifetime_ms(*ns));
+                }
+                if *reset {
+                    detail.push_str(" reset");
+                }
+                ("close".to_owned(), detail)
+            }
+            other => (event_name(other).to_owned(), String::new()),
+        };
+        let endpoint = |a: Option<SocketAddr>| a.map_or_else(dash, |a| a.to_string());
+        writeln!(
+            self.out,
+            "{:<15} {:>7} {:<16} {:>4} {:<22} {:<22} {:<24} {}",
+            local_time(self.clock.wall(r.ts_ns)),
+            r.pid.map_or_else(dash, |p| p.to_string()),
+            r.comm.as_deref().unwrap_or("-"),
+            r.fd.map_or_else(dash, |f| f.to_string()),
+            endpoint(r.endpoints.map(|e| e.local)),
+            endpoint(r.endpoints.map(|e| e.remote)),
+            event,
+            detail
+        )
+    }
+
+    fn json(&mut self, r: &Record) -> io::Result<()> {
+        let (old_state, new_state) = match &r.kind {
+            RecordKind::State { old, new } => (Some(old.name()), Some(new.name())),
+            RecordKind::Accept { state } => (None, state.map(|s| s.name())),
+            RecordKind::TimeWait { from } => (Some(from.name()), Some("TIME_WAIT")),
+            RecordKind::Close { from, .. } => (Some(from.name()), Some("CLOSE")),
+            _ => (None, None),
+        };
+        let record = JsonRecord {
+            ts: humantime::format_rfc3339_micros(self.clock.wall(r.ts_ns)).to_string(),
+            ts_ns: r.ts_ns,
+            event: event_name(&r.kind),
+            pid: r.pid,
+            tid: r.tid,
+            comm: r.comm.as_deref(),
+            fd: r.fd,
+            family: r.endpoints.map(|e| if e.local.is_ipv4() { "ipv4" } else { "ipv6" }),
+            laddr: r.endpoints.map(|e| e.local.ip().to_string()),
+            lport: r.endpoints.map(|e| e.local.port()),
+            raddr: r.endpoints.map(|e| e.remote.ip().to_string()),
+            rport: r.endpoints.map(|e| e.remote.port()),
+            old_state,
+            new_state,
+            reason: match &r.kind {
+                RecordKind::Release { reason } => Some(reason.name()),
+                _ => None,
+            },
+            reset: match &r.kind {
+                RecordKind::Close { reset, .. } => Some(*reset),
+                _ => None,
+            },
+            lifetime_ms: match &r.kind {
+                RecordKind::Close { lifetime_ns, .. } => lifetime_ns.map(lifetime_ms),
+                _ => None,
+            },
+            skaddr: format!("{:#x}", r.skaddr),
+            close_hook: self.close_hook.name(),
+        };
+        serde_json::to_writer(&mut self.out, &record)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Endpoints, TcpState};
+
+    fn record(kind: RecordKind) -> Record {
+        Record {
+            ts_ns: 5_000_000_000,
+            kind,
+            pid: Some(42),
+            tid: Some(43),
+            comm: Some("curl".to_owned()),
+            fd: Some(3),
+            skaddr: 0xffff_8880_0000_1000,
+            endpoints: Some(Endpoints {
+                local: "127.0.0.1:40000".parse().unwrap(),
+                remote: "127.0.0.1:80".parse().unwrap(),
+            }),
+        }
+    }
+
+    fn render(format: Format, r: &Record) -> String {
+        let clock = Clock { mono_ns: 0, wall: UNIX_EPOCH };
+        let mut out = Vec::new();
+        Renderer::new(&mut out, format, clock, CloseHook::Tracepoint).record(r).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn json_has_every_field_with_stable_names() {
+        let line = render(
+            Format::Json,
+            &record(RecordKind::Close { from: TcpState::FinWait2, reset: false, lifetime_ns: Some(1_500_000) }),
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["event"], "close");
+        assert_eq!(v["ts"], "1970-01-01T00:00:05.000000Z");
+        assert_eq!(v["lifetime_ms"], 1.5);
+        assert_eq!(v["old_state"], "FIN_WAIT2");
+        assert_eq!(v["new_state"], "CLOSE");
+        assert_eq!(v["close_hook"], "tracepoint");
+        assert_eq!(v["skaddr"], "0xffff888000001000");
+        assert_eq!(v["family"], "ipv4");
+        assert_eq!(v["rport"], 80);
+        assert!(v["reason"].is_null());
+        assert_eq!(v.as_object().unwrap().len(), 19);
+    }
+
+    #[test]
+    fn text_shows_state_changes_as_old_arrow_new() {
+        let line = render(
+            Format::Text,
+            &record(RecordKind::State { old: TcpState::SynSent, new: TcpState::Established }),
+        );
+        assert!(line.contains("SYN_SENT->ESTABLISHED"), "{line}");
+        assert!(line.contains("127.0.0.1:40000"), "{line}");
+        assert!(line.contains(" curl "), "{line}");
+    }
+}

@@ -1,0 +1,251 @@
+//! Loads the kernel programs, configures them and attaches them: the only module that talks to
+//! the BPF syscall.
+
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{FEntry, KProbe, TracePoint},
+};
+use tcptrace_common::{
+    CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_LOST_EVENTS, COUNTER_OWNER_MAP_FULL, Filter,
+    KernelOffsets,
+};
+
+use crate::{
+    btf_offsets::{KernelBtf, OffsetError},
+    close_hook::{CloseHook, CloseHookChoice},
+    stream::EventStream,
+    tracefs,
+};
+
+/// The kernel programs, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+/// (program, category, tracepoint, required). Optional ones degrade a feature when absent.
+const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
+    ("inet_sock_set_state", "sock", "inet_sock_set_state", true),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset", false),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect", true),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect", true),
+    ("sys_exit_accept", "syscalls", "sys_exit_accept", false),
+    ("sys_exit_accept4", "syscalls", "sys_exit_accept4", true),
+    ("sys_enter_close", "syscalls", "sys_enter_close", true),
+    ("sys_enter_dup2", "syscalls", "sys_enter_dup2", false),
+    ("sys_enter_dup3", "syscalls", "sys_enter_dup3", false),
+    ("sys_enter_close_range", "syscalls", "sys_enter_close_range", false),
+    ("sched_process_exit", "sched", "sched_process_exit", true),
+];
+
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    pub filter: Filter,
+    pub close_hook: CloseHookChoice,
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("close hook {hook} is not available on this kernel: {reason}")]
+    CloseHookUnavailable { hook: CloseHook, reason: String },
+}
+
+/// Counters the kernel keeps for what it could not deliver or remember.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub lost_events: u64,
+    pub owner_map_full: u64,
+    pub ctx_map_full: u64,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    close_hook: CloseHook,
+    notes: Vec<String>,
+}
+
+/// Set to print the whole verifier log when a program is rejected.
+const VERIFIER_LOG_ENV: &str = "TCPTRACE_VERIFIER_LOG";
+
+/// One-line reason from an aya error and its sources ("... : Operation not permitted"). A
+/// verifier log is cut to its last line (the verdict) unless `TCPTRACE_VERIFIER_LOG` is set.
+fn reason(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    if std::env::var_os(VERIFIER_LOG_ENV).is_some() {
+        return text;
+    }
+    match text.split_once("Verifier output:") {
+        Some((head, log)) => {
+            let verdict = log
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("verification time"))
+                .find(|l| !l.starts_with(|c: char| c.is_ascii_digit() || c == ';'))
+                .unwrap_or("");
+            let head = head.trim_end_matches([' ', '.']);
+            if verdict.is_empty() || verdict.starts_with(':') {
+                head.to_owned()
+            } else {
+                format!("{head}: verifier: {verdict} (set {VERIFIER_LOG_ENV}=1 for the full log)")
+            }
+        }
+        None => text,
+    }
+}
+
+impl Probes {
+    pub fn load(options: &ProbeOptions) -> anyhow::Result<Self> {
+        raise_memlock_limit();
+        tracefs::ensure_mounted()?;
+        tracefs::check_inet_sock_set_state()?;
+
+        let mut notes = Vec::new();
+        let offsets = match KernelBtf::from_sysfs().and_then(|btf| btf.kernel_offsets()) {
+            Ok(offsets) => offsets,
+            Err(e @ OffsetError::NoBtf { .. }) => {
+                notes.push(format!(
+                    "{e}: accepted connections are not tied to their socket, and releases are only seen with --close-hook kprobe"
+                ));
+                KernelOffsets::zeroed()
+            }
+            Err(e) => {
+                notes.push(format!("{e}: running without the descriptor walks"));
+                KernelOffsets::zeroed()
+            }
+        };
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("FILTER", &options.filter, true)
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("EVENTS", options.ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| anyhow!("loading the BPF object: {}", reason(&e)))?;
+
+        let close_hook = attach_close_hook(&mut ebpf, options.close_hook, offsets.valid != 0, &mut notes)?;
+        let mut config: Array<_, u32> = Array::try_from(
+            ebpf.map_mut("CONFIG").context("map CONFIG missing from the BPF object")?,
+        )?;
+        config.set(CONFIG_CLOSE_HOOK, close_hook.config_value(), 0).context("writing CONFIG")?;
+
+        for &(program, category, name, required) in TRACEPOINTS {
+            match attach_tracepoint(&mut ebpf, program, category, name) {
+                Ok(()) => {}
+                Err(e) if !required => notes.push(format!("{category}:{name} unavailable ({e:#})")),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Self { ebpf, close_hook, notes })
+    }
+
+    pub fn close_hook(&self) -> CloseHook {
+        self.close_hook
+    }
+
+    /// What runs degraded on this kernel, and why (printed at start).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    pub fn events(&mut self) -> anyhow::Result<EventStream> {
+        let map = self.ebpf.take_map("EVENTS").context("ring buffer already taken")?;
+        let ring: RingBuf<MapData> = RingBuf::try_from(map)?;
+        EventStream::new(ring).context("registering the ring buffer with tokio")
+    }
+
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("map COUNTERS missing")?)?;
+        let sum = |index: u32| -> anyhow::Result<u64> {
+            Ok(counters.get(&index, 0).context("reading COUNTERS")?.iter().sum())
+        };
+        Ok(Counters {
+            lost_events: sum(COUNTER_LOST_EVENTS)?,
+            owner_map_full: sum(COUNTER_OWNER_MAP_FULL)?,
+            ctx_map_full: sum(COUNTER_CTX_MAP_FULL)?,
+        })
+    }
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> anyhow::Result<()> {
+    if !tracefs::has_tracepoint(category, name) {
+        return Err(anyhow!("the kernel has no tracepoint {category}:{name}"));
+    }
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing from the BPF object"))?
+        .try_into()?;
+    prog.load().map_err(|e| anyhow!("loading {program}: {}", reason(&e)))?;
+    prog.attach(category, name).map_err(|e| anyhow!("attaching {category}:{name}: {}", reason(&e)))?;
+    Ok(())
+}
+
+fn try_close_hook(ebpf: &mut Ebpf, hook: CloseHook, have_offsets: bool) -> Result<(), String> {
+    match hook {
+        CloseHook::Fentry => {
+            let btf = Btf::from_sys_fs().map_err(|e| reason(&e))?;
+            let prog: &mut FEntry = ebpf
+                .program_mut("tcp_close_fentry")
+                .ok_or("program missing")?
+                .try_into()
+                .map_err(|e| reason(&e))?;
+            prog.load("tcp_close", &btf).map_err(|e| reason(&e))?;
+            prog.attach().map_err(|e| reason(&e))?;
+        }
+        CloseHook::Kprobe => {
+            let prog: &mut KProbe = ebpf
+                .program_mut("tcp_close_kprobe")
+                .ok_or("program missing")?
+                .try_into()
+                .map_err(|e| reason(&e))?;
+            prog.load().map_err(|e| reason(&e))?;
+            prog.attach("tcp_close", 0).map_err(|e| reason(&e))?;
+        }
+        CloseHook::Tracepoint if !have_offsets => {
+            return Err("it needs kernel BTF to read descriptor reference counts".to_owned());
+        }
+        CloseHook::Tracepoint => {}
+    }
+    Ok(())
+}
+
+fn attach_close_hook(
+    ebpf: &mut Ebpf,
+    choice: CloseHookChoice,
+    have_offsets: bool,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<CloseHook> {
+    let mut refused = Vec::new();
+    for &hook in choice.candidates() {
+        match try_close_hook(ebpf, hook, have_offsets) {
+            Ok(()) => {
+                if !refused.is_empty() {
+                    notes.push(format!("close hook {hook} in use; {}", refused.join("; ")));
+                }
+                return Ok(hook);
+            }
+            Err(reason) if choice == CloseHookChoice::Auto => {
+                refused.push(format!("{hook} refused: {reason}"));
+            }
+            Err(reason) => return Err(LoadError::CloseHookUnavailable { hook, reason }.into()),
+        }
+    }
+    // Auto ends with tracepoint, which only fails without BTF: releases are then not reported.
+    notes.push(format!("no close hook available ({}); releases are not reported", refused.join("; ")));
+    Ok(CloseHook::Tracepoint)
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid struct; failure only matters on old kernels and is
+    // reported by the map creation that follows.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}

@@ -1,0 +1,134 @@
+//! `tcptrace trace`: print every connection's lifecycle as it happens.
+
+use std::{
+    io::{self, BufWriter, Write},
+    pin::pin,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{Instant, sleep_until},
+};
+
+use crate::{
+    cli::TraceArgs,
+    connections::Connections,
+    decode::Event,
+    output::{Clock, Format, Renderer},
+    probes::{ProbeOptions, Probes},
+};
+
+/// Sockets remembered for lifetimes and owners; beyond this they are counted, not tracked.
+const MAX_TRACKED: usize = 1 << 20;
+
+pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
+    let filter = args.filter.to_filter()?;
+    let options = ProbeOptions {
+        filter,
+        close_hook: args.close_hook,
+        ring_bytes: args.ring_size << 20,
+    };
+    let mut probes = Probes::load(&options)?;
+    let mut stream = probes.events()?;
+    eprintln!(
+        "tcptrace: tracing TCP connections (close hook: {}); Ctrl-C to stop",
+        probes.close_hook()
+    );
+    for note in probes.notes() {
+        eprintln!("tcptrace: note: {note}");
+    }
+
+    let format = if args.json { Format::Json } else { Format::Text };
+    let mut renderer =
+        Renderer::new(BufWriter::new(io::stdout()), format, Clock::now(), probes.close_hook());
+    let mut session = Session { conns: Connections::new(MAX_TRACKED), records: Vec::new(), decode_errors: 0 };
+
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut deadline = pin!(async {
+        match args.duration {
+            Some(d) => sleep_until(Instant::now() + d).await,
+            None => std::future::pending().await,
+        }
+    });
+
+    let result: io::Result<()> = async {
+        renderer.header()?;
+        renderer.flush()?;
+        loop {
+            let mut write_result = Ok(());
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+                batch = stream.next_batch(|bytes| {
+                    if write_result.is_ok() {
+                        write_result = session.handle(bytes, &mut renderer);
+                    }
+                }) => {
+                    batch?;
+                    write_result?;
+                    renderer.flush()?;
+                }
+            }
+        }
+        // Whatever the kernel delivered before the stop is printed, not dropped.
+        let mut write_result = Ok(());
+        stream.drain_now(|bytes| {
+            if write_result.is_ok() {
+                write_result = session.handle(bytes, &mut renderer);
+            }
+        });
+        write_result?;
+        renderer.flush()
+    }
+    .await;
+    match result {
+        // `tcptrace trace | head`: the reader left; that is a normal end.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        other => other.context("writing output")?,
+    }
+
+    let counters = probes.counters()?;
+    if counters.lost_events > 0 {
+        eprintln!(
+            "tcptrace: {} events lost: the ring buffer was full (try a larger --ring-size)",
+            counters.lost_events
+        );
+    }
+    if counters.owner_map_full > 0 {
+        eprintln!(
+            "tcptrace: {} sockets opened while the kernel owner map was full: their later state changes show no owner",
+            counters.owner_map_full
+        );
+    }
+    if session.decode_errors > 0 {
+        eprintln!("tcptrace: {} malformed events skipped", session.decode_errors);
+    }
+    if session.conns.untracked > 0 {
+        eprintln!("tcptrace: {} sockets not tracked (table full): no lifetime for them", session.conns.untracked);
+    }
+    Ok(())
+}
+
+struct Session {
+    conns: Connections,
+    records: Vec<crate::connections::Record>,
+    decode_errors: u64,
+}
+
+impl Session {
+    fn handle<W: Write>(&mut self, bytes: &[u8], renderer: &mut Renderer<W>) -> io::Result<()> {
+        let Ok(event) = Event::try_from(bytes) else {
+            self.decode_errors += 1;
+            return Ok(());
+        };
+        self.records.clear();
+        self.conns.apply(&event, &mut self.records);
+        for record in &self.records {
+            renderer.record(record)?;
+        }
+        Ok(())
+    }
+}
