@@ -1,1 +1,183 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | run | test | vm-test`.
+
+mod setup;
+mod vm;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use setup::run_checked;
+
+#[derive(Parser)]
+#[command(about = "tcptrace development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install every prerequisite (Debian packages, nightly rust-src, bpf-linker); idempotent
+    Setup,
+    /// Set up, build tcptrace in release mode and run it (default arguments: `trace`)
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: unit and root tests on this kernel, then the VM tier
+    Test {
+        /// Skip the VM tier (stock distro kernel under qemu)
+        #[arg(long)]
+        host_only: bool,
+    },
+    /// Run the root tests inside Debian's stock kernel under qemu, in fentry and kprobe modes
+    VmTest,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Run { args } => run(args),
+        Task::Test { host_only } => test(host_only),
+        Task::VmTest => setup::setup().and_then(|()| vm_test()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn run(mut args: Vec<String>) -> Result<()> {
+    setup::setup()?;
+    run_checked(cargo().args(["build", "--release", "-p", "tcptrace"]))?;
+    if args.is_empty() {
+        args.push("trace".to_owned());
+    }
+    let binary = workspace_root().join("target/release/tcptrace");
+    let status = Command::new(&binary).args(&args).status().with_context(|| format!("running {}", binary.display()))?;
+    if !status.success() {
+        bail!("tcptrace exited with {status}");
+    }
+    Ok(())
+}
+
+fn test(host_only: bool) -> Result<()> {
+    setup::setup()?;
+    // Root tests are #[ignore]d so a plain unprivileged `cargo test` passes; here they run.
+    run_checked(cargo().args(["test", "--workspace", "--", "--include-ignored"]))?;
+    if !host_only {
+        vm_test()?;
+    }
+    Ok(())
+}
+
+/// Test executables of the tcptrace package (unit tests and integration tests), built once.
+fn build_test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let out = cargo()
+        .args(["test", "-p", "tcptrace", "--no-run", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building test binaries")?;
+    if !out.status.success() {
+        bail!("building test binaries failed");
+    }
+    let mut binaries = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(exe), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str()) else {
+            continue;
+        };
+        // The bin target's unit-test binary holds no tests: skip its VM boot.
+        let is_bin = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin"));
+        if msg["profile"]["test"].as_bool() == Some(true) && !is_bin {
+            binaries.push((name.to_owned(), PathBuf::from(exe)));
+        }
+    }
+    if binaries.is_empty() {
+        bail!("cargo built no test binaries");
+    }
+    Ok(binaries)
+}
+
+/// "test result: ok. 12 passed; 0 failed; ..." → (passed, failed), summed over the output.
+fn count_results(output: &str) -> (u32, u32) {
+    let mut totals = (0, 0);
+    for line in output.lines().filter_map(|l| l.split("test result:").nth(1)) {
+        let count = |word: &str| {
+            line.split(';')
+                .find_map(|part| part.trim().trim_start_matches("ok.").trim_start_matches("FAILED.").trim().strip_suffix(word))
+                .and_then(|n| n.trim().parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        totals.0 += count("passed");
+        totals.1 += count("failed");
+    }
+    totals
+}
+
+fn vm_test() -> Result<()> {
+    let binaries = build_test_binaries()?;
+    run_checked(cargo().args(["build", "-p", "tcptrace"]))?;
+    let tcptrace = workspace_root().join("target/debug/tcptrace");
+    let kernel = vm::prepare_kernel(&vm::default_cache_dir())?;
+    let mut commands = Vec::new();
+    for mode in ["fentry", "kprobe"] {
+        for (name, exe) in &binaries {
+            commands.push(vm::VmCommand {
+                name: format!("{mode}:{name}"),
+                program: exe.clone(),
+                args: vec!["--include-ignored".to_owned(), "--test-threads=1".to_owned()],
+                env: vec![("TCPTRACE_TEST_CLOSE_HOOK".to_owned(), mode.to_owned())],
+            });
+        }
+    }
+    let outcomes = vm::run(&kernel, &commands, &[tcptrace], Duration::from_secs(600))?;
+    let (mut passed, mut failed, mut broken) = (0, 0, Vec::new());
+    for outcome in &outcomes {
+        let (p, f) = count_results(&outcome.output);
+        passed += p;
+        failed += f;
+        match outcome.exit_code {
+            Some(0) => {}
+            Some(code) => broken.push(format!("{} exited with {code}", outcome.name)),
+            None => broken.push(format!("{} did not finish (panic, hang or timeout)", outcome.name)),
+        }
+    }
+    println!("vm-test: {passed} passed, {failed} failed");
+    if !broken.is_empty() {
+        bail!("VM tier failed: {}", broken.join("; "));
+    }
+    if passed == 0 {
+        bail!("VM tier ran no test");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_results;
+
+    #[test]
+    fn counts_libtest_summaries() {
+        let out = "test result: ok. 12 passed; 0 failed; 1 ignored\n[vm] test result: FAILED. 3 passed; 2 failed; 0 ignored";
+        assert_eq!(count_results(out), (15, 2));
+    }
+}

@@ -1,0 +1,194 @@
+//! End to end: the `tcptrace` binary as a user runs it.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    os::unix::process::CommandExt,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+const TCPTRACE: &str = env!("CARGO_BIN_EXE_tcptrace");
+
+fn tcptrace(args: &[&str]) -> Command {
+    let mut cmd = Command::new(TCPTRACE);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+fn run_to_end(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run tcptrace");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flags_are_usage_errors_with_status_2() {
+    for args in [&["trace", "--close-hook", "uprobe"][..], &["trace", "-4", "-6"], &["trace", "--port", "x"]] {
+        let (code, _, stderr) = run_to_end(&mut tcptrace(args));
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_pid_is_a_one_line_usage_error() {
+    let (code, stdout, stderr) = run_to_end(&mut tcptrace(&["trace", "-p", "999999999"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim(), "tcptrace: error: no process with pid 999999999");
+    assert!(stdout.is_empty());
+}
+
+#[test]
+fn help_shows_examples() {
+    let (code, stdout, _) = run_to_end(&mut tcptrace(&["trace", "--help"]));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("Examples:") && stdout.contains("--close-hook"), "{stdout}");
+}
+
+#[test]
+#[ignore = "needs root to drop privileges (cargo xtask test)"]
+fn without_privileges_it_names_what_is_missing() {
+    let mut cmd = tcptrace(&["trace", "--duration", "1s"]);
+    // SAFETY: setgid/setuid are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (code, _, stderr) = run_to_end(&mut cmd);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"), "{stderr}");
+}
+
+/// Runs `body` in a forked child named `comm`; the child exits with `body`'s status.
+fn fork_named(comm: &'static [u8], body: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: the child only makes plain syscalls and leaves with _exit.
+    match unsafe { libc::fork() } {
+        -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            // SAFETY: NUL-terminated name; prctl and _exit have no preconditions.
+            unsafe {
+                libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
+                libc::_exit(body());
+            }
+        }
+        pid => pid,
+    }
+}
+
+fn wait(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    libc::WEXITSTATUS(status)
+}
+
+/// A pipe on which each child reports its pid and the fd it used.
+fn pipe() -> (i32, i32) {
+    let mut fds = [0; 2];
+    // SAFETY: valid out-array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    (fds[0], fds[1])
+}
+
+fn report(fd: i32, value: i32) {
+    let bytes = value.to_ne_bytes();
+    // SAFETY: valid buffer.
+    unsafe { libc::write(fd, bytes.as_ptr().cast(), 4) };
+}
+
+fn read_report(fd: i32) -> i32 {
+    let mut bytes = [0u8; 4];
+    // SAFETY: valid buffer.
+    let n = unsafe { libc::read(fd, bytes.as_mut_ptr().cast(), 4) };
+    assert_eq!(n, 4, "child did not report");
+    i32::from_ne_bytes(bytes)
+}
+
+fn start_trace(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = tcptrace(args).spawn().expect("spawn tcptrace");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(30)).expect("tcptrace said nothing on stderr");
+    assert!(first.starts_with("tcptrace: tracing"), "tcptrace did not start: {first}");
+    (child, rx)
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn trace_json_attributes_both_ends_to_their_processes() {
+    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    // The VM tier runs this binary once per close hook (cargo xtask vm-test).
+    let hook = std::env::var("TCPTRACE_TEST_CLOSE_HOOK").unwrap_or_else(|_| "auto".to_owned());
+    let port_arg = port.to_string();
+    let (mut trace, _stderr) =
+        start_trace(&["trace", "--json", "--port", &port_arg, "--duration", "4s", "--close-hook", &hook]);
+
+    let (server_rd, server_wr) = pipe();
+    let server = fork_named(b"tt-server\0", || {
+        use std::os::fd::AsRawFd;
+        let Ok((conn, _)) = listener.accept() else { return 1 };
+        report(server_wr, conn.as_raw_fd());
+        let mut buf = [0u8; 1];
+        let _ = (&conn).read(&mut buf); // until the client closes
+        drop(conn);
+        0
+    });
+    let (client_rd, client_wr) = pipe();
+    let client = fork_named(b"tt-client\0", move || {
+        use std::os::fd::AsRawFd;
+        let Ok(conn) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else { return 1 };
+        report(client_wr, conn.as_raw_fd());
+        drop(conn);
+        0
+    });
+    let (server_fd, client_fd) = (read_report(server_rd), read_report(client_rd));
+    assert_eq!((wait(client), wait(server)), (0, 0), "children failed");
+
+    let mut stdout = String::new();
+    trace.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    assert!(trace.wait().unwrap().success());
+    let records: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let find = |event: &str, pid: i32| {
+        records
+            .iter()
+            .find(|r| r["event"] == event && r["pid"] == pid)
+            .unwrap_or_else(|| panic!("no {event} by pid {pid} in:\n{stdout}"))
+    };
+    let connect = find("connect", client);
+    assert_eq!((connect["comm"].as_str(), connect["fd"].as_i64()), (Some("tt-client"), Some(client_fd.into())));
+    assert_eq!(connect["rport"], port);
+    let accept = find("accept", server);
+    assert_eq!((accept["comm"].as_str(), accept["fd"].as_i64()), (Some("tt-server"), Some(server_fd.into())));
+    assert_eq!(accept["lport"], port);
+    for (pid, comm, fd) in [(client, "tt-client", client_fd), (server, "tt-server", server_fd)] {
+        let release = find("release", pid);
+        assert_eq!((release["comm"].as_str(), release["fd"].as_i64()), (Some(comm), Some(fd.into())));
+        assert_eq!(release["reason"], "close");
+    }
+    // Every record says which close hook produced it; each socket ends with a close.
+    assert!(records.iter().all(|r| r["close_hook"].is_string()));
+    if hook != "auto" {
+        assert!(records.iter().all(|r| r["close_hook"] == hook.as_str()), "{stdout}");
+    }
+    let closes: Vec<_> = records.iter().filter(|r| r["event"] == "close").collect();
+    assert!(closes.len() >= 2, "{stdout}");
+    assert!(closes.iter().any(|r| r["pid"] == client && r["lifetime_ms"].as_f64().is_some()), "{stdout}");
+    assert!(records.iter().any(|r| r["event"] == "time-wait" && r["pid"] == client), "{stdout}");
+}
