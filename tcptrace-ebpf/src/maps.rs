@@ -98,7 +98,7 @@ pub fn emit(event: &RawEvent) {
 #[inline(always)]
 pub fn remember_owner(skaddr: u64, pid: u32, fd: i32) -> bool {
     let owner = Owner { pid, fd, released: 0, _pad0: 0 };
-    if OWNERS.insert(&skaddr, &owner, 0).is_err() {
+    if OWNERS.insert(skaddr, owner, 0).is_err() {
         count(tcptrace_common::COUNTER_OWNER_MAP_FULL);
         return false;
     }

@@ -24,7 +24,7 @@ use crate::{
 #[inline(always)]
 pub fn report_release(sk: u64, info: Option<&SockInfo>, fd_hint: i32, reason: u8) {
     let mut event = current_event(KIND_RELEASE);
-    let owner = OWNERS.get_ptr_mut(&sk);
+    let owner = OWNERS.get_ptr_mut(sk);
     let (owner_pid, owner_fd) = match owner {
         // SAFETY: a map value pointer is valid for the duration of the program.
         Some(owner) => unsafe {

@@ -31,12 +31,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     // SAFETY: offset from the tracepoint format (module docs).
-    if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(8) } {
-        if let Some(slot) = LAST_RESET.get_ptr_mut(0) {
+    if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(8) }
+        && let Some(slot) = LAST_RESET.get_ptr_mut(0) {
             // SAFETY: per-CPU slot.
             unsafe { *slot = skaddr };
         }
-    }
     0
 }
 
@@ -114,7 +113,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         if new == SYN_SENT {
             event.kind = KIND_CONNECT;
             // SAFETY: plain map read.
-            event.fd = unsafe { CONNECT_FD.get(&event.tid) }.copied().unwrap_or(-1);
+            event.fd = unsafe { CONNECT_FD.get(event.tid) }.copied().unwrap_or(-1);
         }
         event.owner_pid = event.pid;
         if !remember_owner(skaddr, event.pid, event.fd) {
@@ -124,7 +123,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
 
-    let owner = OWNERS.get_ptr_mut(&skaddr);
+    let owner = OWNERS.get_ptr_mut(skaddr);
     match owner {
         // SAFETY: a map value pointer is valid for the duration of the program.
         Some(owner) => unsafe {
@@ -148,7 +147,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
 
     emit(&event);
     if new == CLOSE {
-        let _ = OWNERS.remove(&skaddr);
+        let _ = OWNERS.remove(skaddr);
     }
     Ok(())
 }

@@ -39,17 +39,16 @@ fn current_tid() -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    if let Ok(fd) = arg(&ctx, 0) {
-        if CONNECT_FD.insert(&current_tid(), &(fd as i32), 0).is_err() {
+    if let Ok(fd) = arg(&ctx, 0)
+        && CONNECT_FD.insert(current_tid(), fd as i32, 0).is_err() {
             count(COUNTER_CTX_MAP_FULL);
         }
-    }
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_connect(_ctx: TracePointContext) -> u32 {
-    let _ = CONNECT_FD.remove(&current_tid());
+    let _ = CONNECT_FD.remove(current_tid());
     0
 }
 
@@ -112,11 +111,10 @@ fn tracepoint_releases() -> bool {
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    if tracepoint_releases() {
-        if let (Ok(fd), Ok(table)) = (arg(&ctx, 0), FdTable::current()) {
+    if tracepoint_releases()
+        && let (Ok(fd), Ok(table)) = (arg(&ctx, 0), FdTable::current()) {
             let _ = release_if_last(&table, fd as u32, RELEASE_CLOSE);
         }
-    }
     0
 }
 

@@ -74,7 +74,7 @@ impl KernelBtf {
                 current = s;
             }
         }
-        if offset_bits % 8 != 0 {
+        if !offset_bits.is_multiple_of(8) {
             return Err(OffsetError::Unaligned { strukt: strukt.to_owned(), member: path.to_owned() });
         }
         Ok((offset_bits / 8, size))
@@ -112,13 +112,11 @@ impl KernelBtf {
             if member_name == name {
                 return Ok(Some((member.bit_offset(), member_type)));
             }
-            if member_name.is_empty() {
-                if let Type::Struct(inner) | Type::Union(inner) = &member_type {
-                    if let Some((bits, t)) = self.find_member(inner, name)? {
+            if member_name.is_empty()
+                && let Type::Struct(inner) | Type::Union(inner) = &member_type
+                    && let Some((bits, t)) = self.find_member(inner, name)? {
                         return Ok(Some((member.bit_offset() + bits, t)));
                     }
-                }
-            }
         }
         Ok(None)
     }
