@@ -82,7 +82,7 @@ fn run(mut args: Vec<String>) -> Result<()> {
 fn test(host_only: bool) -> Result<()> {
     setup::setup()?;
     // Root tests are #[ignore]d so a plain unprivileged `cargo test` passes; here they run.
-    run_checked(cargo().args(["test", "--workspace", "--", "--include-ignored"]))?;
+    run_checked(cargo().args(["test", "--", "--include-ignored"]))?;
     if !host_only {
         vm_test()?;
     }
