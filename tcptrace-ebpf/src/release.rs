@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::{fentry, kprobe},
     programs::{FEntryContext, ProbeContext},
 };
-use tcptrace_common::{FLAG_ADDRS, KIND_RELEASE, RELEASE_CLOSE, RELEASE_EXIT};
+use tcptrace_common::{FLAG_ADDRS, KIND_RELEASE, RELEASE_CLOSE, RELEASE_EXIT, tcp_state::CLOSE};
 
 use crate::{
     filter::{addr_matches, filters_process, process_matches},
@@ -49,7 +49,9 @@ pub fn report_release(sk: u64, info: Option<&SockInfo>, fd_hint: i32, reason: u8
         None => None,
     };
     if let Some(info) = info {
-        if !addr_matches(info.family, info.lport, info.rport) {
+        // A socket that reached CLOSE has lost its ports; an owner entry means it passed the
+        // address filters when it was opened.
+        if owner.is_none() && !addr_matches(info.family, info.lport, info.rport) {
             return;
         }
         event.family = info.family;
@@ -71,11 +73,16 @@ pub fn report_release(sk: u64, info: Option<&SockInfo>, fd_hint: i32, reason: u8
     } else {
         -1
     };
-    if let Some(owner) = owner {
-        // SAFETY: as above.
-        unsafe { (*owner).released = 1 };
-    }
     emit(&event);
+    if let Some(owner) = owner {
+        if info.is_some_and(|i| i.state == CLOSE) {
+            // Released after the protocol close (a dead descriptor): nothing more will come.
+            let _ = OWNERS.remove(sk);
+        } else {
+            // SAFETY: as above.
+            unsafe { (*owner).released = 1 };
+        }
+    }
 }
 
 /// Tracepoint mode: reports a release if `fd` holds the last reference to a TCP socket.

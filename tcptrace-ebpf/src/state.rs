@@ -146,8 +146,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     }
 
     emit(&event);
+    // The owner stays known until the socket is both closed and released, so a release after
+    // the protocol close (a dead descriptor) is still attributed and passes the filters.
     if new == CLOSE {
-        let _ = OWNERS.remove(skaddr);
+        // SAFETY: as above; the pointer is not used after the removal.
+        if owner.is_some_and(|o| unsafe { (*o).released } != 0) {
+            let _ = OWNERS.remove(skaddr);
+        }
     }
     Ok(())
 }

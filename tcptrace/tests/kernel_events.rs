@@ -1,63 +1,399 @@
+//! Root tests: load the real kernel programs with a port filter of their own, drive loopback
+//! connections from this process and from forked children, and check the exact events each
+//! socket produces: kinds and order, the task, the descriptor, the owner and the endpoints.
+//!
+//! Run with `cargo xtask test`, or as root:
+//! `cargo test -p tcptrace --test kernel_events -- --include-ignored`.
+//! `TCPTRACE_TEST_CLOSE_HOOK` (auto, fentry, kprobe, tracepoint) selects the close hook.
+
+mod common;
+
 use std::{
-    io::Read,
-    net::{TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    time::{Duration, Instant},
+    net::{SocketAddr, TcpListener},
+    os::fd::{AsRawFd, RawFd},
+    thread,
 };
 
-use tcptrace::{
-    close_hook::CloseHookChoice,
-    decode::Event,
-    probes::{ProbeOptions, Probes},
-    stream::EventStream,
+use common::*;
+use tcptrace::decode::{
+    EventKind,
+    ReleaseReason::{Close as ByClose, Exit as ByExit},
+    TcpState::{Close, Established, SynSent},
 };
 use tcptrace_common::Filter;
 
-struct Harness {
-    stream: EventStream,
-    _probes: Probes,
-    runtime: tokio::runtime::Runtime,
-    events: Vec<Event>,
-}
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn active_open_is_reported_in_the_connecting_thread() {
+    let _serial = no_forks();
+    let listener = listen(LOCALHOST_V4);
+    let mut h = Harness::on_port(addr_of(&listener).port());
+    let me = Task::current();
 
-impl Harness {
-    fn load(filter: Filter) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let mut probes = Probes::load(&ProbeOptions { filter, close_hook: CloseHookChoice::Auto, ring_bytes: 1 << 20 }).unwrap();
-        let stream = { let _g = runtime.enter(); probes.events().unwrap() };
-        Self { stream, _probes: probes, runtime, events: Vec::new() }
-    }
-    fn poll(&mut self, d: Duration) {
-        let Self { stream, runtime, events, .. } = self;
-        let _ = runtime.block_on(async { tokio::time::timeout(d, stream.next_batch(|b| events.push(Event::try_from(b).unwrap()))).await });
-    }
+    let client = connect(addr_of(&listener));
+    let client_sock = Sock::client_stream("client", &me, &client);
+    h.expect_socket(&client_sock, &active_open(&me, client.as_raw_fd()));
+    h.expect_nothing_lost();
 }
 
 #[test]
-#[ignore]
-fn dump() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let mut h = Harness::load(Filter { port, ..Filter::none() });
-    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (mut s, _) = l.accept().unwrap();
-    println!("client fd {} {:?} server fd {}", c.as_raw_fd(), c.local_addr(), s.as_raw_fd());
-    let scenario = std::env::var("SCEN").unwrap_or_default();
-    match scenario.as_str() {
-        "linger" => {
-            let lg = libc::linger { l_onoff: 1, l_linger: 0 };
-            unsafe { libc::setsockopt(c.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const lg).cast(), size_of::<libc::linger>() as u32) };
-            drop(c);
-            let _ = s.read(&mut [0u8; 1]);
-            drop(s);
-        }
-        _ => {
-            drop(c);
-            let _ = s.read(&mut [0u8; 1]);
-            drop(s);
-        }
-    }
-    let end = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < end { h.poll(Duration::from_millis(100)); }
-    for e in &h.events { if e.skaddr != 0 { println!("{e:?}"); } }
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn accept_and_close_are_attributed_to_their_threads() {
+    let _serial = no_forks();
+    let listener = listen(LOCALHOST_V4);
+    let mut h = Harness::on_port(addr_of(&listener).port());
+    let me = Task::current();
+
+    let client = connect(addr_of(&listener));
+    let (server, acceptor) = thread::scope(|s| {
+        let accepting = thread::Builder::new().name("tt-acceptor".into());
+        let accepting = accepting
+            .spawn_scoped(s, || (accept(&listener), Task::current()))
+            .unwrap();
+        accepting.join().unwrap()
+    });
+    let server_fd = server.as_raw_fd();
+    let server_sock = Sock::server_stream("server", &server);
+    let closer = thread::scope(|s| {
+        let closing = thread::Builder::new().name("tt-closer".into());
+        let closing = closing
+            .spawn_scoped(s, move || {
+                drop(server);
+                Task::current()
+            })
+            .unwrap();
+        closing.join().unwrap()
+    });
+    assert_ne!(acceptor.tid, closer.tid);
+    assert_ne!(acceptor.tid, me.tid);
+
+    // The state changes carry the owner: this process, with the accepted descriptor.
+    let owner = me.owns(server_fd);
+    h.expect_socket(
+        &server_sock,
+        &concat(&[
+            passive_open(&acceptor, server_fd),
+            closes_first(&closer, server_fd, owner, ByClose),
+        ]),
+    );
+    drop(client);
+    h.expect_nothing_lost();
+}
+
+/// Both sides in this thread; `client_first` picks who closes first.
+fn open_and_close(local: SocketAddr, client_first: bool) {
+    let listener = listen(local);
+    let mut h = Harness::on_port(addr_of(&listener).port());
+    let me = Task::current();
+
+    let client = connect(addr_of(&listener));
+    let server = accept(&listener);
+    let (client_fd, server_fd) = (client.as_raw_fd(), server.as_raw_fd());
+    let client_sock = Sock::client_stream("client", &me, &client);
+    let server_sock = Sock::server_stream("server", &server);
+    let (client_owner, server_owner) = (me.owns(client_fd), me.owns(server_fd));
+
+    let (client_end, server_end) = if client_first {
+        drop(client);
+        read_eof(&server);
+        drop(server);
+        (
+            closes_first(&me, client_fd, client_owner, ByClose),
+            closes_second(&me, server_fd, server_owner, ByClose),
+        )
+    } else {
+        drop(server);
+        read_eof(&client);
+        drop(client);
+        (
+            closes_second(&me, client_fd, client_owner, ByClose),
+            closes_first(&me, server_fd, server_owner, ByClose),
+        )
+    };
+    h.expect_socket(
+        &client_sock,
+        &concat(&[active_open(&me, client_fd), client_end]),
+    );
+    h.expect_socket(
+        &server_sock,
+        &concat(&[passive_open(&me, server_fd), server_end]),
+    );
+    h.expect_nothing_lost();
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn client_closes_first() {
+    let _serial = no_forks();
+    open_and_close(LOCALHOST_V4, true);
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn server_closes_first() {
+    let _serial = no_forks();
+    open_and_close(LOCALHOST_V4, false);
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn ipv6_open_and_close() {
+    let _serial = no_forks();
+    open_and_close(LOCALHOST_V6, true);
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn linger_zero_close_resets_the_peer() {
+    let _serial = no_forks();
+    let listener = listen(LOCALHOST_V4);
+    let mut h = Harness::on_port(addr_of(&listener).port());
+    let me = Task::current();
+
+    let client = connect(addr_of(&listener));
+    let server = accept(&listener);
+    let (client_fd, server_fd) = (client.as_raw_fd(), server.as_raw_fd());
+    let client_sock = Sock::client_stream("client", &me, &client);
+    let server_sock = Sock::server_stream("server", &server);
+    set_linger_zero(&client);
+    drop(client);
+
+    // The closing side aborts: release, then straight to CLOSE; it sent the RST, it did not
+    // receive one.
+    h.expect_socket(
+        &client_sock,
+        &concat(&[
+            active_open(&me, client_fd),
+            vec![
+                release_event(&me, ByClose, Established, client_fd),
+                change(Established, Close, me.owns(client_fd)),
+            ],
+        ]),
+    );
+    // The peer received it.
+    let mut server_expected = concat(&[
+        passive_open(&me, server_fd),
+        vec![reset_close(Established, me.owns(server_fd))],
+    ]);
+    h.expect_socket(&server_sock, &server_expected);
+
+    // Closing the reset socket is still its release.
+    drop(server);
+    server_expected.push(release_after_close(&me, ByClose, server_fd, h.hook()));
+    h.expect_socket(&server_sock, &server_expected);
+    h.expect_nothing_lost();
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn refused_connect_is_reset_then_released() {
+    let _serial = no_forks();
+    let port = unused_port();
+    let mut h = Harness::on_port(port);
+    let me = Task::current();
+    let server = SocketAddr::new(LOCALHOST_V4.ip(), port);
+
+    let (fd, error) = raw::failed_connect(&RawAddr::from(server));
+    assert_eq!(
+        error.raw_os_error(),
+        Some(libc::ECONNREFUSED),
+        "connect: {error}"
+    );
+    // The local port is gone once connect() fails: any port matches.
+    let sock = Sock::client("refused", &me, fd, LOCALHOST_V4, server);
+    let mut expected = vec![connect_event(&me, fd), reset_close(SynSent, me.owns(fd))];
+    h.expect_socket(&sock, &expected);
+
+    assert!(raw::close(fd));
+    expected.push(release_after_close(&me, ByClose, fd, h.hook()));
+    h.expect_socket(&sock, &expected);
+    h.expect_nothing_lost();
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn exit_releases_the_sockets_a_process_holds() {
+    let _serial = forks();
+    let listener = listen(LOCALHOST_V4);
+    let client = ClientChild::fork(c"tt-exit", addr_of(&listener), Ending::Exit);
+    let mut h = Harness::on_port(addr_of(&listener).port());
+    let me = Task::current();
+    let child = client.task();
+
+    let (client_sock, client_fd) = client.connect("client (child)");
+    let server = accept(&listener);
+    let server_fd = server.as_raw_fd();
+    let server_sock = Sock::server_stream("server", &server);
+    client.finish();
+    read_eof(&server);
+    drop(server);
+
+    h.expect_socket(
+        &client_sock,
+        &concat(&[
+            active_open(&child, client_fd),
+            closes_first(&child, client_fd, child.owns(client_fd), ByExit),
+        ]),
+    );
+    let exit = h.expect_exit(&child);
+    assert!(
+        exit < h.release_index(&client_sock),
+        "the process exits before its descriptors are closed:\n{}",
+        h.dump()
+    );
+    h.expect_socket(
+        &server_sock,
+        &concat(&[
+            passive_open(&me, server_fd),
+            closes_second(&me, server_fd, me.owns(server_fd), ByClose),
+        ]),
+    );
+    h.expect_nothing_lost();
+}
+
+/// The events of a child client's socket `fd`: connected, closed first.
+fn child_client_sequence(child: &Task, fd: RawFd) -> Vec<Expect> {
+    concat(&[
+        active_open(child, fd),
+        closes_first(child, fd, child.owns(fd), ByClose),
+    ])
+}
+
+/// Lets `client` connect to `listener`, close and exit; this thread accepts and closes.
+fn run_child_client(
+    client: ClientChild,
+    listener: &TcpListener,
+    label: &'static str,
+) -> (Sock, RawFd) {
+    let (sock, fd) = client.connect(label);
+    let server = accept(listener);
+    client.finish();
+    read_eof(&server);
+    (sock, fd)
+}
+
+/// A connection of this thread on `listener`, client closing first.
+fn own_connection(listener: &TcpListener) -> u16 {
+    let client = connect(addr_of(listener));
+    let server = accept(listener);
+    let port = client.local_addr().unwrap().port();
+    drop(client);
+    read_eof(&server);
+    port
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn pid_filter_keeps_only_that_process() {
+    let _serial = forks();
+    let listener = listen(LOCALHOST_V4);
+    let client = ClientChild::fork(c"tt-pid", addr_of(&listener), Ending::Close);
+    let child = client.task();
+    let mut pids = [0; tcptrace_common::MAX_FILTER_PIDS];
+    pids[0] = child.pid;
+    let filter = Filter {
+        pids,
+        n_pids: 1,
+        port: addr_of(&listener).port(),
+        ..Filter::none()
+    };
+    let mut h = Harness::load(filter);
+
+    // This process: same port, not the filtered pid.
+    let own_port = own_connection(&listener);
+    let (sock, fd) = run_child_client(client, &listener, "client (child)");
+
+    h.expect_socket(&sock, &child_client_sequence(&child, fd));
+    h.expect_exit(&child);
+    h.expect_only(&[&sock], |e| {
+        e.kind == EventKind::Exit && e.pid == child.pid
+    });
+    h.expect_no_port(own_port, "this process's connection");
+    h.expect_nothing_lost();
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn comm_filter_keeps_only_that_name() {
+    let _serial = forks();
+    let listener = listen(LOCALHOST_V4);
+    let other = ClientChild::fork(c"tt-comm-other", addr_of(&listener), Ending::Close);
+    let matching = ClientChild::fork(c"tt-comm-match", addr_of(&listener), Ending::Close);
+    let child = matching.task();
+    let mut comm = [0u8; 16];
+    comm[..child.comm.len()].copy_from_slice(child.comm.as_bytes());
+    let filter = Filter {
+        has_comm: 1,
+        comm,
+        port: addr_of(&listener).port(),
+        ..Filter::none()
+    };
+    let mut h = Harness::load(filter);
+
+    let (other_sock, _) = run_child_client(other, &listener, "client (other name)");
+    let own_port = own_connection(&listener);
+    let (sock, fd) = run_child_client(matching, &listener, "client (matching name)");
+
+    h.expect_socket(&sock, &child_client_sequence(&child, fd));
+    h.expect_exit(&child);
+    h.expect_only(&[&sock], |e| {
+        e.kind == EventKind::Exit && e.pid == child.pid
+    });
+    h.expect_no_port(other_sock.local.port(), "the other name's connection");
+    h.expect_no_port(own_port, "this process's connection");
+    h.expect_nothing_lost();
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn family_filter_keeps_only_ipv6() {
+    let _serial = no_forks();
+    // An IPv4 and an IPv6 listener on one port, so only the family tells them apart.
+    let (v4, v6) = (0..20)
+        .find_map(|_| {
+            let v4 = listen(LOCALHOST_V4);
+            let v6 =
+                TcpListener::bind(SocketAddr::new(LOCALHOST_V6.ip(), addr_of(&v4).port())).ok()?;
+            Some((v4, v6))
+        })
+        .expect("a port free on 127.0.0.1 and ::1");
+    let filter = Filter {
+        port: addr_of(&v4).port(),
+        family: AF_INET6,
+        ..Filter::none()
+    };
+    let mut h = Harness::load(filter);
+    let me = Task::current();
+
+    let v4_port = own_connection(&v4);
+    let client = connect(addr_of(&v6));
+    let server = accept(&v6);
+    let client_sock = Sock::client_stream("client (IPv6)", &me, &client);
+    let server_sock = Sock::server_stream("server (IPv6)", &server);
+    h.expect_socket(&client_sock, &active_open(&me, client.as_raw_fd()));
+    h.expect_socket(&server_sock, &passive_open(&me, server.as_raw_fd()));
+    h.expect_only(&[&client_sock, &server_sock], |e| e.kind == EventKind::Exit);
+    h.expect_no_port(v4_port, "the IPv4 connection");
+    h.expect_nothing_lost();
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn port_filter_keeps_only_that_port() {
+    let _serial = no_forks();
+    let (traced, other) = (listen(LOCALHOST_V4), listen(LOCALHOST_V4));
+    let mut h = Harness::on_port(addr_of(&traced).port());
+    let me = Task::current();
+
+    let other_port = own_connection(&other);
+    let client = connect(addr_of(&traced));
+    let server = accept(&traced);
+    let client_sock = Sock::client_stream("client", &me, &client);
+    let server_sock = Sock::server_stream("server", &server);
+    h.expect_socket(&client_sock, &active_open(&me, client.as_raw_fd()));
+    h.expect_socket(&server_sock, &passive_open(&me, server.as_raw_fd()));
+    h.expect_only(&[&client_sock, &server_sock], |e| e.kind == EventKind::Exit);
+    h.expect_no_port(other_port, "the connection on the other port");
+    h.expect_no_port(addr_of(&other).port(), "the other listener");
+    h.expect_nothing_lost();
 }
