@@ -53,7 +53,12 @@ fn help_shows_examples() {
 #[test]
 #[ignore = "needs root to drop privileges (cargo xtask test)"]
 fn without_privileges_it_names_what_is_missing() {
-    let mut cmd = tcptrace(&["trace", "--duration", "1s"]);
+    // The checkout may sit in a directory the unprivileged user cannot enter (mktemp -d is
+    // 0700): run a copy from a world-executable place.
+    let copy = std::env::temp_dir().join(format!("tcptrace-nopriv-{}", std::process::id()));
+    std::fs::copy(TCPTRACE, &copy).expect("copy tcptrace");
+    let mut cmd = Command::new(&copy);
+    cmd.args(["trace", "--duration", "1s"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: setgid/setuid are async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -64,6 +69,7 @@ fn without_privileges_it_names_what_is_missing() {
         });
     }
     let (code, _, stderr) = run_to_end(&mut cmd);
+    let _ = std::fs::remove_file(&copy);
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"), "{stderr}");
