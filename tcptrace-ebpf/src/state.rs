@@ -145,6 +145,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         report_release(skaddr, None, -1, RELEASE_EXIT);
     }
 
+    // tcp_close_state() "moves" FIN_WAIT2, LAST_ACK, ... to the state they are in: no change.
+    if old == new {
+        return Ok(());
+    }
     emit(&event);
     // The owner stays known until the socket is both closed and released, so a release after
     // the protocol close (a dead descriptor) is still attributed and passes the filters.

@@ -9,7 +9,7 @@
 mod common;
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::{Shutdown, SocketAddr, TcpListener},
     os::fd::{AsRawFd, RawFd},
     thread,
 };
@@ -18,7 +18,7 @@ use common::*;
 use tcptrace::decode::{
     EventKind,
     ReleaseReason::{Close as ByClose, Exit as ByExit},
-    TcpState::{Close, Established, SynSent},
+    TcpState::{Close, Established, FinWait1, FinWait2, SynSent},
 };
 use tcptrace_common::Filter;
 
@@ -179,8 +179,55 @@ fn linger_zero_close_resets_the_peer() {
 
     // Closing the reset socket is still its release.
     drop(server);
-    server_expected.push(release_after_close(&me, ByClose, server_fd, h.hook()));
+    server_expected.push(release_after_close(&me, ByClose, server_fd));
     h.expect_socket(&server_sock, &server_expected);
+    h.expect_nothing_lost();
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn shutdown_is_not_a_release() {
+    let _serial = no_forks();
+    let listener = listen(LOCALHOST_V4);
+    let mut h = Harness::on_port(addr_of(&listener).port());
+    let me = Task::current();
+
+    let client = connect(addr_of(&listener));
+    let server = accept(&listener);
+    let (client_fd, server_fd) = (client.as_raw_fd(), server.as_raw_fd());
+    let client_sock = Sock::client_stream("client", &me, &client);
+    let server_sock = Sock::server_stream("server", &server);
+    let client_owner = me.owns(client_fd);
+
+    // shutdown() sends the FIN: FIN_WAIT1, and FIN_WAIT2 once acknowledged; nothing released.
+    client.shutdown(Shutdown::Write).expect("shutdown");
+    let half_closed = concat(&[
+        active_open(&me, client_fd),
+        vec![
+            change(Established, FinWait1, client_owner),
+            change(FinWait1, FinWait2, client_owner),
+        ],
+    ]);
+    h.expect_socket(&client_sock, &half_closed);
+
+    // close() is the one release; the orphaned FIN_WAIT2 socket enters TIME_WAIT.
+    drop(client);
+    let mut closed = half_closed;
+    closed.extend([
+        release_event(&me, ByClose, FinWait2, client_fd),
+        change(FinWait2, Close, client_owner),
+    ]);
+    h.expect_socket(&client_sock, &closed);
+
+    read_eof(&server);
+    drop(server);
+    h.expect_socket(
+        &server_sock,
+        &concat(&[
+            passive_open(&me, server_fd),
+            closes_second(&me, server_fd, me.owns(server_fd), ByClose),
+        ]),
+    );
     h.expect_nothing_lost();
 }
 
@@ -205,7 +252,7 @@ fn refused_connect_is_reset_then_released() {
     h.expect_socket(&sock, &expected);
 
     assert!(raw::close(fd));
-    expected.push(release_after_close(&me, ByClose, fd, h.hook()));
+    expected.push(release_after_close(&me, ByClose, fd));
     h.expect_socket(&sock, &expected);
     h.expect_nothing_lost();
 }
@@ -249,6 +296,63 @@ fn exit_releases_the_sockets_a_process_holds() {
         ]),
     );
     h.expect_nothing_lost();
+}
+
+/// A server and a client in two children; each gives its socket up with `ending`.
+fn across_processes(ending: Ending) {
+    let listener = listen(LOCALHOST_V4);
+    let server = ServerChild::fork(c"tt-server", &listener, ending);
+    let client = ClientChild::fork(c"tt-client", addr_of(&listener), ending);
+    let mut h = Harness::on_port(addr_of(&listener).port());
+    let (server_task, client_task) = (server.task(), client.task());
+
+    let (client_sock, client_fd) = client.connect("client (tt-client)");
+    let server_fd = server.accept();
+    let server_sock = Sock::server("server (tt-server)", addr_of(&listener), client_sock.local);
+    client.finish();
+    server.wait();
+
+    h.expect_socket(
+        &client_sock,
+        &concat(&[
+            active_open(&client_task, client_fd),
+            closes_first(
+                &client_task,
+                client_fd,
+                client_task.owns(client_fd),
+                ending.reason(),
+            ),
+        ]),
+    );
+    h.expect_socket(
+        &server_sock,
+        &concat(&[
+            passive_open(&server_task, server_fd),
+            closes_second(
+                &server_task,
+                server_fd,
+                server_task.owns(server_fd),
+                ending.reason(),
+            ),
+        ]),
+    );
+    h.expect_exit(&client_task);
+    h.expect_exit(&server_task);
+    h.expect_nothing_lost();
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn client_and_server_in_other_processes_close() {
+    let _serial = forks();
+    across_processes(Ending::Close);
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn client_and_server_in_other_processes_exit() {
+    let _serial = forks();
+    across_processes(Ending::Exit);
 }
 
 /// The events of a child client's socket `fd`: connected, closed first.
