@@ -423,9 +423,9 @@ fn proc_net_tcp(port: u16) -> String {
     out
 }
 
-/// One event on one line, every field the tests check.
-pub fn show(e: &Event) -> String {
-    let kind = match e.kind {
+/// An event kind as the failure messages print it.
+fn show_kind(kind: EventKind) -> String {
+    match kind {
         EventKind::Connect => "connect".to_owned(),
         EventKind::Accept { state } => format!("accept state={}", opt_state(state)),
         EventKind::State { old, new, reset } => {
@@ -435,7 +435,12 @@ pub fn show(e: &Event) -> String {
             format!("release by={} state={}", reason.name(), opt_state(state))
         }
         EventKind::Exit => "exit".to_owned(),
-    };
+    }
+}
+
+/// One event on one line, every field the tests check.
+pub fn show(e: &Event) -> String {
+    let kind = show_kind(e.kind);
     let endpoints = match e.endpoints {
         Some(ep) => format!("{} -> {}", ep.local, ep.remote),
         None => "-".to_owned(),
@@ -632,17 +637,7 @@ impl Expect {
 
 impl fmt::Display for Expect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            EventKind::Connect => "connect".to_owned(),
-            EventKind::Accept { state } => format!("accept state={}", opt_state(state)),
-            EventKind::State { old, new, reset } => {
-                format!("{old}->{new}{}", if reset { " RESET" } else { "" })
-            }
-            EventKind::Release { reason, state } => {
-                format!("release by={} state={}", reason.name(), opt_state(state))
-            }
-            EventKind::Exit => "exit".to_owned(),
-        };
+        let kind = show_kind(self.kind);
         let task = self
             .task
             .as_ref()
