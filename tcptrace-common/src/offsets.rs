@@ -25,7 +25,8 @@ pub struct KernelOffsets {
     pub sock_protocol: u32,
     pub skc_family: u32,
     pub skc_state: u32,
-    pub skc_num: u32,
+    /// `inet_sock.inet_sport` (network order), which keeps the local port after CLOSE.
+    pub inet_sport: u32,
     pub skc_dport: u32,
     pub skc_daddr: u32,
     pub skc_rcv_saddr: u32,
@@ -55,7 +56,7 @@ impl KernelOffsets {
             sock_protocol: 0,
             skc_family: 0,
             skc_state: 0,
-            skc_num: 0,
+            inet_sport: 0,
             skc_dport: 0,
             skc_daddr: 0,
             skc_rcv_saddr: 0,

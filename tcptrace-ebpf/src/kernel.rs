@@ -54,6 +54,11 @@ impl FdTable {
         Ok(Self { fds, max_fds })
     }
 
+    #[inline(always)]
+    pub fn max_fds(&self) -> u32 {
+        self.max_fds
+    }
+
     /// The `struct file *` behind `fd`, or an error when the slot is empty or out of range.
     #[inline(always)]
     pub fn file(&self, fd: u32) -> Result<u64, i32> {
@@ -102,7 +107,7 @@ impl SockInfo {
         let protocol: u16 = member(sk, global!(OFFSETS.sock_protocol))?;
         let family: u16 = member(sk, global!(OFFSETS.skc_family))?;
         let state: u8 = member(sk, global!(OFFSETS.skc_state))?;
-        let lport: u16 = member(sk, global!(OFFSETS.skc_num))?;
+        let lport_be: u16 = member(sk, global!(OFFSETS.inet_sport))?;
         let rport_be: u16 = member(sk, global!(OFFSETS.skc_dport))?;
         let mut saddr = [0u8; 16];
         let mut daddr = [0u8; 16];
@@ -115,7 +120,15 @@ impl SockInfo {
             saddr = member(sk, global!(OFFSETS.skc_v6_rcv_saddr))?;
             daddr = member(sk, global!(OFFSETS.skc_v6_daddr))?;
         }
-        Ok(Self { protocol, family, state, lport, rport: u16::from_be(rport_be), saddr, daddr })
+        Ok(Self {
+            protocol,
+            family,
+            state,
+            lport: u16::from_be(lport_be),
+            rport: u16::from_be(rport_be),
+            saddr,
+            daddr,
+        })
     }
 
     #[inline(always)]

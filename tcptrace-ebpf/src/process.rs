@@ -1,14 +1,26 @@
-//! Process exit: `sched:sched_process_exit` fires in do_exit() before the descriptor table is
-//! dropped; only the last thread of a process is reported.
+//! Process exit: `sched:sched_process_exit` fires in do_exit() before exit_files() drops the
+//! descriptor table; only the last thread of a process is reported.
+//!
+//! In tracepoint mode this is also where exit releases are found: every descriptor still open
+//! that holds the last reference to a TCP socket is released by this exit. A scan here, rather
+//! than the state change tcp_close() makes later, also catches sockets that are already in
+//! CLOSE (reset by the peer) or whose close changes no state, and a socket inherited across
+//! fork() is released by whichever process drops the last reference.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tcptrace_common::KIND_EXIT;
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::bpf_loop, macros::tracepoint, programs::TracePointContext};
+use tcptrace_common::{CLOSE_HOOK_TRACEPOINT, KIND_EXIT, RELEASE_EXIT};
 
 use crate::{
     filter::process_matches,
-    kernel::current_group_dead,
-    maps::{current_event, emit},
+    kernel::{FdTable, current_group_dead},
+    maps::{close_hook, current_event, emit},
+    release::release_if_last,
 };
+
+/// Descriptors examined at exit. bpf_loop() keeps the verifier's cost independent of this.
+const EXIT_SCAN_MAX: u32 = 1 << 16;
 
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
@@ -18,8 +30,38 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         // Without BTF offsets: the thread-group leader stands for the process.
         Err(_) => event.pid == event.tid,
     };
-    if group_dead && process_matches(event.pid, &event.comm) {
+    if !group_dead {
+        return 0;
+    }
+    if process_matches(event.pid, &event.comm) {
         emit(&event);
     }
+    // After the exit event, as with fentry and kprobe, where exit_files() runs tcp_close().
+    if close_hook() == CLOSE_HOOK_TRACEPOINT
+        && let Ok(mut table) = FdTable::current()
+    {
+        let n = if table.max_fds() < EXIT_SCAN_MAX {
+            table.max_fds()
+        } else {
+            EXIT_SCAN_MAX
+        };
+        // SAFETY: the callback is a static BPF subprogram and `table` outlives the call.
+        unsafe {
+            bpf_loop(
+                n,
+                release_on_exit as *mut c_void,
+                (&raw mut table).cast::<c_void>(),
+                0,
+            )
+        };
+    }
+    0
+}
+
+/// bpf_loop() callback: one descriptor. Returns 0 to go on.
+extern "C" fn release_on_exit(fd: u32, table: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given above.
+    let table = unsafe { &*table.cast::<FdTable>() };
+    let _ = release_if_last(table, fd, RELEASE_EXIT);
     0
 }

@@ -5,8 +5,8 @@
 //! - fentry on `tcp_close` (net/ipv4/tcp.c, `void tcp_close(struct sock *sk, long timeout)`),
 //! - kprobe on the same function where trampolines are refused,
 //! - tracepoints only: close(2)/dup2/dup3/close_range at syscall entry when the file's reference
-//!   count is 1 (`syscalls` module), and at exit the close-style state change that `tcp_close()`
-//!   makes in the exiting thread (`state` module).
+//!   count is 1 (`syscalls` module), and at exit a scan of the descriptor table (`process`
+//!   module).
 
 use aya_ebpf::{
     macros::{fentry, kprobe},
@@ -104,7 +104,11 @@ pub fn release_if_last(table: &FdTable, fd: u32, reason: u8) -> Result<(), i32> 
 fn on_tcp_close(sk: u64) {
     // Deferred fput() runs tcp_close() after the syscall returned, so the syscall that dropped
     // the descriptor is no longer known here; exit is (PF_EXITING).
-    let reason = if current_is_exiting() { RELEASE_EXIT } else { RELEASE_CLOSE };
+    let reason = if current_is_exiting() {
+        RELEASE_EXIT
+    } else {
+        RELEASE_CLOSE
+    };
     report_release(sk, None, -1, reason);
 }
 

@@ -6,43 +6,147 @@
 //! tracefs before loading.
 //!
 //! `tcp:tcp_receive_reset` (include/trace/events/tcp.h): skaddr@8.
+//!
+//! Each hook exists twice: as a raw tracepoint reading the `struct sock` through BTF offsets
+//! (used whenever they are known) and as a classic tracepoint (the no-BTF fallback).
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use tcptrace_common::{
-    CLOSE_HOOK_TRACEPOINT, FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_CONNECT, KIND_STATE,
-    RELEASE_EXIT, tcp_state::*,
+    FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_CONNECT, KIND_STATE, tcp_state::*,
 };
 
 use crate::{
     filter::{addr_matches, filters_process, process_matches},
-    kernel::{AF_INET, IPPROTO_TCP, current_is_exiting},
-    maps::{
-        CONNECT_FD, LAST_RESET, OWNERS, close_hook, current_event, emit, remember_owner,
-    },
-    release::report_release,
+    kernel::{AF_INET, IPPROTO_TCP, SockInfo},
+    maps::{CONNECT_FD, LAST_RESET, OWNERS, current_event, emit, remember_owner},
 };
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let _ = try_inet_sock_set_state(&ctx);
+    if let Ok(Some(change)) = Change::from_tracepoint(&ctx) {
+        let _ = on_change(change);
+    }
+    0
+}
+
+/// The same hook as a raw tracepoint (`TP_PROTO(const struct sock *sk, int oldstate, int
+/// newstate)`). Preferred whenever BTF offsets are known: a classic tracepoint program is
+/// skipped, uncounted, whenever any other kprobe/tracepoint program is running on the CPU (the
+/// global `bpf_prog_active` guard), which a softirq state change hits often; a raw tracepoint is
+/// only skipped when it re-enters itself, and the kernel counts that in `recursion_misses`.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    if let Ok(Some(change)) = Change::from_sock(sk, old as u8, new as u8) {
+        let _ = on_change(change);
+    }
     0
 }
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     // SAFETY: offset from the tracepoint format (module docs).
-    if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(8) }
-        && let Some(slot) = LAST_RESET.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot.
-            unsafe { *slot = skaddr };
-        }
+    if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(8) } {
+        mark_reset(skaddr);
+    }
     0
+}
+
+/// `TP_PROTO(struct sock *sk)`; see `inet_sock_set_state_raw` for why raw is preferred.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset_raw(ctx: RawTracePointContext) -> i32 {
+    mark_reset(ctx.arg(0));
+    0
+}
+
+#[inline(always)]
+fn mark_reset(skaddr: u64) {
+    if let Some(slot) = LAST_RESET.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *slot = skaddr };
+    }
+}
+
+/// One TCP state change, whichever hook saw it.
+struct Change {
+    skaddr: u64,
+    old: u8,
+    new: u8,
+    family: u16,
+    lport: u16,
+    rport: u16,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+impl Change {
+    /// None when the socket is not TCP or the address filters reject it.
+    #[inline(always)]
+    fn from_tracepoint(ctx: &TracePointContext) -> Result<Option<Self>, i32> {
+        // SAFETY (all reads below): offsets from the tracepoint format (module docs).
+        let protocol: u16 = unsafe { ctx.read_at(30)? };
+        if protocol != IPPROTO_TCP {
+            return Ok(None);
+        }
+        let family: u16 = unsafe { ctx.read_at(28)? };
+        let lport: u16 = unsafe { ctx.read_at(24)? };
+        let rport: u16 = unsafe { ctx.read_at(26)? };
+        if !addr_matches(family, lport, rport) {
+            return Ok(None);
+        }
+        let mut saddr = [0u8; 16];
+        let mut daddr = [0u8; 16];
+        if family == AF_INET {
+            let s: [u8; 4] = unsafe { ctx.read_at(32)? };
+            let d: [u8; 4] = unsafe { ctx.read_at(36)? };
+            saddr[..4].copy_from_slice(&s);
+            daddr[..4].copy_from_slice(&d);
+        } else {
+            saddr = unsafe { ctx.read_at(40)? };
+            daddr = unsafe { ctx.read_at(56)? };
+        }
+        Ok(Some(Self {
+            skaddr: unsafe { ctx.read_at(8)? },
+            old: unsafe { ctx.read_at::<i32>(16)? } as u8,
+            new: unsafe { ctx.read_at::<i32>(20)? } as u8,
+            family,
+            lport,
+            rport,
+            saddr,
+            daddr,
+        }))
+    }
+
+    #[inline(always)]
+    fn from_sock(sk: u64, old: u8, new: u8) -> Result<Option<Self>, i32> {
+        let info = SockInfo::read(sk)?;
+        if !info.is_inet_tcp() || !addr_matches(info.family, info.lport, info.rport) {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            skaddr: sk,
+            old,
+            new,
+            family: info.family,
+            lport: info.lport,
+            rport: info.rport,
+            saddr: info.saddr,
+            daddr: info.daddr,
+        }))
+    }
 }
 
 /// Whether this socket just received a RST on this CPU; consumes the mark.
 #[inline(always)]
 fn take_reset(skaddr: u64) -> bool {
-    let Some(slot) = LAST_RESET.get_ptr_mut(0) else { return false };
+    let Some(slot) = LAST_RESET.get_ptr_mut(0) else {
+        return false;
+    };
     // SAFETY: per-CPU slot.
     unsafe {
         if *slot == skaddr {
@@ -53,53 +157,25 @@ fn take_reset(skaddr: u64) -> bool {
     false
 }
 
-/// The changes `tcp_close()` makes itself (tcp_close_state() or an abort to CLOSE); a peer's FIN
-/// or RST, the final ACK of LAST_ACK and TIME_WAIT entry make other changes or are flagged.
 #[inline(always)]
-fn is_close_style(old: u8, new: u8) -> bool {
-    match (old, new) {
-        (ESTABLISHED | SYN_RECV, FIN_WAIT1) => true,
-        (CLOSE_WAIT, LAST_ACK) => true,
-        (LAST_ACK, CLOSE) => false,
-        (_, CLOSE) => true,
-        _ => false,
-    }
-}
-
-#[inline(always)]
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY (all reads below): offsets from the tracepoint format (module docs).
-    let protocol: u16 = unsafe { ctx.read_at(30)? };
-    if protocol != IPPROTO_TCP {
+fn on_change(change: Change) -> Result<(), i32> {
+    let Change {
+        skaddr, old, new, ..
+    } = change;
+    // tcp_close_state() "moves" FIN_WAIT2, LAST_ACK, ... to the state they are in: no change.
+    if old == new {
         return Ok(());
     }
-    let family: u16 = unsafe { ctx.read_at(28)? };
-    let lport: u16 = unsafe { ctx.read_at(24)? };
-    let rport: u16 = unsafe { ctx.read_at(26)? };
-    if !addr_matches(family, lport, rport) {
-        return Ok(());
-    }
-    let skaddr: u64 = unsafe { ctx.read_at(8)? };
-    let old = unsafe { ctx.read_at::<i32>(16)? } as u8;
-    let new = unsafe { ctx.read_at::<i32>(20)? } as u8;
-
     let mut event = current_event(KIND_STATE);
     event.skaddr = skaddr;
     event.old_state = old;
     event.new_state = new;
-    event.family = family;
-    event.lport = lport;
-    event.rport = rport;
+    event.family = change.family;
+    event.lport = change.lport;
+    event.rport = change.rport;
+    event.saddr = change.saddr;
+    event.daddr = change.daddr;
     event.flags = FLAG_ADDRS;
-    if family == AF_INET {
-        let saddr: [u8; 4] = unsafe { ctx.read_at(32)? };
-        let daddr: [u8; 4] = unsafe { ctx.read_at(36)? };
-        event.saddr[..4].copy_from_slice(&saddr);
-        event.daddr[..4].copy_from_slice(&daddr);
-    } else {
-        event.saddr = unsafe { ctx.read_at(40)? };
-        event.daddr = unsafe { ctx.read_at(56)? };
-    }
     let reset = new == CLOSE && take_reset(skaddr);
     if reset {
         event.flags |= FLAG_RESET;
@@ -134,21 +210,6 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         None => {}
     }
 
-    // Tracepoint mode, process exit: the exiting thread's tcp_close() makes a close-style change
-    // on a socket its process owns. (close/dup2/dup3/close_range are caught at syscall entry.)
-    if close_hook() == CLOSE_HOOK_TRACEPOINT
-        && !reset
-        && event.owner_pid == event.pid
-        && is_close_style(old, new)
-        && current_is_exiting()
-    {
-        report_release(skaddr, None, -1, RELEASE_EXIT);
-    }
-
-    // tcp_close_state() "moves" FIN_WAIT2, LAST_ACK, ... to the state they are in: no change.
-    if old == new {
-        return Ok(());
-    }
     emit(&event);
     // The owner stays known until the socket is both closed and released, so a release after
     // the protocol close (a dead descriptor) is still attributed and passes the filters.

@@ -179,7 +179,8 @@ impl KernelBtf {
             sock_protocol: self.member_sized("sock", "sk_protocol", 2)?,
             skc_family: sk("skc_family", 2)?,
             skc_state: sk("skc_state", 1)?,
-            skc_num: sk("skc_num", 2)?,
+            // Not skc_num: unhashing at CLOSE and TIME_WAIT entry zeroes it first.
+            inet_sport: self.member_sized("inet_sock", "inet_sport", 2)?,
             skc_dport: sk("skc_dport", 2)?,
             skc_daddr: sk("skc_daddr", 4)?,
             skc_rcv_saddr: sk("skc_rcv_saddr", 4)?,
@@ -211,8 +212,9 @@ mod tests {
         assert_eq!(offsets.skc_daddr, 0);
         assert_eq!(offsets.skc_rcv_saddr, 4);
         assert_eq!(offsets.skc_dport, 12);
-        assert_eq!(offsets.skc_num, 14);
         assert!(offsets.sock_protocol > offsets.skc_v6_rcv_saddr);
+        // struct inet_sock starts with struct sock.
+        assert!(offsets.inet_sport > offsets.sock_protocol);
     }
 
     #[test]

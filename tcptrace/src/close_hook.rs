@@ -36,6 +36,16 @@ impl CloseHook {
         }
     }
 
+    /// The kernel program that observes releases in this mode (tracepoint mode has none of its
+    /// own: `sched_process_exit` and the syscall programs do the work).
+    pub const fn program(self) -> &'static str {
+        match self {
+            Self::Fentry => "tcp_close_fentry",
+            Self::Kprobe => "tcp_close_kprobe",
+            Self::Tracepoint => "sched_process_exit",
+        }
+    }
+
     /// The value the kernel programs read from `CONFIG[CONFIG_CLOSE_HOOK]`.
     pub const fn config_value(self) -> u32 {
         match self {

@@ -14,6 +14,7 @@ pub mod decode;
 pub mod output;
 pub mod privileges;
 pub mod probes;
+pub mod prog_stats;
 pub mod stream;
 pub mod trace;
 pub mod tracefs;

@@ -1,12 +1,13 @@
 //! Loads the kernel programs, configures them and attaches them: the only module that talks to
 //! the BPF syscall.
 
+use std::os::fd::AsFd as _;
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, KProbe, TracePoint},
+    programs::{FEntry, KProbe, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
     CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_LOST_EVENTS, COUNTER_OWNER_MAP_FULL, Filter,
@@ -16,6 +17,7 @@ use tcptrace_common::{
 use crate::{
     btf_offsets::{KernelBtf, OffsetError},
     close_hook::{CloseHook, CloseHookChoice},
+    prog_stats::recursion_misses,
     stream::EventStream,
     tracefs,
 };
@@ -24,6 +26,7 @@ use crate::{
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
 
 /// (program, category, tracepoint, required). Optional ones degrade a feature when absent.
+/// Hooks in `RAW_TRACEPOINTS` come first in their raw form and fall back to these.
 const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("inet_sock_set_state", "sock", "inet_sock_set_state", true),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset", false),
@@ -34,8 +37,29 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("sys_enter_close", "syscalls", "sys_enter_close", true),
     ("sys_enter_dup2", "syscalls", "sys_enter_dup2", false),
     ("sys_enter_dup3", "syscalls", "sys_enter_dup3", false),
-    ("sys_enter_close_range", "syscalls", "sys_enter_close_range", false),
+    (
+        "sys_enter_close_range",
+        "syscalls",
+        "sys_enter_close_range",
+        false,
+    ),
     ("sched_process_exit", "sched", "sched_process_exit", true),
+];
+
+/// (program, tracepoint, classic fallback program). Raw tracepoints read the `struct sock` with
+/// BTF offsets, and unlike classic tracepoint programs they are not skipped while another BPF
+/// program runs on the CPU (see the kernel crate's `state` module).
+const RAW_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    (
+        "inet_sock_set_state_raw",
+        "inet_sock_set_state",
+        "inet_sock_set_state",
+    ),
+    (
+        "tcp_receive_reset_raw",
+        "tcp_receive_reset",
+        "tcp_receive_reset",
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -56,6 +80,8 @@ pub enum LoadError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub lost_events: u64,
+    /// Runs the kernel skipped because the program was already running on that CPU.
+    pub missed_runs: u64,
     pub owner_map_full: u64,
     pub ctx_map_full: u64,
 }
@@ -64,6 +90,8 @@ pub struct Probes {
     ebpf: Ebpf,
     close_hook: CloseHook,
     notes: Vec<String>,
+    /// Programs attached, for their kernel statistics.
+    attached: Vec<&'static str>,
 }
 
 /// Set to print the whole verifier log when a program is rejected.
@@ -129,20 +157,54 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the BPF object: {}", reason(&e)))?;
 
-        let close_hook = attach_close_hook(&mut ebpf, options.close_hook, offsets.valid != 0, &mut notes)?;
-        let mut config: Array<_, u32> = Array::try_from(
-            ebpf.map_mut("CONFIG").context("map CONFIG missing from the BPF object")?,
+        let close_hook = attach_close_hook(
+            &mut ebpf,
+            options.close_hook,
+            offsets.valid != 0,
+            &mut notes,
         )?;
-        config.set(CONFIG_CLOSE_HOOK, close_hook.config_value(), 0).context("writing CONFIG")?;
+        let mut config: Array<_, u32> = Array::try_from(
+            ebpf.map_mut("CONFIG")
+                .context("map CONFIG missing from the BPF object")?,
+        )?;
+        config
+            .set(CONFIG_CLOSE_HOOK, close_hook.config_value(), 0)
+            .context("writing CONFIG")?;
 
+        let mut attached = Vec::new();
+        let mut raw_attached = Vec::new();
+        if offsets.valid != 0 {
+            for &(program, name, fallback) in RAW_TRACEPOINTS {
+                match attach_raw_tracepoint(&mut ebpf, program, name) {
+                    Ok(()) => {
+                        attached.push(program);
+                        raw_attached.push(fallback);
+                    }
+                    Err(e) => notes.push(format!(
+                        "raw tracepoint {name} unavailable ({e:#}): state changes can be missed while other BPF programs run"
+                    )),
+                }
+            }
+        }
         for &(program, category, name, required) in TRACEPOINTS {
+            if raw_attached.contains(&program) {
+                continue;
+            }
             match attach_tracepoint(&mut ebpf, program, category, name) {
-                Ok(()) => {}
+                Ok(()) => attached.push(program),
                 Err(e) if !required => notes.push(format!("{category}:{name} unavailable ({e:#})")),
                 Err(e) => return Err(e),
             }
         }
-        Ok(Self { ebpf, close_hook, notes })
+        if close_hook != CloseHook::Tracepoint {
+            attached.push(close_hook.program());
+        }
+        Ok(Self {
+            ebpf,
+            close_hook,
+            notes,
+            attached,
+        })
     }
 
     pub fn close_hook(&self) -> CloseHook {
@@ -155,7 +217,10 @@ impl Probes {
     }
 
     pub fn events(&mut self) -> anyhow::Result<EventStream> {
-        let map = self.ebpf.take_map("EVENTS").context("ring buffer already taken")?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("ring buffer already taken")?;
         let ring: RingBuf<MapData> = RingBuf::try_from(map)?;
         EventStream::new(ring).context("registering the ring buffer with tokio")
     }
@@ -164,17 +229,38 @@ impl Probes {
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("map COUNTERS missing")?)?;
         let sum = |index: u32| -> anyhow::Result<u64> {
-            Ok(counters.get(&index, 0).context("reading COUNTERS")?.iter().sum())
+            Ok(counters
+                .get(&index, 0)
+                .context("reading COUNTERS")?
+                .iter()
+                .sum())
         };
+        let mut missed_runs = 0;
+        for &name in &self.attached {
+            let Some(program) = self.ebpf.program(name) else {
+                continue;
+            };
+            let fd = program
+                .fd()
+                .with_context(|| format!("program {name} has no fd"))?;
+            missed_runs += recursion_misses(fd.as_fd())
+                .with_context(|| format!("reading the statistics of program {name}"))?;
+        }
         Ok(Counters {
             lost_events: sum(COUNTER_LOST_EVENTS)?,
+            missed_runs,
             owner_map_full: sum(COUNTER_OWNER_MAP_FULL)?,
             ctx_map_full: sum(COUNTER_CTX_MAP_FULL)?,
         })
     }
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> anyhow::Result<()> {
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &str,
+    category: &str,
+    name: &str,
+) -> anyhow::Result<()> {
     if !tracefs::has_tracepoint(category, name) {
         return Err(anyhow!("the kernel has no tracepoint {category}:{name}"));
     }
@@ -182,8 +268,22 @@ fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str)
         .program_mut(program)
         .with_context(|| format!("program {program} missing from the BPF object"))?
         .try_into()?;
-    prog.load().map_err(|e| anyhow!("loading {program}: {}", reason(&e)))?;
-    prog.attach(category, name).map_err(|e| anyhow!("attaching {category}:{name}: {}", reason(&e)))?;
+    prog.load()
+        .map_err(|e| anyhow!("loading {program}: {}", reason(&e)))?;
+    prog.attach(category, name)
+        .map_err(|e| anyhow!("attaching {category}:{name}: {}", reason(&e)))?;
+    Ok(())
+}
+
+fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, name: &str) -> anyhow::Result<()> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing from the BPF object"))?
+        .try_into()?;
+    prog.load()
+        .map_err(|e| anyhow!("loading {program}: {}", reason(&e)))?;
+    prog.attach(name)
+        .map_err(|e| anyhow!("attaching raw tracepoint {name}: {}", reason(&e)))?;
     Ok(())
 }
 
@@ -238,13 +338,19 @@ fn attach_close_hook(
         }
     }
     // Auto ends with tracepoint, which only fails without BTF: releases are then not reported.
-    notes.push(format!("no close hook available ({}); releases are not reported", refused.join("; ")));
+    notes.push(format!(
+        "no close hook available ({}); releases are not reported",
+        refused.join("; ")
+    ));
     Ok(CloseHook::Tracepoint)
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit with a valid struct; failure only matters on old kernels and is
     // reported by the map creation that follows.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };

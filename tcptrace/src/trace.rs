@@ -39,10 +39,22 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         eprintln!("tcptrace: note: {note}");
     }
 
-    let format = if args.json { Format::Json } else { Format::Text };
-    let mut renderer =
-        Renderer::new(BufWriter::new(io::stdout()), format, Clock::now(), probes.close_hook());
-    let mut session = Session { conns: Connections::new(MAX_TRACKED), records: Vec::new(), decode_errors: 0 };
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    let mut renderer = Renderer::new(
+        BufWriter::new(io::stdout()),
+        format,
+        Clock::now(),
+        probes.close_hook(),
+    );
+    let mut session = Session {
+        conns: Connections::new(MAX_TRACKED),
+        records: Vec::new(),
+        decode_errors: 0,
+    };
 
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -97,6 +109,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             counters.lost_events
         );
     }
+    if counters.missed_runs > 0 {
+        eprintln!(
+            "tcptrace: {} kernel program runs skipped by the kernel (a hook re-entered on one CPU): their events are lost",
+            counters.missed_runs
+        );
+    }
     if counters.owner_map_full > 0 {
         eprintln!(
             "tcptrace: {} sockets opened while the kernel owner map was full: their later state changes show no owner",
@@ -104,10 +122,16 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         );
     }
     if session.decode_errors > 0 {
-        eprintln!("tcptrace: {} malformed events skipped", session.decode_errors);
+        eprintln!(
+            "tcptrace: {} malformed events skipped",
+            session.decode_errors
+        );
     }
     if session.conns.untracked > 0 {
-        eprintln!("tcptrace: {} sockets not tracked (table full): no lifetime for them", session.conns.untracked);
+        eprintln!(
+            "tcptrace: {} sockets not tracked (table full): no lifetime for them",
+            session.conns.untracked
+        );
     }
     Ok(())
 }

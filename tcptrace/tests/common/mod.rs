@@ -1163,3 +1163,38 @@ impl ServerChild {
         self.child.wait();
     }
 }
+
+/// A loopback connection made in this thread, traced by probes that only see its port.
+pub struct Loopback {
+    /// Kept open for the test's duration, as a real server would.
+    pub listener: TcpListener,
+    pub h: Harness,
+    pub me: Task,
+    pub client: TcpStream,
+    pub server: TcpStream,
+    pub client_fd: RawFd,
+    pub server_fd: RawFd,
+    pub client_sock: Sock,
+    pub server_sock: Sock,
+}
+
+impl Loopback {
+    pub fn open(local: SocketAddr) -> Self {
+        let listener = listen(local);
+        let h = Harness::on_port(addr_of(&listener).port());
+        let me = Task::current();
+        let client = connect(addr_of(&listener));
+        let server = accept(&listener);
+        Self {
+            h,
+            client_fd: client.as_raw_fd(),
+            server_fd: server.as_raw_fd(),
+            client_sock: Sock::client_stream("client", &me, &client),
+            server_sock: Sock::server_stream("server", &server),
+            me,
+            client,
+            server,
+            listener,
+        }
+    }
+}
