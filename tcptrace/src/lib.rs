@@ -4,7 +4,7 @@
 //! code that talks to the BPF syscall), `btf_offsets` and `tracefs` read what the kernel
 //! programs need to know about the running kernel, `decode` turns ring-buffer bytes into
 //! checked events, `connections` is the pure per-socket bookkeeping, `output` renders records,
-//! and `cli`/`trace` are the command line.
+//! `top` is the per-process table view, and `cli`/`trace` are the command line.
 
 pub mod btf_offsets;
 pub mod cli;
@@ -16,5 +16,6 @@ pub mod privileges;
 pub mod probes;
 pub mod prog_stats;
 pub mod stream;
+pub mod top;
 pub mod trace;
 pub mod tracefs;
