@@ -5,10 +5,13 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tcptrace_common::{Filter, MAX_FILTER_PIDS};
 
-use crate::close_hook::CloseHookChoice;
+use crate::{close_hook::CloseHookChoice, probes::ProbeOptions, top::SortKey};
 
 const EXAMPLES: &str = "\
 Examples:
+  tcptrace leaks --duration 60s           which processes leak or churn connections, after a minute
+  tcptrace leaks -c myservice --json      one service, a JSON report when Ctrl-C is pressed
+  tcptrace top                            a live per-process table (q quits)
   tcptrace trace                          every TCP connection on the host
   tcptrace trace -p 1234 --duration 30s   one process for 30 seconds
   tcptrace trace --port 6379 --json       Redis traffic (either side), one JSON object per line
@@ -33,7 +36,38 @@ pub enum Command {
     /// entries and closes with lifetimes
     #[command(after_help = EXAMPLES)]
     Trace(TraceArgs),
+    /// Find leaked, ghost and churning connections: sockets left in CLOSE_WAIT, descriptors of
+    /// dead connections, idle connections without keepalive, connections never closed, and
+    /// TIME_WAIT churn; report by process when the duration ends or on Ctrl-C
+    #[command(after_help = LEAKS_EXAMPLES)]
+    Leaks(LeaksArgs),
+    /// A live per-process table of connections: open, ESTABLISHED, CLOSE_WAIT, TIME_WAIT,
+    /// open and release rates, lifetimes and findings
+    #[command(after_help = TOP_EXAMPLES)]
+    Top(TopArgs),
 }
+
+const LEAKS_EXAMPLES: &str = "\
+Findings:
+  close-wait         the peer closed; the process still holds the socket (never called close())
+  dead-fd            the connection ended (reset, timeout); the descriptor is still open
+  idle-no-keepalive  ESTABLISHED, idle longer than --idle, keepalive off: a ghost if the peer vanished
+  unclosed           a connection this process opened during the trace, unused and still open at the end
+  time-wait-churn    TIME_WAIT entries toward one remote faster than --time-wait-rate
+
+Examples:
+  tcptrace leaks --duration 5m                  the whole host for five minutes
+  tcptrace leaks -p 1234 --min-age 10s          one process, quicker verdicts
+  tcptrace leaks --port 6379 --idle 2m --json   Redis connections, ghost limit two minutes, JSON";
+
+const TOP_EXAMPLES: &str = "\
+Keys: o open, e ESTABLISHED, w CLOSE_WAIT, t TIME_WAIT/s, n opened/s, r released/s, 5 p50, 9 p99,
+      f findings, p pid, c comm, R reverse, q quit
+
+Examples:
+  tcptrace top                          the host, refreshed every 2 s
+  tcptrace top --sort time-wait -c php  which php processes churn TIME_WAIT
+  tcptrace top --interval 10s | tee log plain tables when stdout is not a terminal";
 
 #[derive(Debug, Args)]
 pub struct FilterArgs {
@@ -54,22 +88,112 @@ pub struct FilterArgs {
     pub ipv6: bool,
 }
 
+/// What the kernel side needs: filters, the close hook, the ring size.
 #[derive(Debug, Args)]
-pub struct TraceArgs {
+pub struct ProbeArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Stop after this long (e.g. 10s, 5m); default: until Ctrl-C
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
     /// How releases (the tcp_close() moment) are observed
     #[arg(long, value_enum, default_value_t = CloseHookChoice::Auto)]
     pub close_hook: CloseHookChoice,
-    /// One JSON object per line (fields documented in README)
-    #[arg(long)]
-    pub json: bool,
     /// Ring buffer size in MiB (a power of two)
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub ring_size: u32,
+}
+
+impl ProbeArgs {
+    pub fn to_options(&self) -> Result<ProbeOptions, UsageError> {
+        Ok(ProbeOptions {
+            filter: self.filter.to_filter()?,
+            close_hook: self.close_hook,
+            ring_bytes: self.ring_size << 20,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Stop after this long (e.g. 10s, 5m); default: until Ctrl-C
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// One JSON object per line (fields documented in README)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The limits that turn sockets into findings, and how the socket table is kept.
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// A socket is reported once it has been in its leaking state (CLOSE_WAIT, a dead
+    /// descriptor, opened and unused) this long
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub min_age: Duration,
+    /// idle-no-keepalive after this long without data
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub idle: Duration,
+    /// time-wait-churn at this many TIME_WAIT entries per second toward one remote; default:
+    /// the rate that holds 10% of net.ipv4.ip_local_port_range
+    #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
+    pub time_wait_rate: Option<f64>,
+    /// Re-read every socket (sock_diag and /proc) this often, to refresh idle times and repair
+    /// anything an event missed
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_sweep)]
+    pub sweep: Duration,
+    /// Sockets tracked at most; beyond, they are counted as not tracked
+    #[arg(long, value_name = "N", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sockets: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaksArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    /// Stop after this long (e.g. 10s, 5m); default: until Ctrl-C
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print the report as one JSON document (schema in README)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    /// Refresh every
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_sweep)]
+    pub interval: Duration,
+    /// Sort by
+    #[arg(long, value_enum, default_value_t = SortKey::Open)]
+    pub sort: SortKey,
+    /// Rows shown at most (plain output)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Stop after this long; default: until q or Ctrl-C
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err("must be a positive number".to_owned());
+    }
+    Ok(rate)
+}
+
+fn parse_sweep(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err("must be at least 100ms".to_owned());
+    }
+    Ok(d)
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -124,6 +248,18 @@ impl FilterArgs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn leaks_defaults_follow_the_design() {
+        let Command::Leaks(args) = parse(&["leaks"]).unwrap().command else { panic!("leaks") };
+        assert_eq!(args.detect.min_age, Duration::from_secs(30));
+        assert_eq!(args.detect.idle, Duration::from_secs(600));
+        assert_eq!(args.detect.time_wait_rate, None);
+        let Command::Top(args) = parse(&["top", "--sort", "close-wait"]).unwrap().command else {
+            panic!("top")
+        };
+        assert_eq!(args.sort, SortKey::CloseWait);
+    }
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -135,8 +271,8 @@ mod tests {
         let pid = std::process::id();
         let cli = parse(&["trace", "-p", &pid.to_string(), "-c", "redis-server", "--port", "6379", "-6"])
             .expect("parses");
-        let Command::Trace(args) = cli.command;
-        let filter = args.filter.to_filter().expect("valid");
+        let Command::Trace(args) = cli.command else { panic!("trace") };
+        let filter = args.probe.filter.to_filter().expect("valid");
         assert_eq!((filter.n_pids, filter.pids[0]), (1, pid));
         assert_eq!(&filter.comm[..12], b"redis-server");
         assert_eq!((filter.port, filter.family), (6379, 10));
@@ -149,9 +285,19 @@ mod tests {
         assert!(parse(&["trace", "--close-hook", "uprobe"]).is_err());
         assert!(parse(&["trace", "--duration", "soon"]).is_err());
         assert!(parse(&["trace", "--ring-size", "3"]).is_err());
-        let Command::Trace(args) = parse(&["trace", "-p", "999999999"]).unwrap().command;
-        assert!(matches!(args.filter.to_filter(), Err(UsageError::NoSuchPid(999999999))));
-        let Command::Trace(args) = parse(&["trace", "-c", "a-very-long-process-name"]).unwrap().command;
-        assert!(matches!(args.filter.to_filter(), Err(UsageError::CommTooLong(_))));
+        let Command::Trace(args) = parse(&["trace", "-p", "999999999"]).unwrap().command else {
+            panic!("trace")
+        };
+        assert!(matches!(args.probe.filter.to_filter(), Err(UsageError::NoSuchPid(999999999))));
+        let Command::Trace(args) =
+            parse(&["trace", "-c", "a-very-long-process-name"]).unwrap().command
+        else {
+            panic!("trace")
+        };
+        assert!(matches!(args.probe.filter.to_filter(), Err(UsageError::CommTooLong(_))));
+        assert!(parse(&["leaks", "--min-age", "never"]).is_err());
+        assert!(parse(&["leaks", "--time-wait-rate", "-1"]).is_err());
+        assert!(parse(&["leaks", "--sweep", "1ms"]).is_err());
+        assert!(parse(&["top", "--sort", "size"]).is_err());
     }
 }

@@ -3,18 +3,30 @@
 //! Layers, each in its own module: `probes` loads and attaches the kernel programs (the only
 //! code that talks to the BPF syscall), `btf_offsets` and `tracefs` read what the kernel
 //! programs need to know about the running kernel, `decode` turns ring-buffer bytes into
-//! checked events, `connections` is the pure per-socket bookkeeping, `output` renders records,
-//! `top` is the per-process table view, and `cli`/`trace` are the command line.
+//! checked events, `connections` attributes each event to the socket's owner, `output` renders
+//! records. `inventory` reads the sockets that already exist (sock_diag, /proc), `aggregate`
+//! keeps each socket's lifecycle and per-process statistics, `findings` turns them into leak
+//! findings and `report` prints them; `collector` is the event loop `leaks` and `top` share.
+//! `cli`, `trace`, `leaks` and `top` are the commands.
 
+pub mod aggregate;
 pub mod btf_offsets;
 pub mod cli;
+pub mod clock;
 pub mod close_hook;
+pub mod collector;
 pub mod connections;
 pub mod decode;
+pub mod findings;
+pub mod inventory;
+pub mod leaks;
 pub mod output;
+pub mod ports;
 pub mod privileges;
 pub mod probes;
 pub mod prog_stats;
+pub mod report;
+pub mod stop;
 pub mod stream;
 pub mod top;
 pub mod trace;

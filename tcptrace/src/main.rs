@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tcptrace::{
     cli::{Cli, Command, UsageError},
-    privileges, trace,
+    leaks, privileges, top, trace,
 };
 
 /// Status for bad input (clap uses the same for bad flags).
@@ -32,14 +32,19 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Bad flags first: they are the user's to fix whatever the privileges.
+    let probe = match &cli.command {
+        Command::Trace(args) => &args.probe,
+        Command::Leaks(args) => &args.probe,
+        Command::Top(args) => &args.probe,
+    };
+    probe.to_options()?;
+    if let Some(missing) = privileges::missing() {
+        anyhow::bail!(missing);
+    }
     match cli.command {
-        Command::Trace(args) => {
-            // Bad flags first: they are the user's to fix whatever the privileges.
-            args.filter.to_filter()?;
-            if let Some(missing) = privileges::missing() {
-                anyhow::bail!(missing);
-            }
-            trace::run(args).await
-        }
+        Command::Trace(args) => trace::run(args).await,
+        Command::Leaks(args) => leaks::run(args).await,
+        Command::Top(args) => top::run(args).await,
     }
 }

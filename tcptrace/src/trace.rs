@@ -16,19 +16,14 @@ use crate::{
     connections::Connections,
     decode::Event,
     output::{Clock, Format, Renderer},
-    probes::{ProbeOptions, Probes},
+    probes::Probes,
 };
 
 /// Sockets remembered for lifetimes and owners; beyond this they are counted, not tracked.
 const MAX_TRACKED: usize = 1 << 20;
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
-    let filter = args.filter.to_filter()?;
-    let options = ProbeOptions {
-        filter,
-        close_hook: args.close_hook,
-        ring_bytes: args.ring_size << 20,
-    };
+    let options = args.probe.to_options()?;
     let mut probes = Probes::load(&options)?;
     let mut stream = probes.events()?;
     eprintln!(

@@ -198,3 +198,98 @@ fn trace_json_attributes_both_ends_to_their_processes() {
     assert!(closes.iter().any(|r| r["pid"] == client && r["lifetime_ms"].as_f64().is_some()), "{stdout}");
     assert!(records.iter().any(|r| r["event"] == "time-wait" && r["pid"] == client), "{stdout}");
 }
+
+/// A forked client that connects to `port`, reports its descriptor, then holds the socket
+/// until the write end of the `done` pipe is closed.
+fn holding_client(comm: &'static [u8], port: u16, (done, done_wr): (i32, i32)) -> (libc::pid_t, i32) {
+    let (rd, wr) = pipe();
+    let pid = fork_named(comm, move || {
+        // SAFETY: the child's copy of the write end, which would keep `done` from ending.
+        unsafe { libc::close(done_wr) };
+        use std::os::fd::AsRawFd;
+        let Ok(conn) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else { return 1 };
+        report(wr, conn.as_raw_fd());
+        let mut byte = [0u8; 1];
+        // SAFETY: valid buffer; returns at EOF, when the test closes its end.
+        unsafe { libc::read(done, byte.as_mut_ptr().cast(), 1) };
+        0
+    });
+    (pid, read_report(rd))
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn leaks_json_names_each_leaking_socket_and_nothing_else() {
+    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let hook = std::env::var("TCPTRACE_TEST_CLOSE_HOOK").unwrap_or_else(|_| "auto".to_owned());
+    let port_arg = port.to_string();
+    let (leaks, _stderr) = start_trace(&[
+        "leaks", "--json", "--port", &port_arg, "--min-age", "1s", "--duration", "4s",
+        "--close-hook", &hook,
+    ]);
+    let (done_rd, done_wr) = pipe();
+
+    // The server closes: the client sits in CLOSE_WAIT, never closing.
+    let (close_wait, close_wait_fd) = holding_client(b"tt-closewait\0", port, (done_rd, done_wr));
+    drop(listener.accept().expect("accept").0);
+    // The server resets: the client's descriptor outlives its connection.
+    let (dead, dead_fd) = holding_client(b"tt-deadfd\0", port, (done_rd, done_wr));
+    let (reset, _) = listener.accept().expect("accept");
+    {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: a valid socket and option value.
+        let ret = unsafe {
+            libc::setsockopt(
+                reset.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(ret, 0, "SO_LINGER");
+    }
+    drop(reset);
+    // Opened and held, unused: unclosed. The server side held too is not a finding.
+    let (holder, holder_fd) = holding_client(b"tt-holder\0", port, (done_rd, done_wr));
+    let (_held, _) = listener.accept().expect("accept");
+
+    let output = leaks.wait_with_output().expect("leaks report");
+    // SAFETY: our own pipe; closing the write end releases the children.
+    unsafe { libc::close(done_wr) };
+    for pid in [close_wait, dead, holder] {
+        assert_eq!(wait(pid), 0, "child {pid} failed");
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    let mut found: Vec<(String, i64, i64)> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (f["kind"].as_str().unwrap().to_owned(), f["pid"].as_i64().unwrap(), f["fd"].as_i64().unwrap_or(-1))
+        })
+        .collect();
+    found.sort();
+    let mut expected = vec![
+        ("close-wait".to_owned(), i64::from(close_wait), i64::from(close_wait_fd)),
+        ("dead-fd".to_owned(), i64::from(dead), i64::from(dead_fd)),
+        ("unclosed".to_owned(), i64::from(holder), i64::from(holder_fd)),
+    ];
+    expected.sort();
+    assert_eq!(found, expected, "{stdout}");
+    if hook != "auto" {
+        assert_eq!(report["close_hook"], hook.as_str());
+    }
+    assert_eq!(report["events_lost"], 0, "{stdout}");
+    let me = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == i64::from(std::process::id()))
+        .expect("this process in the report");
+    assert_eq!((me["opened"].as_i64(), me["findings"].as_i64()), (Some(3), Some(0)), "{stdout}");
+}

@@ -7,6 +7,7 @@
 //! produces something a person or a script can read.
 
 mod columns;
+mod live;
 mod plain;
 mod row;
 mod sort;
@@ -16,6 +17,7 @@ mod tui;
 
 use std::io::IsTerminal;
 
+pub use live::run;
 pub use plain::render_plain;
 pub use row::{Frame, Row};
 pub use sort::{Sort, SortKey};

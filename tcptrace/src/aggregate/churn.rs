@@ -1,0 +1,75 @@
+//! TIME_WAIT entries per (process, remote): the churn that exhausts ephemeral ports.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+/// Entries toward one remote.
+#[derive(Debug, Clone, Copy)]
+pub struct ChurnCounter {
+    pub entries: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+impl ChurnCounter {
+    /// Entries per second while the churn lasted. Measured between the first and the last
+    /// entry, so a loop that ran for part of the trace is not diluted by the rest; a window
+    /// under a second is stretched to one second, so a handful of entries is not a rate.
+    pub fn rate_per_s(&self) -> f64 {
+        let window = Duration::from_nanos(self.last_ns.saturating_sub(self.first_ns));
+        if window >= Duration::from_secs(1) {
+            (self.entries - 1) as f64 / window.as_secs_f64()
+        } else {
+            self.entries as f64
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Churn {
+    counters: HashMap<(u32, SocketAddr), ChurnCounter>,
+}
+
+impl Churn {
+    pub fn record(&mut self, pid: u32, remote: SocketAddr, ts_ns: u64) {
+        self.counters
+            .entry((pid, remote))
+            .and_modify(|c| {
+                c.entries += 1;
+                c.first_ns = c.first_ns.min(ts_ns);
+                c.last_ns = c.last_ns.max(ts_ns);
+            })
+            .or_insert(ChurnCounter { entries: 1, first_ns: ts_ns, last_ns: ts_ns });
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, SocketAddr, &ChurnCounter)> {
+        self.counters.iter().map(|(&(pid, remote), c)| (pid, remote, c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_is_measured_between_first_and_last_entry() {
+        let mut churn = Churn::default();
+        let remote: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        // 101 entries, one every 10 ms, starting late in the trace: 100/s.
+        for i in 0..=100u64 {
+            churn.record(7, remote, 5_000_000_000 + i * 10_000_000);
+        }
+        let (_, _, c) = churn.iter().next().unwrap();
+        assert_eq!(c.entries, 101);
+        assert!((c.rate_per_s() - 100.0).abs() < 1e-9, "{}", c.rate_per_s());
+    }
+
+    #[test]
+    fn a_burst_shorter_than_a_second_counts_its_entries() {
+        let mut churn = Churn::default();
+        let remote: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        for i in 0..5u64 {
+            churn.record(7, remote, i * 1_000);
+        }
+        assert_eq!(churn.iter().next().unwrap().2.rate_per_s(), 5.0);
+    }
+}

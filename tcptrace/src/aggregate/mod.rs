@@ -1,0 +1,312 @@
+//! The lifecycle aggregator behind `tcptrace leaks` and `tcptrace top`: every socket's state,
+//! owner and release, per-process counts and distributions, and TIME_WAIT churn. It is fed the
+//! records of `connections` (which attributes each event to the socket's owner) and the
+//! inventory sweeps, and it is pure: unit-tested without root.
+//!
+//! A socket stays in the table until it is both protocol-closed and released, so a descriptor
+//! that outlives its connection (`dead-fd`) is still known. Memory is bounded by `capacity`;
+//! sockets beyond it are not tracked and counted in `evicted`, which every report shows.
+
+mod churn;
+mod process;
+mod socket;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
+
+pub use churn::{Churn, ChurnCounter};
+pub use process::{Percentiles, ProcessStats};
+pub use socket::{Direction, Origin, TrackedSocket};
+
+use crate::{
+    connections::{Record, RecordKind},
+    decode::TcpState,
+    inventory::{InventorySocket, Snapshot},
+};
+
+type Tuple = (SocketAddr, SocketAddr);
+
+pub struct Aggregator {
+    /// Sockets known from events, by kernel address.
+    sockets: HashMap<u64, TrackedSocket>,
+    /// Sockets only the inventory knows (they existed before tracing), by inode, until an
+    /// event names their kernel address.
+    inventory_only: HashMap<u64, TrackedSocket>,
+    inventory_by_tuple: HashMap<Tuple, u64>,
+    pub processes: HashMap<u32, ProcessStats>,
+    pub churn: Churn,
+    capacity: usize,
+    /// Sockets not tracked because the table was full.
+    pub evicted: u64,
+    /// Records applied.
+    pub events: u64,
+    pub sweeps: u64,
+}
+
+impl Aggregator {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            sockets: HashMap::new(),
+            inventory_only: HashMap::new(),
+            inventory_by_tuple: HashMap::new(),
+            processes: HashMap::new(),
+            churn: Churn::default(),
+            capacity,
+            evicted: 0,
+            events: 0,
+            sweeps: 0,
+        }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.sockets.len() + self.inventory_only.len()
+    }
+
+    /// Every socket tcptrace knows of.
+    pub fn sockets(&self) -> impl Iterator<Item = &TrackedSocket> {
+        self.sockets.values().chain(self.inventory_only.values())
+    }
+
+    fn full(&self) -> bool {
+        self.tracked() >= self.capacity
+    }
+
+    fn process(&mut self, pid: u32, comm: Option<&str>) -> &mut ProcessStats {
+        let stats =
+            self.processes.entry(pid).or_insert_with(|| ProcessStats::new(String::new()));
+        if let Some(comm) = comm
+            && stats.comm != comm
+        {
+            comm.clone_into(&mut stats.comm);
+        }
+        stats
+    }
+
+    /// The socket at `skaddr`: known, adopted from the inventory by its addresses, or new (when
+    /// `create` allows and there is room).
+    fn socket(
+        &mut self,
+        record: &Record,
+        create: impl FnOnce() -> Option<TrackedSocket>,
+    ) -> Option<&mut TrackedSocket> {
+        if !self.sockets.contains_key(&record.skaddr) {
+            let adopted = record
+                .endpoints
+                .and_then(|e| self.inventory_by_tuple.remove(&(e.local, e.remote)))
+                .and_then(|inode| self.inventory_only.remove(&inode));
+            let socket = match adopted {
+                Some(socket) => socket,
+                None if self.full() => {
+                    self.evicted += 1;
+                    return None;
+                }
+                None => create()?,
+            };
+            self.sockets.insert(record.skaddr, socket);
+        }
+        self.sockets.get_mut(&record.skaddr)
+    }
+
+    /// Applies one record of `connections`.
+    pub fn apply(&mut self, record: &Record) {
+        self.events += 1;
+        let ts = record.ts_ns;
+        match record.kind {
+            RecordKind::Connect => self.open(record, Direction::Active, TcpState::SynSent),
+            RecordKind::Accept { state } => {
+                if record.skaddr != 0 {
+                    self.open(record, Direction::Passive, state.unwrap_or(TcpState::Established));
+                }
+            }
+            RecordKind::State { old: TcpState::Close, new: TcpState::Listen } => {
+                self.open(record, Direction::Listen, TcpState::Listen);
+            }
+            RecordKind::State { old, new } => {
+                let created = || {
+                    // A listener's child is opened by the handshake; anything else existed
+                    // before tracing (or its open was filtered out).
+                    Some(if old == TcpState::Listen {
+                        TrackedSocket::new(Origin::Events, Direction::Passive, old, ts)
+                    } else {
+                        TrackedSocket::new(Origin::Inventory, Direction::Unknown, old, ts)
+                    })
+                };
+                let Some(socket) = self.socket(record, created) else { return };
+                socket.set_state(new, ts);
+                set_endpoints(socket, record);
+                if socket.pid.is_none() {
+                    socket.pid = record.pid;
+                    socket.fd = record.fd;
+                }
+                let latency = (old == TcpState::SynSent && new == TcpState::Established)
+                    .then(|| socket.connect_started_ns.take())
+                    .flatten()
+                    .map(|started| ts.saturating_sub(started));
+                let pid = socket.pid;
+                if let (Some(latency), Some(pid)) = (latency, pid) {
+                    self.process(pid, None).record_connect_latency(latency);
+                }
+            }
+            RecordKind::TimeWait { .. } => {
+                let known = self.sockets.get(&record.skaddr);
+                let pid = known.and_then(|s| s.pid).or(record.pid);
+                let remote = record.endpoints.map(|e| e.remote).or(known.and_then(|s| s.remote));
+                if let Some(pid) = pid {
+                    self.process(pid, None).time_wait_entries += 1;
+                    if let Some(remote) = remote {
+                        self.churn.record(pid, remote, ts);
+                    }
+                }
+            }
+            RecordKind::Close { lifetime_ns, .. } => {
+                let Some(socket) = self.sockets.get_mut(&record.skaddr) else { return };
+                socket.set_state(TcpState::Close, ts);
+                let (pid, released) = (socket.pid, socket.released);
+                if released {
+                    self.sockets.remove(&record.skaddr);
+                }
+                if let (Some(pid), Some(lifetime)) = (pid, lifetime_ns) {
+                    self.process(pid, None).record_lifetime(lifetime);
+                }
+            }
+            RecordKind::Release { .. } => {
+                let Some(socket) = self.socket(record, || None) else {
+                    // Never seen open and not in the inventory: count the release only.
+                    if let Some(pid) = record.pid {
+                        self.process(pid, record.comm.as_deref()).released += 1;
+                    }
+                    return;
+                };
+                socket.released = true;
+                set_endpoints(socket, record);
+                if socket.state == TcpState::Close {
+                    self.sockets.remove(&record.skaddr);
+                }
+                if let Some(pid) = record.pid {
+                    self.process(pid, record.comm.as_deref()).released += 1;
+                }
+            }
+            RecordKind::Exit => {
+                if let Some(pid) = record.pid
+                    && let Some(stats) = self.processes.get_mut(&pid)
+                {
+                    stats.exited = true;
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, record: &Record, direction: Direction, state: TcpState) {
+        let ts = record.ts_ns;
+        let existing = self.sockets.remove(&record.skaddr);
+        let mut socket = match existing {
+            // accept() of a child whose handshake was seen: it was opened then.
+            Some(mut s) if direction == Direction::Passive => {
+                s.direction = direction;
+                s
+            }
+            // An address reused after a close that was not seen: a new socket.
+            _ if self.full() => {
+                self.evicted += 1;
+                return;
+            }
+            _ => TrackedSocket::new(Origin::Events, direction, state, ts),
+        };
+        socket.pid = record.pid;
+        socket.fd = record.fd;
+        socket.released = false;
+        set_endpoints(&mut socket, record);
+        if direction == Direction::Active {
+            socket.connect_started_ns = Some(ts);
+        }
+        self.sockets.insert(record.skaddr, socket);
+        if let Some(pid) = record.pid
+            && direction != Direction::Listen
+        {
+            self.process(pid, record.comm.as_deref()).opened += 1;
+        }
+    }
+
+    /// Applies an inventory sweep taken at `now_ns`: refreshes idle times and keepalive of
+    /// known sockets, learns the sockets that existed before tracing, and forgets inventory
+    /// sockets that are gone.
+    pub fn apply_inventory(&mut self, snapshot: &Snapshot, now_ns: u64) {
+        self.sweeps += 1;
+        let by_tuple: HashMap<Tuple, &InventorySocket> = snapshot
+            .sockets
+            .iter()
+            .filter(|s| s.state != TcpState::Listen && s.state != TcpState::TimeWait)
+            .map(|s| ((s.local, s.remote), s))
+            .collect();
+        let mut matched: HashSet<u64> = HashSet::new();
+        for socket in self.sockets.values_mut() {
+            let (Some(local), Some(remote)) = (socket.local, socket.remote) else { continue };
+            if let Some(found) = by_tuple.get(&(local, remote)) {
+                refresh(socket, found, now_ns);
+                if socket.pid.is_none()
+                    && let Some(owner) = found.owners.first()
+                {
+                    socket.pid = Some(owner.pid);
+                    socket.fd = Some(owner.fd);
+                }
+                matched.insert(found.inode);
+            }
+        }
+
+        let mut seen: HashSet<u64> = HashSet::new();
+        for found in by_tuple.values() {
+            if found.inode == 0 || matched.contains(&found.inode) {
+                continue;
+            }
+            let Some(owner) = found.owners.first() else { continue };
+            seen.insert(found.inode);
+            if !self.inventory_only.contains_key(&found.inode) {
+                if self.full() {
+                    self.evicted += 1;
+                    continue;
+                }
+                let mut socket =
+                    TrackedSocket::new(Origin::Inventory, Direction::Unknown, found.state, now_ns);
+                socket.local = Some(found.local);
+                socket.remote = Some(found.remote);
+                self.inventory_only.insert(found.inode, socket);
+                self.inventory_by_tuple.insert((found.local, found.remote), found.inode);
+            }
+            let socket = self.inventory_only.get_mut(&found.inode).expect("inserted above");
+            socket.pid = Some(owner.pid);
+            socket.fd = Some(owner.fd);
+            socket.set_state(found.state, now_ns);
+            refresh(socket, found, now_ns);
+            let comm = owner.comm.clone();
+            self.process(owner.pid, Some(&comm));
+        }
+        self.inventory_only.retain(|inode, _| seen.contains(inode));
+        let inventory_only = &self.inventory_only;
+        self.inventory_by_tuple.retain(|_, inode| inventory_only.contains_key(inode));
+    }
+}
+
+fn refresh(socket: &mut TrackedSocket, found: &InventorySocket, now_ns: u64) {
+    socket.inode = Some(found.inode).filter(|&i| i != 0);
+    if found.idle.is_some() {
+        socket.idle = found.idle;
+        socket.idle_measured_ns = now_ns;
+    }
+    if found.keepalive.is_some() {
+        socket.keepalive = found.keepalive;
+    }
+}
+
+/// Takes the record's addresses, except a port the kernel had not assigned yet.
+fn set_endpoints(socket: &mut TrackedSocket, record: &Record) {
+    if let Some(e) = record.endpoints {
+        if e.local.port() != 0 {
+            socket.local = Some(e.local);
+        }
+        if e.remote.port() != 0 {
+            socket.remote = Some(e.remote);
+        }
+    }
+}

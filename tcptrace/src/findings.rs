@@ -1,0 +1,407 @@
+//! Leak findings (../shared/design.md §4): which sockets, or which processes, are leaking, with
+//! the evidence and the usual fix. Pure: computed from the aggregator at a point in time.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::Serialize;
+
+use crate::{
+    aggregate::{Aggregator, Direction, Origin, TrackedSocket},
+    decode::TcpState,
+};
+
+/// TIME_WAIT lasts this long on Linux (TCP_TIMEWAIT_LEN), so a rate of r entries per second
+/// toward one remote holds about 60·r local ports.
+pub const TIME_WAIT_SECS: f64 = 60.0;
+
+/// The thresholds, from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Limits {
+    /// A socket is only a finding once it has been in its leaking state this long.
+    #[serde(rename = "min_age_s", serialize_with = "secs")]
+    pub min_age: Duration,
+    /// `idle-no-keepalive` after this long without data.
+    #[serde(rename = "idle_s", serialize_with = "secs")]
+    pub idle: Duration,
+    /// `time-wait-churn` at this many TIME_WAIT entries per second toward one remote.
+    pub time_wait_rate: f64,
+    /// Ephemeral ports (net.ipv4.ip_local_port_range), for the share churn holds.
+    pub ephemeral_ports: u32,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl Limits {
+    /// The rate at which one remote's TIME_WAIT sockets would hold 10% of the ephemeral range.
+    pub fn default_time_wait_rate(ephemeral_ports: u32) -> f64 {
+        f64::from(ephemeral_ports) * 0.10 / TIME_WAIT_SECS
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FindingKind {
+    CloseWait,
+    DeadFd,
+    IdleNoKeepalive,
+    Unclosed,
+    TimeWaitChurn,
+}
+
+impl FindingKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::CloseWait => "close-wait",
+            Self::DeadFd => "dead-fd",
+            Self::IdleNoKeepalive => "idle-no-keepalive",
+            Self::Unclosed => "unclosed",
+            Self::TimeWaitChurn => "time-wait-churn",
+        }
+    }
+
+    pub const fn explanation(self) -> &'static str {
+        match self {
+            Self::CloseWait => "the peer closed and this process never called close()",
+            Self::DeadFd => {
+                "the connection ended (reset or timeout) but the process still holds the descriptor"
+            }
+            Self::IdleNoKeepalive => {
+                "no data for longer than the idle limit and no keepalive: if the peer vanished, nothing will ever notice"
+            }
+            Self::Unclosed => {
+                "opened during the trace and still held, unused, at its end: a client or pool that never closes"
+            }
+            Self::TimeWaitChurn => {
+                "a new connection per request: every close leaves a TIME_WAIT socket holding a local port for 60 s"
+            }
+        }
+    }
+
+    pub const fn fix(self) -> &'static str {
+        match self {
+            Self::CloseWait => {
+                "close the socket when a read returns end-of-file (e.g. close HTTP response bodies)"
+            }
+            Self::DeadFd => "close the descriptor on every error path",
+            Self::IdleNoKeepalive => {
+                "enable SO_KEEPALIVE (e.g. redis tcp-keepalive, TCP_KEEPIDLE) or time out idle connections"
+            }
+            Self::Unclosed => "close connections when done, or reuse them from a bounded pool",
+            Self::TimeWaitChurn => "reuse connections (keep-alive, a connection pool)",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub pid: u32,
+    pub comm: String,
+    pub fd: Option<i32>,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    pub state: TcpState,
+    #[serde(rename = "age_s", serialize_with = "opt_secs")]
+    pub age: Option<Duration>,
+    #[serde(rename = "idle_s", serialize_with = "opt_secs")]
+    pub idle: Option<Duration>,
+    pub keepalive: Option<bool>,
+    pub source: Origin,
+    /// Sockets this finding stands for (1 for a socket finding; TIME_WAIT entries for churn).
+    pub count: u64,
+    pub rate_per_s: Option<f64>,
+    /// Share of the ephemeral port range held in TIME_WAIT at that rate.
+    pub port_share: Option<f64>,
+    pub explanation: &'static str,
+    pub fix: &'static str,
+}
+
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0),
+        None => s.serialize_none(),
+    }
+}
+
+/// The finding a socket deserves at `now_ns`, if any; at most one, the most specific.
+fn socket_finding(s: &TrackedSocket, limits: &Limits, now_ns: u64) -> Option<FindingKind> {
+    if !s.held() {
+        return None;
+    }
+    let in_state = Duration::from_nanos(now_ns.saturating_sub(s.state_since_ns));
+    let idle = s.idle_at(now_ns);
+    match s.state {
+        TcpState::CloseWait if in_state >= limits.min_age => Some(FindingKind::CloseWait),
+        TcpState::Close if in_state >= limits.min_age => Some(FindingKind::DeadFd),
+        TcpState::Established
+            if s.keepalive == Some(false) && idle.is_some_and(|i| i >= limits.idle) =>
+        {
+            Some(FindingKind::IdleNoKeepalive)
+        }
+        // Only clients: a server holding a connection is the client's choice. An idle time
+        // that is known must show the connection unused; a pool in use is not a leak.
+        TcpState::Established
+            if s.origin == Origin::Events
+                && s.direction == Direction::Active
+                && s.age_at(now_ns) >= limits.min_age
+                && idle.is_none_or(|i| i >= limits.min_age) =>
+        {
+            Some(FindingKind::Unclosed)
+        }
+        _ => None,
+    }
+}
+
+/// Every finding at `now_ns`, sorted by pid, kind and descriptor.
+pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
+    let comm = |pid: u32| agg.processes.get(&pid).map(|p| p.comm.clone()).unwrap_or_default();
+    let mut findings: Vec<Finding> = agg
+        .sockets()
+        .filter_map(|s| {
+            let kind = socket_finding(s, limits, now_ns)?;
+            let pid = s.pid?;
+            Some(Finding {
+                kind,
+                pid,
+                comm: comm(pid),
+                fd: s.fd,
+                local: s.local,
+                remote: s.remote,
+                state: s.state,
+                age: Some(s.age_at(now_ns)),
+                idle: s.idle_at(now_ns),
+                keepalive: s.keepalive,
+                source: s.origin,
+                count: 1,
+                rate_per_s: None,
+                port_share: None,
+                explanation: kind.explanation(),
+                fix: kind.fix(),
+            })
+        })
+        .collect();
+    for (pid, remote, counter) in agg.churn.iter() {
+        let rate = counter.rate_per_s();
+        if counter.entries < 2 || rate < limits.time_wait_rate {
+            continue;
+        }
+        let kind = FindingKind::TimeWaitChurn;
+        let share = (rate * TIME_WAIT_SECS / f64::from(limits.ephemeral_ports.max(1))).min(1.0);
+        findings.push(Finding {
+            kind,
+            pid,
+            comm: comm(pid),
+            fd: None,
+            local: None,
+            remote: Some(remote),
+            state: TcpState::TimeWait,
+            age: None,
+            idle: None,
+            keepalive: None,
+            source: Origin::Events,
+            count: counter.entries,
+            rate_per_s: Some((rate * 100.0).round() / 100.0),
+            port_share: Some((share * 10_000.0).round() / 10_000.0),
+            explanation: kind.explanation(),
+            fix: kind.fix(),
+        });
+    }
+    findings.sort_by(|a, b| (a.pid, a.kind, a.fd, a.remote).cmp(&(b.pid, b.kind, b.fd, b.remote)));
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Instant};
+
+    use super::*;
+    use crate::{
+        connections::{Record, RecordKind},
+        decode::{Endpoints, ReleaseReason},
+        inventory::{FdOwner, InventorySocket, Snapshot},
+    };
+
+    const SEC: u64 = 1_000_000_000;
+    const SK: u64 = 0xffff_8880_0000_1000;
+    const PID: u32 = 4242;
+
+    fn limits() -> Limits {
+        Limits {
+            min_age: Duration::from_secs(30),
+            idle: Duration::from_secs(600),
+            time_wait_rate: 10.0,
+            ephemeral_ports: 28232,
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn endpoints() -> Endpoints {
+        Endpoints { local: addr("10.0.0.1:40000"), remote: addr("10.0.0.2:6379") }
+    }
+
+    fn record(ts_s: u64, kind: RecordKind) -> Record {
+        Record {
+            ts_ns: ts_s * SEC,
+            kind,
+            pid: Some(PID),
+            tid: Some(PID),
+            comm: Some("client".to_owned()),
+            fd: Some(7),
+            skaddr: SK,
+            endpoints: Some(endpoints()),
+        }
+    }
+
+    fn state(ts_s: u64, old: TcpState, new: TcpState) -> Record {
+        record(ts_s, RecordKind::State { old, new })
+    }
+
+    /// A client that connected at t=1 s and is ESTABLISHED.
+    fn connected() -> Aggregator {
+        let mut agg = Aggregator::new(100);
+        agg.apply(&record(1, RecordKind::Connect));
+        agg.apply(&state(1, TcpState::SynSent, TcpState::Established));
+        agg
+    }
+
+    fn kinds(agg: &Aggregator, at_s: u64) -> Vec<(FindingKind, u32, Option<i32>)> {
+        detect(agg, &limits(), at_s * SEC).iter().map(|f| (f.kind, f.pid, f.fd)).collect()
+    }
+
+    fn inventory(state: TcpState, idle_s: u64, keepalive: bool) -> InventorySocket {
+        InventorySocket {
+            inode: 99,
+            cookie: 1,
+            netns: 1,
+            state,
+            local: endpoints().local,
+            remote: endpoints().remote,
+            uid: 0,
+            idle: Some(Duration::from_secs(idle_s)),
+            keepalive: Some(keepalive),
+            owners: vec![FdOwner { pid: PID, fd: 7, comm: "client".to_owned() }],
+        }
+    }
+
+    fn snapshot(sockets: Vec<InventorySocket>) -> Snapshot {
+        let now = Instant::now();
+        Snapshot { sockets, taken_at: now, finished_at: now, namespaces: vec![1], warnings: vec![] }
+    }
+
+    #[test]
+    fn peer_closed_and_never_closed_is_close_wait_after_min_age() {
+        let mut agg = connected();
+        agg.apply(&state(2, TcpState::Established, TcpState::CloseWait));
+        assert_eq!(kinds(&agg, 20), vec![]);
+        assert_eq!(kinds(&agg, 40), vec![(FindingKind::CloseWait, PID, Some(7))]);
+        // close() ends it.
+        agg.apply(&record(41, RecordKind::Release { reason: ReleaseReason::Close }));
+        assert_eq!(kinds(&agg, 50), vec![]);
+    }
+
+    #[test]
+    fn a_reset_connection_still_held_is_a_dead_fd_until_released() {
+        let mut agg = connected();
+        agg.apply(&record(
+            2,
+            RecordKind::Close { from: TcpState::Established, reset: true, lifetime_ns: Some(SEC) },
+        ));
+        assert_eq!(kinds(&agg, 40), vec![(FindingKind::DeadFd, PID, Some(7))]);
+        agg.apply(&record(41, RecordKind::Release { reason: ReleaseReason::Close }));
+        assert_eq!(kinds(&agg, 50), vec![]);
+        assert_eq!(agg.tracked(), 0, "closed and released: forgotten");
+        assert_eq!(agg.processes[&PID].lifetime_us.as_ref().map(|h| h.len()), Some(1));
+    }
+
+    #[test]
+    fn an_unused_client_connection_is_unclosed_and_one_in_use_is_not() {
+        let mut agg = connected();
+        assert_eq!(kinds(&agg, 40), vec![(FindingKind::Unclosed, PID, Some(7))]);
+        // A sweep shows traffic a second ago: a pool in use.
+        agg.apply_inventory(&snapshot(vec![inventory(TcpState::Established, 1, false)]), 40 * SEC);
+        assert_eq!(kinds(&agg, 40), vec![]);
+        // Idle past the limit without keepalive: a ghost, which outranks unclosed.
+        agg.apply_inventory(&snapshot(vec![inventory(TcpState::Established, 700, false)]), 41 * SEC);
+        assert_eq!(kinds(&agg, 41), vec![(FindingKind::IdleNoKeepalive, PID, Some(7))]);
+        // Keepalive on: not a ghost, but still an unused client connection.
+        agg.apply_inventory(&snapshot(vec![inventory(TcpState::Established, 700, true)]), 42 * SEC);
+        assert_eq!(kinds(&agg, 42), vec![(FindingKind::Unclosed, PID, Some(7))]);
+    }
+
+    #[test]
+    fn a_server_side_connection_is_never_unclosed() {
+        let mut agg = Aggregator::new(100);
+        agg.apply(&state(1, TcpState::Listen, TcpState::SynRecv));
+        agg.apply(&state(1, TcpState::SynRecv, TcpState::Established));
+        agg.apply(&record(1, RecordKind::Accept { state: Some(TcpState::Established) }));
+        assert_eq!(kinds(&agg, 100), vec![]);
+        assert_eq!(agg.processes[&PID].opened, 1);
+    }
+
+    #[test]
+    fn sockets_from_before_tracing_come_from_the_inventory_until_they_go() {
+        let mut agg = Aggregator::new(100);
+        agg.apply_inventory(&snapshot(vec![inventory(TcpState::CloseWait, 5, false)]), 0);
+        let found = detect(&agg, &limits(), 31 * SEC);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].kind, found[0].fd, found[0].source), (FindingKind::CloseWait, Some(7), Origin::Inventory));
+        assert_eq!(found[0].comm, "client");
+        // Gone from the next sweep: closed while the events could not name it.
+        agg.apply_inventory(&snapshot(vec![]), 32 * SEC);
+        assert_eq!(agg.tracked(), 0);
+    }
+
+    #[test]
+    fn an_event_about_an_inventory_socket_adopts_it() {
+        let mut agg = Aggregator::new(100);
+        agg.apply_inventory(&snapshot(vec![inventory(TcpState::CloseWait, 5, false)]), 0);
+        // The kernel reports its release: same addresses, now known by its kernel address.
+        agg.apply(&record(2, RecordKind::Release { reason: ReleaseReason::Close }));
+        assert_eq!(kinds(&agg, 40), vec![]);
+        agg.apply(&state(2, TcpState::CloseWait, TcpState::LastAck));
+        agg.apply(&record(3, RecordKind::Close { from: TcpState::LastAck, reset: false, lifetime_ns: None }));
+        assert_eq!(agg.tracked(), 0);
+    }
+
+    #[test]
+    fn time_wait_churn_reports_rate_and_port_share() {
+        let mut agg = Aggregator::new(100);
+        for i in 0..=40u64 {
+            // 20 per second for 2 s.
+            let mut r = record(0, RecordKind::TimeWait { from: TcpState::FinWait2 });
+            r.ts_ns = 10 * SEC + i * SEC / 20;
+            agg.apply(&r);
+        }
+        let found = detect(&agg, &limits(), 20 * SEC);
+        assert_eq!(found.len(), 1);
+        let f = &found[0];
+        assert_eq!((f.kind, f.pid, f.count), (FindingKind::TimeWaitChurn, PID, 41));
+        assert_eq!(f.remote, Some(endpoints().remote));
+        assert_eq!(f.rate_per_s, Some(20.0));
+        assert_eq!(f.port_share, Some((20.0 * 60.0 / 28232.0 * 10_000.0_f64).round() / 10_000.0));
+        // Below the limit: nothing.
+        let relaxed = Limits { time_wait_rate: 25.0, ..limits() };
+        assert!(detect(&agg, &relaxed, 20 * SEC).is_empty());
+    }
+
+    #[test]
+    fn a_full_table_counts_what_it_cannot_track() {
+        let mut agg = Aggregator::new(1);
+        agg.apply(&record(1, RecordKind::Connect));
+        let mut other = record(1, RecordKind::Connect);
+        other.skaddr = SK + 64;
+        agg.apply(&other);
+        assert_eq!((agg.tracked(), agg.evicted), (1, 1));
+    }
+
+    #[test]
+    fn default_time_wait_rate_holds_a_tenth_of_the_range() {
+        let rate = Limits::default_time_wait_rate(28232);
+        assert!((rate * TIME_WAIT_SECS - 2823.2).abs() < 1e-6);
+    }
+}

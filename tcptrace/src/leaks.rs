@@ -1,0 +1,107 @@
+//! `tcptrace leaks`: trace until the duration ends or Ctrl-C, then report findings by process.
+
+use std::{
+    io::{self, IsTerminal as _, Write as _},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    clock::monotonic_ns,
+    cli::{DetectArgs, LeaksArgs},
+    collector::Collector,
+    findings::{self, Limits},
+    ports::{DEFAULT_EPHEMERAL_PORTS, ephemeral_ports},
+    report::Report,
+    stop::stop_signal,
+};
+
+impl DetectArgs {
+    /// The limits, with the default TIME_WAIT rate taken from this host's port range.
+    pub fn limits(&self, warnings: &mut Vec<String>) -> Limits {
+        let ephemeral_ports = ephemeral_ports().unwrap_or_else(|e| {
+            warnings.push(format!("{e:#}; assuming Linux's default range"));
+            DEFAULT_EPHEMERAL_PORTS
+        });
+        Limits {
+            min_age: self.min_age,
+            idle: self.idle,
+            time_wait_rate: self
+                .time_wait_rate
+                .unwrap_or_else(|| Limits::default_time_wait_rate(ephemeral_ports)),
+            ephemeral_ports,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        usize::try_from(self.max_sockets).unwrap_or(usize::MAX)
+    }
+}
+
+pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
+    let options = args.probe.to_options()?;
+    let mut warnings = Vec::new();
+    let limits = args.detect.limits(&mut warnings);
+    let mut collector = Collector::start(&options, args.detect.capacity()).await?;
+    eprintln!(
+        "tcptrace: tracing TCP connections (close hook: {}); looking for leaks {}",
+        collector.close_hook(),
+        match args.duration {
+            Some(d) => format!("for {}", humantime::format_duration(d)),
+            None => "until Ctrl-C".to_owned(),
+        }
+    );
+    for note in collector.notes() {
+        eprintln!("tcptrace: note: {note}");
+    }
+
+    let status = io::stderr().is_terminal();
+    let stop = stop_signal(args.duration)?;
+    collector
+        .run(stop, args.detect.sweep, Duration::from_secs(1), |c| {
+            if status {
+                let found = findings::detect(c.agg(), &limits, monotonic_ns()).len();
+                let secs = c.elapsed().as_secs_f64().max(1e-3);
+                eprint!(
+                    "\r\x1b[Ktcptrace: {:.0}s, {} sockets tracked, {:.0} events/s, {} findings so far",
+                    secs,
+                    c.agg().tracked(),
+                    c.agg().events as f64 / secs,
+                    found
+                );
+            }
+            Ok(true)
+        })
+        .await?;
+    if status {
+        eprint!("\r\x1b[K");
+    }
+    // Whatever happens next, what was collected is reported.
+    let finish = collector.finish().await;
+    if let Err(e) = &finish {
+        warnings.push(format!("the final sweep failed ({e:#}): idle times are from the last one"));
+    }
+    let now = monotonic_ns();
+    let found = findings::detect(collector.agg(), &limits, now);
+    warnings.extend(collector.warnings.iter().cloned());
+    if collector.decode_errors() > 0 {
+        warnings.push(format!("{} malformed events skipped", collector.decode_errors()));
+    }
+    let counters = collector.counters()?;
+    let report = Report::build(
+        collector.agg(),
+        found,
+        limits,
+        collector.close_hook(),
+        collector.elapsed(),
+        &counters,
+        warnings,
+    );
+    let mut out = io::stdout().lock();
+    let written = if args.json { report.write_json(&mut out) } else { report.write_text(&mut out) };
+    match written.and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing the report"),
+    }
+}

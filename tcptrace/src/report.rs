@@ -1,0 +1,227 @@
+//! The `tcptrace leaks` report: one JSON document (schema in README) or text grouped by process.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::{
+    aggregate::{Aggregator, Percentiles},
+    close_hook::CloseHook,
+    findings::{Finding, FindingKind, Limits},
+    probes::Counters,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub close_hook: CloseHook,
+    pub duration_s: f64,
+    pub events: u64,
+    /// Events the kernel could not deliver: ring buffer full, or runs it skipped.
+    pub events_lost: u64,
+    pub evicted: u64,
+    pub sweeps: u64,
+    pub limits: Limits,
+    pub warnings: Vec<String>,
+    pub processes: Vec<ProcessReport>,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub comm: String,
+    pub opened: u64,
+    pub released: u64,
+    /// Sockets it holds now.
+    pub open: u64,
+    pub open_by_state: BTreeMap<&'static str, u64>,
+    pub time_wait_entries: u64,
+    pub time_wait_per_s: f64,
+    pub lifetime_ms: Option<Percentiles>,
+    pub connect_latency_ms: Option<Percentiles>,
+    pub exited: bool,
+    pub findings: u64,
+}
+
+impl Report {
+    pub fn build(
+        agg: &Aggregator,
+        findings: Vec<Finding>,
+        limits: Limits,
+        close_hook: CloseHook,
+        duration: Duration,
+        counters: &Counters,
+        mut warnings: Vec<String>,
+    ) -> Self {
+        let events_lost = counters.lost_events + counters.missed_runs;
+        if events_lost > 0 {
+            warnings.push(format!(
+                "{events_lost} events were lost: a lost release makes a closed socket look held \
+                 (unclosed, close-wait, dead-fd may be false), a lost TIME_WAIT entry lowers \
+                 time-wait-churn rates"
+            ));
+        }
+        if agg.evicted > 0 {
+            warnings.push(format!(
+                "{} sockets were not tracked (table full): findings about them are missing",
+                agg.evicted
+            ));
+        }
+        if counters.owner_map_full > 0 {
+            warnings.push(format!(
+                "{} sockets opened while the kernel owner map was full: their owner may be unknown",
+                counters.owner_map_full
+            ));
+        }
+
+        let mut open: BTreeMap<u32, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        for socket in agg.sockets().filter(|s| s.held()) {
+            if let Some(pid) = socket.pid {
+                *open.entry(pid).or_default().entry(socket.state.name()).or_default() += 1;
+            }
+        }
+        let mut per_pid_findings: BTreeMap<u32, u64> = BTreeMap::new();
+        for f in &findings {
+            *per_pid_findings.entry(f.pid).or_default() += 1;
+        }
+        let secs = duration.as_secs_f64().max(1e-3);
+        let mut processes: Vec<ProcessReport> = agg
+            .processes
+            .iter()
+            .map(|(&pid, stats)| {
+                let open_by_state = open.remove(&pid).unwrap_or_default();
+                ProcessReport {
+                    pid,
+                    comm: stats.comm.clone(),
+                    opened: stats.opened,
+                    released: stats.released,
+                    open: open_by_state.values().sum(),
+                    open_by_state,
+                    time_wait_entries: stats.time_wait_entries,
+                    time_wait_per_s: round2(stats.time_wait_entries as f64 / secs),
+                    lifetime_ms: Percentiles::of(stats.lifetime_us.as_ref()),
+                    connect_latency_ms: Percentiles::of(stats.connect_latency_us.as_ref()),
+                    exited: stats.exited,
+                    findings: per_pid_findings.get(&pid).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        processes.sort_by(|a, b| {
+            (b.findings, b.open, b.opened, a.pid).cmp(&(a.findings, a.open, a.opened, b.pid))
+        });
+        Self {
+            close_hook,
+            duration_s: round2(duration.as_secs_f64()),
+            events: agg.events,
+            events_lost,
+            evicted: agg.evicted,
+            sweeps: agg.sweeps,
+            limits,
+            warnings,
+            processes,
+            findings,
+        }
+    }
+
+    pub fn write_json(&self, out: &mut impl Write) -> io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, self)?;
+        writeln!(out)
+    }
+
+    /// Processes with findings first, each with its counts and then its findings.
+    pub fn write_text(&self, out: &mut impl Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "tcptrace leaks: {:.1}s, close hook {}, {} events, {} lost, {} not tracked, {} findings",
+            self.duration_s,
+            self.close_hook,
+            self.events,
+            self.events_lost,
+            self.evicted,
+            self.findings.len()
+        )?;
+        for warning in &self.warnings {
+            writeln!(out, "warning: {warning}")?;
+        }
+        let shown: Vec<&ProcessReport> = self
+            .processes
+            .iter()
+            .filter(|p| p.findings > 0 || p.opened > 0 || p.open > 0)
+            .collect();
+        if shown.is_empty() {
+            writeln!(out, "\nno TCP activity seen")?;
+        }
+        for p in shown {
+            writeln!(out)?;
+            let lifetime = p
+                .lifetime_ms
+                .map(|l| format!(" lifetime p50={:.1}ms p99={:.1}ms", l.p50, l.p99))
+                .unwrap_or_default();
+            let states: Vec<String> =
+                p.open_by_state.iter().map(|(s, n)| format!("{s}={n}")).collect();
+            writeln!(
+                out,
+                "{} ({}){}: opened {}, released {}, open {}{}, TIME_WAIT {:.2}/s{}",
+                p.comm,
+                p.pid,
+                if p.exited { " [exited]" } else { "" },
+                p.opened,
+                p.released,
+                p.open,
+                if states.is_empty() { String::new() } else { format!(" ({})", states.join(" ")) },
+                p.time_wait_per_s,
+                lifetime
+            )?;
+            for f in self.findings.iter().filter(|f| f.pid == p.pid) {
+                write_finding(out, f)?;
+            }
+        }
+        if self.findings.is_empty() {
+            writeln!(out, "\nno findings")?;
+        }
+        Ok(())
+    }
+}
+
+fn write_finding(out: &mut impl Write, f: &Finding) -> io::Result<()> {
+    let addr = |a: Option<std::net::SocketAddr>| a.map_or("-".to_owned(), |a| a.to_string());
+    match f.kind {
+        FindingKind::TimeWaitChurn => writeln!(
+            out,
+            "  {:<17} -> {}  {:.1}/s ({} entries), {:.1}% of the ephemeral ports",
+            f.kind.name(),
+            addr(f.remote),
+            f.rate_per_s.unwrap_or(0.0),
+            f.count,
+            f.port_share.unwrap_or(0.0) * 100.0
+        )?,
+        _ => {
+            let idle = f.idle.map(|i| format!(" idle {:.0}s", i.as_secs_f64())).unwrap_or_default();
+            let keepalive = match f.keepalive {
+                Some(true) => " keepalive on",
+                Some(false) => " keepalive off",
+                None => "",
+            };
+            let fd = f.fd.map_or("-".to_owned(), |fd| fd.to_string());
+            let age = f.age.map_or(0.0, |a| a.as_secs_f64());
+            writeln!(
+                out,
+                "  {:<17} fd {fd:<4} {} -> {}  {} for {age:.0}s{idle}{keepalive}{}",
+                f.kind.name(),
+                addr(f.local),
+                addr(f.remote),
+                f.state,
+                if f.source == crate::aggregate::Origin::Inventory { " (before tracing)" } else { "" }
+            )?;
+        }
+    }
+    writeln!(out, "      {}; fix: {}", f.explanation, f.fix)
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
