@@ -5,7 +5,9 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages: LLVM 22 to build bpf-linker (matches the nightly rustc's LLVM), qemu and
-/// busybox for the VM tier, iproute2 for network namespaces, xz for the VM kernel.
+/// busybox for the VM tier, iproute2 for network namespaces (and `ss`, which the scenario tests
+/// read), xz for the VM kernel, nginx and redis-server for the leak scenarios
+/// (tests/leaks_scenarios.rs), which start their own instances inside namespaces.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -16,7 +18,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "cpio",
     "xz-utils",
     "iproute2",
+    "nginx",
+    "redis-server",
 ];
+/// Services that the packages above start on install (Debian's postinst does, unless a
+/// policy-rc.d forbids it) and enable at boot. The tests never use them: stopped and disabled.
+const SERVICES_TO_STOP: &[&str] = &["nginx", "redis-server"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn succeeds(program: &str, args: &[&str]) -> bool {
@@ -58,6 +65,10 @@ pub fn setup() -> Result<()> {
         )?;
     }
 
+    for service in SERVICES_TO_STOP {
+        stop_service(service);
+    }
+
     if !succeeds("rustup", &["run", "nightly", "rustc", "--version"]) {
         eprintln!("setup: installing the nightly toolchain");
         run_checked(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
@@ -80,4 +91,48 @@ pub fn setup() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Stops `service` and keeps it from starting at boot, under systemd or SysV init; quiet and
+/// without effect when it is already stopped and disabled, or not installed.
+fn stop_service(service: &str) {
+    let unit = format!("{service}.service");
+    if std::path::Path::new("/run/systemd/system").exists() {
+        // systemd is PID 1.
+        if succeeds("systemctl", &["is-active", "--quiet", &unit]) {
+            eprintln!("setup: stopping the {service} service (the tests start their own)");
+            warn_unless(succeeds("systemctl", &["stop", &unit]), "stop", service);
+        }
+        if succeeds("systemctl", &["is-enabled", "--quiet", &unit]) {
+            warn_unless(succeeds("systemctl", &["disable", "--quiet", &unit]), "disable", service);
+        }
+        return;
+    }
+    // No systemd (a container): the init script, if the package installed one.
+    let script = format!("/etc/init.d/{service}");
+    if !std::path::Path::new(&script).exists() {
+        return;
+    }
+    if succeeds(&script, &["status"]) {
+        eprintln!("setup: stopping the {service} service (the tests start their own)");
+        warn_unless(succeeds(&script, &["stop"]), "stop", service);
+    }
+    // update-rc.d turns the S (start) links into K (kill) links; done once.
+    let starts_at_boot = |entry: std::fs::DirEntry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with('S') && name.trim_start_matches(|c: char| c == 'S' || c.is_ascii_digit()) == service
+    };
+    let links = std::fs::read_dir("/etc/rc2.d").is_ok_and(|dir| dir.flatten().any(starts_at_boot));
+    if links {
+        warn_unless(succeeds("update-rc.d", &[service, "disable"]), "disable", service);
+    }
+}
+
+/// A service left running costs nothing to the tests (they use their own instances and ports):
+/// say so and go on.
+fn warn_unless(done: bool, action: &str, service: &str) {
+    if !done {
+        eprintln!("setup: warning: could not {action} the {service} service");
+    }
 }

@@ -941,6 +941,27 @@ impl Pipe {
         (n == bytes.len() as isize).then(|| i32::from_ne_bytes(bytes))
     }
 
+    /// Both descriptors (read, write): for a child that closes everything else it inherited.
+    pub fn fds(&self) -> [RawFd; 2] {
+        [self.read.as_raw_fd(), self.write.as_raw_fd()]
+    }
+
+    /// Waits up to `timeout` for a value; `None` when none came. Safe in a child.
+    pub fn recv_within(&self, timeout: Duration) -> Option<i32> {
+        let mut pfd = libc::pollfd {
+            fd: self.read.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        if ready == 1 {
+            self.recv_blocking()
+        } else {
+            None
+        }
+    }
+
     /// Waits up to `DEADLINE` for a value (the test side).
     pub fn recv(&self, what: &str) -> i32 {
         let mut pfd = libc::pollfd {
