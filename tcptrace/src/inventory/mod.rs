@@ -123,9 +123,19 @@ pub fn snapshot() -> Result<Snapshot> {
                 dump.first_undecodable.unwrap_or_default()
             ));
         }
-        sockets.extend(dump.sockets.into_iter().map(|socket| join(socket, netns, &mut owners)));
+        sockets.extend(
+            dump.sockets
+                .into_iter()
+                .map(|socket| join(socket, netns, &mut owners)),
+        );
     }
-    Ok(Snapshot { sockets, taken_at, finished_at, namespaces: dumped, warnings: warnings.into_lines() })
+    Ok(Snapshot {
+        sockets,
+        taken_at,
+        finished_at,
+        namespaces: dumped,
+        warnings: warnings.into_lines(),
+    })
 }
 
 /// The process or namespace went away while it was being read: a race, not an error.
@@ -134,10 +144,23 @@ fn vanished(error: &io::Error) -> bool {
 }
 
 fn join(socket: DiagSocket, netns: u64, owners: &mut Owners) -> InventorySocket {
-    let DiagSocket { state, local, remote, inode, cookie, uid, timer, last_data } = socket;
+    let DiagSocket {
+        state,
+        local,
+        remote,
+        inode,
+        cookie,
+        uid,
+        timer,
+        last_data,
+    } = socket;
     let inode = u64::from(inode);
     // Inodes are unique across namespaces (one sockfs), so each list is taken once.
-    let mut owners = if inode == 0 { Vec::new() } else { owners.remove(&inode).unwrap_or_default() };
+    let mut owners = if inode == 0 {
+        Vec::new()
+    } else {
+        owners.remove(&inode).unwrap_or_default()
+    };
     owners.sort_unstable();
     InventorySocket {
         inode,
@@ -170,18 +193,33 @@ mod tests {
             cookie: 9,
             uid: 0,
             timer,
-            last_data: Some(LastData { sent: Duration::from_secs(3), recv: Duration::from_secs(2) }),
+            last_data: Some(LastData {
+                sent: Duration::from_secs(3),
+                recv: Duration::from_secs(2),
+            }),
         }
     }
 
     fn owner(pid: u32, fd: i32) -> FdOwner {
-        FdOwner { pid, fd, comm: format!("p{pid}") }
+        FdOwner {
+            pid,
+            fd,
+            comm: format!("p{pid}"),
+        }
     }
 
     #[test]
     fn joins_owners_by_inode_sorted() {
         let mut owners = Owners::from([(77, vec![owner(20, 4), owner(10, 9), owner(10, 3)])]);
-        let socket = join(diag(TcpState::Established, 77, Some(Timer::KeepAlive(Duration::ZERO))), 5, &mut owners);
+        let socket = join(
+            diag(
+                TcpState::Established,
+                77,
+                Some(Timer::KeepAlive(Duration::ZERO)),
+            ),
+            5,
+            &mut owners,
+        );
         assert_eq!(socket.owners, [owner(10, 3), owner(10, 9), owner(20, 4)]);
         assert_eq!((socket.inode, socket.netns, socket.cookie), (77, 5, 9));
         assert_eq!(socket.idle, Some(Duration::from_secs(2)));
@@ -192,7 +230,11 @@ mod tests {
     #[test]
     fn inode_zero_has_no_owners() {
         let mut owners = Owners::from([(0, vec![owner(1, 1)])]);
-        let socket = join(diag(TcpState::TimeWait, 0, Some(Timer::TimeWait)), 5, &mut owners);
+        let socket = join(
+            diag(TcpState::TimeWait, 0, Some(Timer::TimeWait)),
+            5,
+            &mut owners,
+        );
         assert!(socket.owners.is_empty());
         assert_eq!(socket.keepalive, None);
         assert_eq!(socket.idle, None);

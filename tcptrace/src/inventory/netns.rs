@@ -58,7 +58,11 @@ impl Namespaces {
     pub fn new() -> Result<Self> {
         let path = "/proc/thread-self/ns/net";
         let own = fs::metadata(path).with_context(|| format!("stat {path}"))?;
-        Ok(Self { own: own.ino(), nsfs_dev: own.dev(), foreign: BTreeMap::new() })
+        Ok(Self {
+            own: own.ino(),
+            nsfs_dev: own.dev(),
+            foreign: BTreeMap::new(),
+        })
     }
 
     /// Adds the namespace of process `pid`. The error is the caller's to classify: reading
@@ -78,7 +82,9 @@ impl Namespaces {
         for entry in entries {
             let result = entry.and_then(|entry| {
                 let path = entry.path();
-                self.add(&path).map_err(|error| io::Error::new(error.kind(), format!("{}: {error}", path.display())))
+                self.add(&path).map_err(|error| {
+                    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+                })
             });
             match result {
                 Ok(()) => {}
@@ -96,14 +102,20 @@ impl Namespaces {
         // stat first: opening every process's file only to find a known namespace costs two
         // more syscalls per process.
         let meta = fs::metadata(path)?;
-        if meta.dev() != self.nsfs_dev || meta.ino() == self.own || self.foreign.contains_key(&meta.ino()) {
+        if meta.dev() != self.nsfs_dev
+            || meta.ino() == self.own
+            || self.foreign.contains_key(&meta.ino())
+        {
             return Ok(());
         }
         let file = File::open(path)?;
         // The pid may have been reused between stat and open: key by what was opened.
         let inode = file.metadata()?.ino();
         if inode != self.own {
-            self.foreign.entry(inode).or_insert_with(|| Foreign { file, path: path.to_owned() });
+            self.foreign.entry(inode).or_insert_with(|| Foreign {
+                file,
+                path: path.to_owned(),
+            });
         }
         Ok(())
     }
@@ -111,7 +123,11 @@ impl Namespaces {
     /// Dumps every namespace, the caller's first. Only a failure in the caller's own
     /// namespace is an error; a namespace that cannot be entered or dumped is a warning.
     pub fn dump_all(self, warnings: &mut Warnings) -> Result<Vec<NsDump>> {
-        let Self { own, nsfs_dev: _, foreign } = self;
+        let Self {
+            own,
+            nsfs_dev: _,
+            foreign,
+        } = self;
         let mut dumps = Vec::with_capacity(1 + foreign.len());
         let dump = sock_diag::dump().context("dumping the tracer's own network namespace")?;
         dumps.push(NsDump { netns: own, dump });
@@ -120,14 +136,22 @@ impl Namespaces {
                 Ok(dump) => dumps.push(NsDump { netns, dump }),
                 // EINVAL: a file under /run/netns that is a namespace of another type.
                 Err(EnterError::Setns(error)) if error.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(EnterError::Setns(error)) if error.kind() == io::ErrorKind::PermissionDenied => {
+                Err(EnterError::Setns(error))
+                    if error.kind() == io::ErrorKind::PermissionDenied =>
+                {
                     warnings.denied("entering a network namespace");
                 }
                 Err(EnterError::Setns(error)) => {
-                    warnings.push(format!("entering network namespace {netns} ({}): {error}", path.display()));
+                    warnings.push(format!(
+                        "entering network namespace {netns} ({}): {error}",
+                        path.display()
+                    ));
                 }
                 Err(EnterError::Dump(error)) => {
-                    warnings.push(format!("network namespace {netns} ({}): {error:#}", path.display()));
+                    warnings.push(format!(
+                        "network namespace {netns} ({}): {error:#}",
+                        path.display()
+                    ));
                 }
             }
         }
@@ -154,7 +178,11 @@ fn dump_in(netns: &File) -> Result<Dump, EnterError> {
                 }
                 sock_diag::dump().map_err(EnterError::Dump)
             })
-            .map_err(|error| EnterError::Dump(anyhow!(error).context("spawning the namespace thread")))?;
-        worker.join().unwrap_or_else(|_| Err(EnterError::Dump(anyhow!("the namespace thread panicked"))))
+            .map_err(|error| {
+                EnterError::Dump(anyhow!(error).context("spawning the namespace thread"))
+            })?;
+        worker
+            .join()
+            .unwrap_or_else(|_| Err(EnterError::Dump(anyhow!("the namespace thread panicked"))))
     })
 }

@@ -56,9 +56,15 @@ pub fn scan(namespaces: &mut Namespaces, warnings: &mut Warnings) -> Result<Owne
                 continue;
             }
         };
-        let Ok(pid) = u32::try_from(process.pid) else { continue };
+        let Ok(pid) = u32::try_from(process.pid) else {
+            continue;
+        };
         for &(inode, fd) in &held {
-            owners.entry(inode).or_default().push(FdOwner { pid, fd, comm: comm.clone() });
+            owners.entry(inode).or_default().push(FdOwner {
+                pid,
+                fd,
+                comm: comm.clone(),
+            });
         }
     }
     Ok(owners)

@@ -6,7 +6,9 @@
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 
 use anyhow::{Context as _, Result, bail};
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_sock_diag::{
     AF_INET, AF_INET6, IPPROTO_TCP, SockDiagMessage,
     inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer, nlas::Nla},
@@ -67,9 +69,12 @@ impl Dump {
 
 /// Dumps every TCP socket of the calling thread's network namespace.
 pub fn dump() -> Result<Dump> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("creating a NETLINK_SOCK_DIAG socket")?;
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).context("creating a NETLINK_SOCK_DIAG socket")?;
     socket.bind_auto().context("binding the sock_diag socket")?;
-    socket.connect(&NetlinkAddr::new(0, 0)).context("connecting the sock_diag socket to the kernel")?;
+    socket
+        .connect(&NetlinkAddr::new(0, 0))
+        .context("connecting the sock_diag socket to the kernel")?;
     let mut dump = Dump::default();
     let mut buffer = vec![0u8; RECV_BUFFER];
     for (sequence, family) in [(1, AF_INET), (2, AF_INET6)] {
@@ -87,7 +92,11 @@ fn request(family: u8, sequence: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = sequence;
-    let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
+    let socket_id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
     let request = InetRequest {
         family,
         protocol: IPPROTO_TCP,
@@ -102,21 +111,37 @@ fn request(family: u8, sequence: u32) -> Vec<u8> {
     bytes
 }
 
-fn dump_family(socket: &Socket, family: u8, sequence: u32, buffer: &mut [u8], dump: &mut Dump) -> Result<()> {
-    socket.send(&request(family, sequence), 0).context("sending the request")?;
+fn dump_family(
+    socket: &Socket,
+    family: u8,
+    sequence: u32,
+    buffer: &mut [u8],
+    dump: &mut Dump,
+) -> Result<()> {
+    socket
+        .send(&request(family, sequence), 0)
+        .context("sending the request")?;
     loop {
         // MSG_TRUNC makes recv return the datagram's real length, so truncation is visible.
-        let len = socket.recv(&mut &mut buffer[..], libc::MSG_TRUNC).context("receiving the dump")?;
+        let len = socket
+            .recv(&mut &mut buffer[..], libc::MSG_TRUNC)
+            .context("receiving the dump")?;
         if len > buffer.len() {
-            bail!("a {len}-byte datagram did not fit the {}-byte buffer", buffer.len());
+            bail!(
+                "a {len}-byte datagram did not fit the {}-byte buffer",
+                buffer.len()
+            );
         }
         let mut datagram = &buffer[..len];
         while !datagram.is_empty() {
-            let header = NetlinkBuffer::new_checked(datagram).context("malformed netlink message header")?;
+            let header =
+                NetlinkBuffer::new_checked(datagram).context("malformed netlink message header")?;
             let message_len = usize::try_from(header.length()).context("netlink message length")?;
             let (message, rest) = datagram.split_at(message_len);
             // NLMSG_ALIGN: messages start on 4-byte boundaries.
-            datagram = rest.get(message_len.next_multiple_of(4) - message_len..).unwrap_or_default();
+            datagram = rest
+                .get(message_len.next_multiple_of(4) - message_len..)
+                .unwrap_or_default();
             if header.sequence_number() != sequence {
                 continue;
             }
@@ -129,7 +154,8 @@ fn dump_family(socket: &Socket, family: u8, sequence: u32, buffer: &mut [u8], du
                         }
                     }
                     NetlinkPayload::Done(done) if done.code < 0 => {
-                        return Err(std::io::Error::from_raw_os_error(-done.code)).context("the kernel ended the dump");
+                        return Err(std::io::Error::from_raw_os_error(-done.code))
+                            .context("the kernel ended the dump");
                     }
                     NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(error) if error.code.is_some() => {
@@ -151,8 +177,14 @@ impl TryFrom<&InetResponse> for DiagSocket {
         if header.family != AF_INET && header.family != AF_INET6 {
             return Err(ConvertError::Family(header.family));
         }
-        let SocketId { source_port, destination_port, source_address, destination_address, interface_id, cookie } =
-            &header.socket_id;
+        let SocketId {
+            source_port,
+            destination_port,
+            source_address,
+            destination_address,
+            interface_id,
+            cookie,
+        } = &header.socket_id;
         let last_data = response.nlas.iter().find_map(|nla| match nla {
             Nla::TcpInfo(bytes) => LastData::try_from(bytes.as_slice()).ok(),
             _ => None,
@@ -181,7 +213,9 @@ pub fn cookie_from(raw: [u8; 8]) -> u64 {
 /// `idiag_if` is the bound device; it only scopes link-local IPv6 addresses.
 fn socket_addr(ip: IpAddr, port: u16, interface: u32) -> SocketAddr {
     match ip {
-        IpAddr::V6(v6) if v6.is_unicast_link_local() => SocketAddr::V6(SocketAddrV6::new(v6, port, 0, interface)),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => {
+            SocketAddr::V6(SocketAddrV6::new(v6, port, 0, interface))
+        }
         ip => SocketAddr::new(ip, port),
     }
 }
@@ -218,7 +252,10 @@ mod tests {
             uid: 1000,
             inode: 4242,
         };
-        InetResponse { header, nlas: nlas.into() }
+        InetResponse {
+            header,
+            nlas: nlas.into(),
+        }
     }
 
     fn tcp_info(sent_ms: u32, recv_ms: u32) -> Vec<u8> {
@@ -232,22 +269,36 @@ mod tests {
     fn cookie_halves_are_low_then_high() {
         let low = 0x5566_7788u32.to_ne_bytes();
         let high = 0x1122_3344u32.to_ne_bytes();
-        let raw = [low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3]];
+        let raw = [
+            low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3],
+        ];
         assert_eq!(cookie_from(raw), 0x1122_3344_5566_7788);
     }
 
     #[test]
     fn link_local_ipv6_keeps_its_interface() {
         let link_local: Ipv6Addr = "fe80::1".parse().unwrap();
-        assert_eq!(socket_addr(IpAddr::V6(link_local), 22, 3), "[fe80::1%3]:22".parse().unwrap());
-        assert_eq!(socket_addr(IpAddr::V6(Ipv6Addr::LOCALHOST), 22, 3), "[::1]:22".parse().unwrap());
-        assert_eq!(socket_addr(IpAddr::V4(Ipv4Addr::LOCALHOST), 22, 3), "127.0.0.1:22".parse().unwrap());
+        assert_eq!(
+            socket_addr(IpAddr::V6(link_local), 22, 3),
+            "[fe80::1%3]:22".parse().unwrap()
+        );
+        assert_eq!(
+            socket_addr(IpAddr::V6(Ipv6Addr::LOCALHOST), 22, 3),
+            "[::1]:22".parse().unwrap()
+        );
+        assert_eq!(
+            socket_addr(IpAddr::V4(Ipv4Addr::LOCALHOST), 22, 3),
+            "127.0.0.1:22".parse().unwrap()
+        );
     }
 
     #[test]
     fn converts_a_response_with_tcp_info() {
-        let socket = DiagSocket::try_from(&response(vec![Nla::Shutdown(0), Nla::TcpInfo(tcp_info(900, 1200))]))
-            .expect("converts");
+        let socket = DiagSocket::try_from(&response(vec![
+            Nla::Shutdown(0),
+            Nla::TcpInfo(tcp_info(900, 1200)),
+        ]))
+        .expect("converts");
         assert_eq!(socket.state, TcpState::Established);
         assert_eq!(socket.local, "127.0.0.1:40000".parse().unwrap());
         assert_eq!(socket.remote, "10.1.2.3:6379".parse().unwrap());
@@ -255,12 +306,16 @@ mod tests {
         assert_eq!(socket.uid, 1000);
         assert_eq!(socket.timer, Some(KEEPALIVE));
         let last = socket.last_data.expect("tcp_info");
-        assert_eq!((last.sent, last.recv), (Duration::from_millis(900), Duration::from_millis(1200)));
+        assert_eq!(
+            (last.sent, last.recv),
+            (Duration::from_millis(900), Duration::from_millis(1200))
+        );
     }
 
     #[test]
     fn a_short_tcp_info_loses_only_the_times() {
-        let socket = DiagSocket::try_from(&response(vec![Nla::TcpInfo(vec![0; 20])])).expect("converts");
+        let socket =
+            DiagSocket::try_from(&response(vec![Nla::TcpInfo(vec![0; 20])])).expect("converts");
         assert_eq!(socket.last_data, None);
         assert_eq!(socket.inode, 4242);
     }
@@ -269,7 +324,10 @@ mod tests {
     fn rejects_unknown_states() {
         let mut response = response(Vec::new());
         response.header.state = 14;
-        assert_eq!(DiagSocket::try_from(&response), Err(ConvertError::State(DecodeError::State(14))));
+        assert_eq!(
+            DiagSocket::try_from(&response),
+            Err(ConvertError::State(DecodeError::State(14)))
+        );
     }
 
     #[test]
@@ -280,9 +338,14 @@ mod tests {
         let mut header = NetlinkHeader::default();
         header.message_type = netlink_packet_sock_diag::SOCK_DIAG_BY_FAMILY;
         let parsed = SockDiagMessage::deserialize(&header, &payload).expect("parses");
-        let SockDiagMessage::InetResponse(parsed) = parsed else { panic!("not an inet response: {parsed:?}") };
+        let SockDiagMessage::InetResponse(parsed) = parsed else {
+            panic!("not an inet response: {parsed:?}")
+        };
         let socket = DiagSocket::try_from(parsed.as_ref()).expect("converts");
-        assert_eq!(socket.last_data.map(|l| l.sent), Some(Duration::from_millis(5)));
+        assert_eq!(
+            socket.last_data.map(|l| l.sent),
+            Some(Duration::from_millis(5))
+        );
         assert_eq!(socket.timer, Some(KEEPALIVE));
     }
 
@@ -293,11 +356,18 @@ mod tests {
         let message = NetlinkBuffer::new_checked(&bytes[..]).expect("header");
         assert_eq!(message.flags(), NLM_F_REQUEST | NLM_F_DUMP);
         assert_eq!(message.sequence_number(), 7);
-        assert_eq!(message.message_type(), netlink_packet_sock_diag::SOCK_DIAG_BY_FAMILY);
+        assert_eq!(
+            message.message_type(),
+            netlink_packet_sock_diag::SOCK_DIAG_BY_FAMILY
+        );
         let payload = message.payload();
         assert_eq!(payload[0], AF_INET6, "sdiag_family");
         assert_eq!(payload[1], IPPROTO_TCP, "sdiag_protocol");
-        assert_eq!(payload[2], 1 << (netlink_packet_sock_diag::INET_DIAG_INFO - 1), "idiag_ext");
+        assert_eq!(
+            payload[2],
+            1 << (netlink_packet_sock_diag::INET_DIAG_INFO - 1),
+            "idiag_ext"
+        );
         assert_eq!(&payload[4..8], &u32::MAX.to_ne_bytes(), "idiag_states");
     }
 }
