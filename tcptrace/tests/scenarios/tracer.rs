@@ -167,6 +167,10 @@ pub struct Limits {
 )]
 pub struct Lifetimes {
     pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,7 +186,8 @@ pub struct Process {
     pub open: u64,
     pub open_by_state: BTreeMap<String, u64>,
     pub time_wait_per_s: f64,
-    pub lifetime_ms: Lifetimes,
+    /// Null until a connection of the process has closed.
+    pub lifetime_ms: Option<Lifetimes>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
