@@ -13,6 +13,7 @@ use crate::{
     connections::{Connections, Record},
     decode::Event,
     inventory::{self, Snapshot},
+    inventory_filter::InventoryFilter,
     probes::{Counters, ProbeOptions, Probes},
     stream::EventStream,
 };
@@ -25,6 +26,7 @@ pub struct Collector {
     pub warnings: Vec<String>,
     /// When tracing started (CLOCK_MONOTONIC ns).
     pub started_ns: u64,
+    filter: InventoryFilter,
 }
 
 /// A sweep running on the blocking pool, and when it started.
@@ -47,6 +49,7 @@ impl Collector {
             },
             warnings: Vec::new(),
             started_ns: monotonic_ns(),
+            filter: InventoryFilter::new(options.filter),
         };
         collector.sweep().await?;
         Ok(collector)
@@ -86,7 +89,7 @@ impl Collector {
     }
 
     fn apply_sweep(&mut self, snapshot: anyhow::Result<Snapshot>, taken_ns: u64) -> anyhow::Result<()> {
-        let snapshot = match snapshot {
+        let mut snapshot = match snapshot {
             Ok(snapshot) => snapshot,
             // Without sock_diag (inet_diag not loaded) the events still work; only what
             // existed before tracing, and idle times, are unknown.
@@ -103,6 +106,7 @@ impl Collector {
         for warning in &snapshot.warnings {
             self.warn(warning.clone());
         }
+        snapshot.sockets.retain_mut(|s| self.filter.keep(s));
         self.tracked.agg.apply_inventory(&snapshot, taken_ns);
         Ok(())
     }

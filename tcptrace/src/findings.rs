@@ -208,7 +208,7 @@ pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
             fix: kind.fix(),
         });
     }
-    findings.sort_by(|a, b| (a.pid, a.kind, a.fd, a.remote).cmp(&(b.pid, b.kind, b.fd, b.remote)));
+    findings.sort_by_key(|f| (f.pid, f.kind, f.fd, f.remote));
     findings
 }
 

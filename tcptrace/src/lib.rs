@@ -19,6 +19,7 @@ pub mod connections;
 pub mod decode;
 pub mod findings;
 pub mod inventory;
+pub mod inventory_filter;
 pub mod leaks;
 pub mod output;
 pub mod ports;

@@ -209,13 +209,14 @@ fn fixture_http_keepalive_timeout_leaves_the_client_in_close_wait() {
     assert_eq!(client.state, "CLOSE-WAIT", "{table}");
     assert_eq!(client.peer, s.nginx.addr.to_string(), "{table}");
     assert_eq!(client.users.len(), 1, "only the client holds it:\n{table}");
-    // nginx closed its end (no descriptor left) and waits in FIN_WAIT2 for the client's FIN.
+    // nginx closed its end (no descriptor left) and waits for the client's FIN: in FIN_WAIT2,
+    // or still in FIN_WAIT1 while the client's ACK of nginx's FIN is delayed.
     let nginx_end = ss
         .iter()
         .find(|r| r.local == client.peer && r.peer == client.local);
     let nginx_end = nginx_end.unwrap_or_else(|| panic!("no nginx end:\n{table}"));
     assert!(
-        nginx_end.state == "FIN-WAIT-2" && nginx_end.users.is_empty(),
+        matches!(nginx_end.state.as_str(), "FIN-WAIT-1" | "FIN-WAIT-2") && nginx_end.users.is_empty(),
         "{table}"
     );
     let listener = ss

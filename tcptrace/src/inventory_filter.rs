@@ -1,0 +1,103 @@
+//! The `--pid/--comm/--port/-4/-6` filters, applied in user space to inventory sockets the
+//! same way the kernel programs apply them to events, so a filtered report only speaks of what
+//! was asked.
+
+use std::net::SocketAddr;
+
+use tcptrace_common::Filter;
+
+use crate::inventory::InventorySocket;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+pub struct InventoryFilter(Filter);
+
+impl InventoryFilter {
+    pub fn new(filter: Filter) -> Self {
+        Self(filter)
+    }
+
+    /// Whether to keep `socket`; with a process filter, only the matching owners are kept.
+    pub fn keep(&self, socket: &mut InventorySocket) -> bool {
+        let f = &self.0;
+        if f.port != 0 && socket.local.port() != f.port && socket.remote.port() != f.port {
+            return false;
+        }
+        if f.family != 0 && family(&socket.local) != f.family {
+            return false;
+        }
+        let by_pid = f.n_pids > 0;
+        let by_comm = f.has_comm != 0;
+        if !by_pid && !by_comm {
+            return true;
+        }
+        let pids = &f.pids[..(f.n_pids as usize).min(f.pids.len())];
+        let comm_len = f.comm.iter().position(|&b| b == 0).unwrap_or(f.comm.len());
+        let comm = &f.comm[..comm_len];
+        socket.owners.retain(|o| {
+            (!by_pid || pids.contains(&o.pid)) && (!by_comm || o.comm.as_bytes() == comm)
+        });
+        !socket.owners.is_empty()
+    }
+}
+
+/// Dual-stack sockets report IPv4 peers as `::ffff:a.b.c.d`; like the kernel's `skc_family`,
+/// that is an IPv6 socket.
+fn family(addr: &SocketAddr) -> u16 {
+    match addr {
+        SocketAddr::V4(_) => AF_INET,
+        SocketAddr::V6(_) => AF_INET6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode::TcpState, inventory::FdOwner};
+
+    fn socket(local: &str, remote: &str, owners: &[(u32, &str)]) -> InventorySocket {
+        InventorySocket {
+            inode: 1,
+            cookie: 1,
+            netns: 1,
+            state: TcpState::Established,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            uid: 0,
+            idle: None,
+            keepalive: None,
+            owners: owners
+                .iter()
+                .map(|&(pid, comm)| FdOwner { pid, fd: 3, comm: comm.to_owned() })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ports_and_families_match_either_side() {
+        let filter = InventoryFilter::new(Filter { port: 6379, ..Filter::none() });
+        assert!(filter.keep(&mut socket("10.0.0.1:40000", "10.0.0.2:6379", &[(1, "a")])));
+        assert!(filter.keep(&mut socket("10.0.0.2:6379", "10.0.0.1:40000", &[(1, "a")])));
+        assert!(!filter.keep(&mut socket("10.0.0.1:40000", "10.0.0.2:80", &[(1, "a")])));
+        let v6 = InventoryFilter::new(Filter { family: AF_INET6, ..Filter::none() });
+        assert!(v6.keep(&mut socket("[::1]:1", "[::1]:2", &[])));
+        assert!(!v6.keep(&mut socket("127.0.0.1:1", "127.0.0.1:2", &[])));
+    }
+
+    #[test]
+    fn process_filters_keep_matching_owners_only() {
+        let mut comm = [0u8; 16];
+        comm[..5].copy_from_slice(b"redis");
+        let filter = InventoryFilter::new(Filter { has_comm: 1, comm, ..Filter::none() });
+        let mut shared = socket("127.0.0.1:1", "127.0.0.1:2", &[(1, "redis"), (2, "other")]);
+        assert!(filter.keep(&mut shared));
+        assert_eq!(shared.owners.len(), 1);
+        assert!(!filter.keep(&mut socket("127.0.0.1:1", "127.0.0.1:2", &[(2, "redis-cli")])));
+        let mut pids = [0; 8];
+        pids[0] = 2;
+        let by_pid = InventoryFilter::new(Filter { pids, n_pids: 1, ..Filter::none() });
+        assert!(by_pid.keep(&mut socket("127.0.0.1:1", "127.0.0.1:2", &[(1, "a"), (2, "b")])));
+        assert!(!by_pid.keep(&mut socket("127.0.0.1:1", "127.0.0.1:2", &[(1, "a")])));
+    }
+}
