@@ -28,7 +28,16 @@ fn run_to_end(cmd: &mut Command) -> (i32, String, String) {
 
 #[test]
 fn bad_flags_are_usage_errors_with_status_2() {
-    for args in [&["trace", "--close-hook", "uprobe"][..], &["trace", "-4", "-6"], &["trace", "--port", "x"]] {
+    for args in [
+        &["trace", "--close-hook", "uprobe"][..],
+        &["trace", "-4", "-6"],
+        &["trace", "--port", "x"],
+        &["leaks", "--min-age", "soon"],
+        &["leaks", "--time-wait-rate", "0"],
+        &["leaks", "-p", "999999999"],
+        &["top", "--sort", "size"],
+        &["top", "--interval", "0s"],
+    ] {
         let (code, _, stderr) = run_to_end(&mut tcptrace(args));
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
@@ -292,4 +301,30 @@ fn leaks_json_names_each_leaking_socket_and_nothing_else() {
         .find(|p| p["pid"] == i64::from(std::process::id()))
         .expect("this process in the report");
     assert_eq!((me["opened"].as_i64(), me["findings"].as_i64()), (Some(3), Some(0)), "{stdout}");
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn top_prints_plain_tables_when_stdout_is_not_a_terminal() {
+    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let port = listener.local_addr().unwrap().port().to_string();
+    let (top, _stderr) =
+        start_trace(&["top", "--port", &port, "--interval", "500ms", "--duration", "2s"]);
+    let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+    let _server = listener.accept().expect("accept");
+    let output = top.wait_with_output().expect("top output");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let tables = stdout.matches("PID COMM").count();
+    assert!(tables >= 2, "one table per interval:\n{stdout}");
+    // The last table has this process with its listener and both ends of the connection.
+    let last = stdout.rsplit("PID COMM").next().unwrap();
+    let me = std::process::id().to_string();
+    let row = last
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(me.as_str()))
+        .unwrap_or_else(|| panic!("no row for pid {me}:\n{stdout}"));
+    let open: u64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let estab: u64 = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!((open, estab), (3, 2), "{row}");
 }

@@ -237,7 +237,8 @@ impl Aggregator {
         let by_tuple: HashMap<Tuple, &InventorySocket> = snapshot
             .sockets
             .iter()
-            .filter(|s| s.state != TcpState::Listen && s.state != TcpState::TimeWait)
+            // TIME_WAIT sockets have no owner left; listeners count as open sockets.
+            .filter(|s| s.state != TcpState::TimeWait)
             .map(|s| ((s.local, s.remote), s))
             .collect();
         let mut matched: HashSet<u64> = HashSet::new();

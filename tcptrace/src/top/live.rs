@@ -105,6 +105,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let mut warnings = Vec::new();
     let limits = args.detect.limits(&mut warnings);
     let mut collector = Collector::start(&options, args.detect.capacity()).await?;
+    eprintln!("tcptrace: tracing TCP connections (close hook: {})", collector.close_hook());
     for note in collector.notes().iter().chain(&warnings) {
         eprintln!("tcptrace: note: {note}");
     }
@@ -137,7 +138,6 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         return result;
     }
 
-    eprintln!("tcptrace: tracing TCP connections (close hook: {})", collector.close_hook());
     collector
         .run(stop, args.detect.sweep, args.interval, |c| {
             let lost = c.counters()?.lost_events;
