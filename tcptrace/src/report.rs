@@ -225,3 +225,123 @@ fn write_finding(out: &mut impl Write, f: &Finding) -> io::Result<()> {
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        connections::{Record, RecordKind},
+        decode::{Endpoints, TcpState},
+        findings::detect,
+    };
+
+    /// A report with one process, lifetimes and one finding of each shape.
+    fn sample() -> serde_json::Value {
+        let mut agg = Aggregator::new(16);
+        let endpoints =
+            Endpoints { local: "10.0.0.1:40000".parse().unwrap(), remote: "10.0.0.2:80".parse().unwrap() };
+        let record = |ts_s: u64, skaddr: u64, kind| Record {
+            ts_ns: ts_s * 1_000_000_000,
+            kind,
+            pid: Some(7),
+            tid: Some(7),
+            comm: Some("client".to_owned()),
+            fd: Some(3),
+            skaddr,
+            endpoints: Some(endpoints),
+        };
+        agg.apply(&record(1, 1, RecordKind::Connect));
+        agg.apply(&record(1, 1, RecordKind::State { old: TcpState::SynSent, new: TcpState::Established }));
+        agg.apply(&record(1, 1, RecordKind::State { old: TcpState::Established, new: TcpState::CloseWait }));
+        for i in 0..10 {
+            agg.apply(&record(i, 2, RecordKind::Connect));
+            agg.apply(&record(i, 2, RecordKind::Release { reason: crate::decode::ReleaseReason::Close }));
+            agg.apply(&record(i, 2, RecordKind::TimeWait { from: TcpState::FinWait2 }));
+            agg.apply(&record(i, 2, RecordKind::Close { from: TcpState::FinWait2, reset: false, lifetime_ns: Some(1_000_000) }));
+        }
+        let limits = Limits {
+            min_age: Duration::from_secs(1),
+            idle: Duration::from_secs(600),
+            time_wait_rate: 0.5,
+            ephemeral_ports: 28232,
+        };
+        let findings = detect(&agg, &limits, 100 * 1_000_000_000);
+        let report = Report::build(
+            &agg,
+            findings,
+            limits,
+            CloseHook::Tracepoint,
+            Duration::from_secs(100),
+            &Counters { lost_events: 1, ..Counters::default() },
+            vec![],
+        );
+        let mut out = Vec::new();
+        report.write_json(&mut out).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn every_json_field_is_documented_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("### The JSON report")
+            .nth(1)
+            .expect("README has the JSON report section")
+            .split("\n## ")
+            .next()
+            .unwrap();
+        let report = sample();
+        let documented = |key: &str| {
+            section.contains(&format!("`{key}`")) || section.contains(&format!("`{key}[]`"))
+        };
+        let objects = [
+            ("report", &report),
+            ("process", &report["processes"][0]),
+            ("finding", &report["findings"][0]),
+            ("finding", &report["findings"][1]),
+            ("limits", &report["limits"]),
+            ("lifetimes", &report["processes"][0]["lifetime_ms"]),
+        ];
+        for (what, object) in objects {
+            let object = object.as_object().unwrap_or_else(|| panic!("{what} is an object: {report:#}"));
+            for key in object.keys() {
+                assert!(documented(key), "{what} field `{key}` is not in README's JSON table");
+            }
+        }
+        let kinds: Vec<_> = report["findings"].as_array().unwrap().iter().map(|f| f["kind"].clone()).collect();
+        assert_eq!(kinds, ["close-wait", "time-wait-churn"]);
+        assert_eq!(report["events_lost"], 1);
+        assert_eq!(report["warnings"].as_array().unwrap().len(), 1, "lost events are explained");
+    }
+
+    #[test]
+    fn text_report_groups_findings_under_their_process() {
+        let report = {
+            let mut agg = Aggregator::new(4);
+            let record = Record {
+                ts_ns: 0,
+                kind: RecordKind::Connect,
+                pid: Some(9),
+                tid: Some(9),
+                comm: Some("leaky".to_owned()),
+                fd: Some(5),
+                skaddr: 1,
+                endpoints: None,
+            };
+            agg.apply(&record);
+            let limits = Limits {
+                min_age: Duration::ZERO,
+                idle: Duration::from_secs(600),
+                time_wait_rate: 1.0,
+                ephemeral_ports: 100,
+            };
+            Report::build(&agg, vec![], limits, CloseHook::Fentry, Duration::from_secs(1), &Counters::default(), vec![])
+        };
+        let mut out = Vec::new();
+        report.write_text(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("close hook fentry"), "{text}");
+        assert!(text.contains("leaky (9): opened 1, released 0, open 1 (SYN_SENT=1)"), "{text}");
+        assert!(text.contains("no findings"), "{text}");
+    }
+}

@@ -306,10 +306,16 @@ fn leaks_json_names_each_leaking_socket_and_nothing_else() {
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn top_prints_plain_tables_when_stdout_is_not_a_terminal() {
-    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let port = listener.local_addr().unwrap().port().to_string();
+    // A free port, listened on only once top runs: its listen() is seen as an event, with or
+    // without the inventory (the VM tier has no sock_diag).
+    let port = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let port_arg = port.to_string();
     let (top, _stderr) =
-        start_trace(&["top", "--port", &port, "--interval", "500ms", "--duration", "2s"]);
+        start_trace(&["top", "--port", &port_arg, "--interval", "500ms", "--duration", "2s"]);
+    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).expect("bind");
     let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
     let _server = listener.accept().expect("accept");
     let output = top.wait_with_output().expect("top output");

@@ -161,12 +161,18 @@ impl Aggregator {
                 }
             }
             RecordKind::Close { lifetime_ns, .. } => {
-                let Some(socket) = self.sockets.get_mut(&record.skaddr) else { return };
-                socket.set_state(TcpState::Close, ts);
-                let (pid, released) = (socket.pid, socket.released);
-                if released {
-                    self.sockets.remove(&record.skaddr);
-                }
+                let pid = match self.sockets.get_mut(&record.skaddr) {
+                    Some(socket) => {
+                        socket.set_state(TcpState::Close, ts);
+                        let (pid, released) = (socket.pid, socket.released);
+                        if released {
+                            self.sockets.remove(&record.skaddr);
+                        }
+                        pid
+                    }
+                    // Not tracked (table full): the owner the record names still gets the lifetime.
+                    None => record.pid,
+                };
                 if let (Some(pid), Some(lifetime)) = (pid, lifetime_ns) {
                     self.process(pid, None).record_lifetime(lifetime);
                 }

@@ -395,6 +395,10 @@ impl Harness {
         );
     }
 
+    pub fn counters(&self) -> Counters {
+        self.probes.counters().expect("reading counters")
+    }
+
     /// Nothing was dropped by a full ring or map.
     pub fn expect_nothing_lost(&self) {
         let counters = self.probes.counters().expect("reading counters");
