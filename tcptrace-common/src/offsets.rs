@@ -20,7 +20,7 @@ pub struct KernelOffsets {
     /// file_ref_t, where 0 means one reference); `file_ref_bias` turns either into a count.
     pub file_refcount: u32,
     pub file_ref_bias: u32,
-        pub inode_mode: u32,
+    pub inode_mode: u32,
     pub socket_sk: u32,
     pub sock_protocol: u32,
     pub skc_family: u32,

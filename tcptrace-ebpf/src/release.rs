@@ -104,11 +104,7 @@ pub fn release_if_last(table: &FdTable, fd: u32, reason: u8) -> Result<(), i32> 
 fn on_tcp_close(sk: u64) {
     // Deferred fput() runs tcp_close() after the syscall returned, so the syscall that dropped
     // the descriptor is no longer known here; exit is (PF_EXITING).
-    let reason = if current_is_exiting() {
-        RELEASE_EXIT
-    } else {
-        RELEASE_CLOSE
-    };
+    let reason = if current_is_exiting() { RELEASE_EXIT } else { RELEASE_CLOSE };
     report_release(sk, None, -1, reason);
 }
 

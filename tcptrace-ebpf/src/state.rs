@@ -159,9 +159,7 @@ fn take_reset(skaddr: u64) -> bool {
 
 #[inline(always)]
 fn on_change(change: Change) -> Result<(), i32> {
-    let Change {
-        skaddr, old, new, ..
-    } = change;
+    let Change { skaddr, old, new, .. } = change;
     // tcp_close_state() "moves" FIN_WAIT2, LAST_ACK, ... to the state they are in: no change.
     if old == new {
         return Ok(());

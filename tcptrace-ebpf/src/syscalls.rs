@@ -8,7 +8,9 @@
 //! - close(fd), dup2/dup3(old, new), close_range(first, last, flags): in tracepoint mode, a
 //!   release when the descriptor holds the file's last reference.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use tcptrace_common::{
     CLOSE_HOOK_TRACEPOINT, COUNTER_CTX_MAP_FULL, FLAG_ADDRS, FLAG_OWNER_LOST, KIND_ACCEPT,
     RELEASE_CLOSE, RELEASE_CLOSE_RANGE, RELEASE_DUP, tcp_state::CLOSE,
@@ -40,9 +42,10 @@ fn current_tid() -> u32 {
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if let Ok(fd) = arg(&ctx, 0)
-        && CONNECT_FD.insert(current_tid(), fd as i32, 0).is_err() {
-            count(COUNTER_CTX_MAP_FULL);
-        }
+        && CONNECT_FD.insert(current_tid(), fd as i32, 0).is_err()
+    {
+        count(COUNTER_CTX_MAP_FULL);
+    }
     0
 }
 
@@ -112,9 +115,10 @@ fn tracepoint_releases() -> bool {
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if tracepoint_releases()
-        && let (Ok(fd), Ok(table)) = (arg(&ctx, 0), FdTable::current()) {
-            let _ = release_if_last(&table, fd as u32, RELEASE_CLOSE);
-        }
+        && let (Ok(fd), Ok(table)) = (arg(&ctx, 0), FdTable::current())
+    {
+        let _ = release_if_last(&table, fd as u32, RELEASE_CLOSE);
+    }
     0
 }
 

@@ -75,13 +75,21 @@ impl KernelBtf {
             }
         }
         if !offset_bits.is_multiple_of(8) {
-            return Err(OffsetError::Unaligned { strukt: strukt.to_owned(), member: path.to_owned() });
+            return Err(OffsetError::Unaligned {
+                strukt: strukt.to_owned(),
+                member: path.to_owned(),
+            });
         }
         Ok((offset_bits / 8, size))
     }
 
     /// Like `member`, but also checks the member is `expected` bytes wide.
-    pub fn member_sized(&self, strukt: &str, path: &str, expected: usize) -> Result<u32, OffsetError> {
+    pub fn member_sized(
+        &self,
+        strukt: &str,
+        path: &str,
+        expected: usize,
+    ) -> Result<u32, OffsetError> {
         let (offset, actual) = self.member(strukt, path)?;
         if actual != expected {
             return Err(OffsetError::Size {
@@ -95,7 +103,11 @@ impl KernelBtf {
     }
 
     /// Bit offset and resolved type of `name` inside `s`, searching anonymous members.
-    fn find_member(&self, s: &btf_rs::Struct, name: &str) -> Result<Option<(u32, Type)>, OffsetError> {
+    fn find_member(
+        &self,
+        s: &btf_rs::Struct,
+        name: &str,
+    ) -> Result<Option<(u32, Type)>, OffsetError> {
         for member in &s.members {
             if member.bitfield_size().is_some_and(|bits| bits != 0) {
                 let member_name = self.btf.resolve_name(member).unwrap_or_default();
@@ -114,9 +126,10 @@ impl KernelBtf {
             }
             if member_name.is_empty()
                 && let Type::Struct(inner) | Type::Union(inner) = &member_type
-                    && let Some((bits, t)) = self.find_member(inner, name)? {
-                        return Ok(Some((member.bit_offset() + bits, t)));
-                    }
+                && let Some((bits, t)) = self.find_member(inner, name)?
+            {
+                return Ok(Some((member.bit_offset() + bits, t)));
+            }
         }
         Ok(None)
     }
@@ -160,7 +173,8 @@ impl KernelBtf {
             Err(OffsetError::NoMember { .. }) => (self.member_sized("file", "f_count", 8)?, 0),
             Err(e) => return Err(e),
         };
-        let sk = |member: &str, size| self.member_sized("sock", &format!("__sk_common.{member}"), size);
+        let sk =
+            |member: &str, size| self.member_sized("sock", &format!("__sk_common.{member}"), size);
         Ok(KernelOffsets {
             valid: 1,
             task_files: self.member_sized("task_struct", "files", 8)?,
@@ -227,10 +241,7 @@ mod tests {
     #[test]
     fn reports_missing_members_and_wrong_sizes() {
         let Some(btf) = kernel_btf() else { return };
-        assert!(matches!(
-            btf.member("file", "no_such_member"),
-            Err(OffsetError::NoMember { .. })
-        ));
+        assert!(matches!(btf.member("file", "no_such_member"), Err(OffsetError::NoMember { .. })));
         assert!(matches!(btf.member_sized("socket", "sk", 4), Err(OffsetError::Size { .. })));
         assert!(matches!(btf.member("no_such_struct_xyz", "x"), Err(OffsetError::NoStruct(_))));
     }

@@ -269,8 +269,9 @@ mod tests {
     #[test]
     fn builds_the_kernel_filter() {
         let pid = std::process::id();
-        let cli = parse(&["trace", "-p", &pid.to_string(), "-c", "redis-server", "--port", "6379", "-6"])
-            .expect("parses");
+        let cli =
+            parse(&["trace", "-p", &pid.to_string(), "-c", "redis-server", "--port", "6379", "-6"])
+                .expect("parses");
         let Command::Trace(args) = cli.command else { panic!("trace") };
         let filter = args.probe.filter.to_filter().expect("valid");
         assert_eq!((filter.n_pids, filter.pids[0]), (1, pid));

@@ -88,7 +88,11 @@ impl Collector {
         (tokio::task::spawn_blocking(inventory::snapshot), monotonic_ns())
     }
 
-    fn apply_sweep(&mut self, snapshot: anyhow::Result<Snapshot>, taken_ns: u64) -> anyhow::Result<()> {
+    fn apply_sweep(
+        &mut self,
+        snapshot: anyhow::Result<Snapshot>,
+        taken_ns: u64,
+    ) -> anyhow::Result<()> {
         let mut snapshot = match snapshot {
             Ok(snapshot) => snapshot,
             // Without sock_diag (inet_diag not loaded) the events still work; only what

@@ -9,12 +9,25 @@ use crate::decode::{Endpoints, Event, EventKind, ReleaseReason, TcpState};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordKind {
     Connect,
-    Accept { state: Option<TcpState> },
-    State { old: TcpState, new: TcpState },
-    Release { reason: ReleaseReason },
+    Accept {
+        state: Option<TcpState>,
+    },
+    State {
+        old: TcpState,
+        new: TcpState,
+    },
+    Release {
+        reason: ReleaseReason,
+    },
     /// The full socket went `FIN_WAIT2/CLOSING -> CLOSE` inside tcp_time_wait().
-    TimeWait { from: TcpState },
-    Close { from: TcpState, reset: bool, lifetime_ns: Option<u64> },
+    TimeWait {
+        from: TcpState,
+    },
+    Close {
+        from: TcpState,
+        reset: bool,
+        lifetime_ns: Option<u64>,
+    },
     Exit,
 }
 
@@ -160,11 +173,17 @@ impl Connections {
                 }
                 let conn = self.remove(event.skaddr);
                 if !reset && matches!(old, TcpState::FinWait2 | TcpState::Closing) {
-                    out.push(Record { kind: RecordKind::TimeWait { from: old }, ..attributed.clone() });
+                    out.push(Record {
+                        kind: RecordKind::TimeWait { from: old },
+                        ..attributed.clone()
+                    });
                 }
                 let lifetime_ns =
                     conn.and_then(|c| c.opened_ns).map(|opened| event.ts_ns.saturating_sub(opened));
-                out.push(Record { kind: RecordKind::Close { from: old, reset, lifetime_ns }, ..attributed });
+                out.push(Record {
+                    kind: RecordKind::Close { from: old, reset, lifetime_ns },
+                    ..attributed
+                });
             }
         }
     }
@@ -242,7 +261,10 @@ mod tests {
     fn reset_is_a_close_not_a_time_wait() {
         use TcpState::*;
         let out = run(&[event(0, 10, EventKind::Connect), state(9, FinWait2, Close, true)]);
-        assert_eq!(out[1].kind, RecordKind::Close { from: FinWait2, reset: true, lifetime_ns: Some(9) });
+        assert_eq!(
+            out[1].kind,
+            RecordKind::Close { from: FinWait2, reset: true, lifetime_ns: Some(9) }
+        );
     }
 
     #[test]
@@ -256,19 +278,22 @@ mod tests {
             state(950, LastAck, Close, false),
         ]);
         assert_eq!(out[0].pid, None, "owner unknown before accept()");
-        assert_eq!(out[4].kind, RecordKind::Close { from: LastAck, reset: false, lifetime_ns: Some(850) });
+        assert_eq!(
+            out[4].kind,
+            RecordKind::Close { from: LastAck, reset: false, lifetime_ns: Some(850) }
+        );
         assert_eq!(out[4].pid, Some(20));
     }
 
     #[test]
     fn sockets_from_before_the_trace_have_no_lifetime_and_exit_is_reported_only_for_owners() {
         use TcpState::*;
-        let out = run(&[
-            event(0, 77, EventKind::Exit),
-            state(10, Established, Close, true),
-        ]);
+        let out = run(&[event(0, 77, EventKind::Exit), state(10, Established, Close, true)]);
         assert_eq!(out.len(), 1, "exit of a process without connections is not shown");
-        assert_eq!(out[0].kind, RecordKind::Close { from: Established, reset: true, lifetime_ns: None });
+        assert_eq!(
+            out[0].kind,
+            RecordKind::Close { from: Established, reset: true, lifetime_ns: None }
+        );
 
         let out = run(&[event(0, 10, EventKind::Connect), event(5, 10, EventKind::Exit)]);
         assert_eq!(out[1].kind, RecordKind::Exit);

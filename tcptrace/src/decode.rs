@@ -172,9 +172,18 @@ pub enum EventKind {
     /// `CLOSE -> SYN_SENT` in the thread that called connect().
     Connect,
     /// accept() returned this socket; `state` is its state at that moment.
-    Accept { state: Option<TcpState> },
-    State { old: TcpState, new: TcpState, reset: bool },
-    Release { reason: ReleaseReason, state: Option<TcpState> },
+    Accept {
+        state: Option<TcpState>,
+    },
+    State {
+        old: TcpState,
+        new: TcpState,
+        reset: bool,
+    },
+    Release {
+        reason: ReleaseReason,
+        state: Option<TcpState>,
+    },
     /// The last thread of process `pid` exited.
     Exit,
 }
@@ -237,7 +246,8 @@ impl TryFrom<&RawEvent> for Event {
         } else {
             None
         };
-        let state_if_known = |s: u8| if s == 0 { Ok(None) } else { TcpState::try_from(s).map(Some) };
+        let state_if_known =
+            |s: u8| if s == 0 { Ok(None) } else { TcpState::try_from(s).map(Some) };
         let kind = match kind {
             KIND_CONNECT => EventKind::Connect,
             KIND_ACCEPT => EventKind::Accept { state: state_if_known(new_state)? },
@@ -304,8 +314,10 @@ mod tests {
 
     fn bytes(raw: &RawEvent) -> Vec<u8> {
         // SAFETY: RawEvent is repr(C) plain data without padding.
-        unsafe { std::slice::from_raw_parts((raw as *const RawEvent).cast::<u8>(), size_of::<RawEvent>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts((raw as *const RawEvent).cast::<u8>(), size_of::<RawEvent>())
+        }
+        .to_vec()
     }
 
     #[test]

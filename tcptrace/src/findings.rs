@@ -326,7 +326,10 @@ mod tests {
         agg.apply_inventory(&snapshot(vec![inventory(TcpState::Established, 1, false)]), 40 * SEC);
         assert_eq!(kinds(&agg, 40), vec![]);
         // Idle past the limit without keepalive: a ghost, which outranks unclosed.
-        agg.apply_inventory(&snapshot(vec![inventory(TcpState::Established, 700, false)]), 41 * SEC);
+        agg.apply_inventory(
+            &snapshot(vec![inventory(TcpState::Established, 700, false)]),
+            41 * SEC,
+        );
         assert_eq!(kinds(&agg, 41), vec![(FindingKind::IdleNoKeepalive, PID, Some(7))]);
         // Keepalive on: not a ghost, but still an unused client connection.
         agg.apply_inventory(&snapshot(vec![inventory(TcpState::Established, 700, true)]), 42 * SEC);
@@ -349,7 +352,10 @@ mod tests {
         agg.apply_inventory(&snapshot(vec![inventory(TcpState::CloseWait, 5, false)]), 0);
         let found = detect(&agg, &limits(), 31 * SEC);
         assert_eq!(found.len(), 1);
-        assert_eq!((found[0].kind, found[0].fd, found[0].source), (FindingKind::CloseWait, Some(7), Origin::Inventory));
+        assert_eq!(
+            (found[0].kind, found[0].fd, found[0].source),
+            (FindingKind::CloseWait, Some(7), Origin::Inventory)
+        );
         assert_eq!(found[0].comm, "client");
         // Gone from the next sweep: closed while the events could not name it.
         agg.apply_inventory(&snapshot(vec![]), 32 * SEC);
@@ -364,7 +370,10 @@ mod tests {
         agg.apply(&record(2, RecordKind::Release { reason: ReleaseReason::Close }));
         assert_eq!(kinds(&agg, 40), vec![]);
         agg.apply(&state(2, TcpState::CloseWait, TcpState::LastAck));
-        agg.apply(&record(3, RecordKind::Close { from: TcpState::LastAck, reset: false, lifetime_ns: None }));
+        agg.apply(&record(
+            3,
+            RecordKind::Close { from: TcpState::LastAck, reset: false, lifetime_ns: None },
+        ));
         assert_eq!(agg.tracked(), 0);
     }
 

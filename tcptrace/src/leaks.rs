@@ -8,8 +8,8 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    clock::monotonic_ns,
     cli::{DetectArgs, LeaksArgs},
+    clock::monotonic_ns,
     collector::Collector,
     findings::{self, Limits},
     ports::{DEFAULT_EPHEMERAL_PORTS, ephemeral_ports},

@@ -135,7 +135,9 @@ impl<W: Write> Renderer<W> {
         let (event, detail) = match &r.kind {
             RecordKind::State { old, new } => (format!("{old}->{new}"), String::new()),
             RecordKind::Accept { state: Some(s) } => ("accept".to_owned(), format!("state={s}")),
-            RecordKind::Release { reason } => ("release".to_owned(), format!("by={}", reason.name())),
+            RecordKind::Release { reason } => {
+                ("release".to_owned(), format!("by={}", reason.name()))
+            }
             RecordKind::TimeWait { from } => ("time-wait".to_owned(), format!("from={from}")),
             RecordKind::Close { from, reset, lifetime_ns } => {
                 let mut detail = format!("from={from}");
@@ -239,7 +241,11 @@ mod tests {
     fn json_has_every_field_with_stable_names() {
         let line = render(
             Format::Json,
-            &record(RecordKind::Close { from: TcpState::FinWait2, reset: false, lifetime_ns: Some(1_500_000) }),
+            &record(RecordKind::Close {
+                from: TcpState::FinWait2,
+                reset: false,
+                lifetime_ns: Some(1_500_000),
+            }),
         );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["event"], "close");

@@ -37,12 +37,7 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("sys_enter_close", "syscalls", "sys_enter_close", true),
     ("sys_enter_dup2", "syscalls", "sys_enter_dup2", false),
     ("sys_enter_dup3", "syscalls", "sys_enter_dup3", false),
-    (
-        "sys_enter_close_range",
-        "syscalls",
-        "sys_enter_close_range",
-        false,
-    ),
+    ("sys_enter_close_range", "syscalls", "sys_enter_close_range", false),
     ("sched_process_exit", "sched", "sched_process_exit", true),
 ];
 
@@ -50,16 +45,8 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
 /// BTF offsets, and unlike classic tracepoint programs they are not skipped while another BPF
 /// program runs on the CPU (see the kernel crate's `state` module).
 const RAW_TRACEPOINTS: &[(&str, &str, &str)] = &[
-    (
-        "inet_sock_set_state_raw",
-        "inet_sock_set_state",
-        "inet_sock_set_state",
-    ),
-    (
-        "tcp_receive_reset_raw",
-        "tcp_receive_reset",
-        "tcp_receive_reset",
-    ),
+    ("inet_sock_set_state_raw", "inet_sock_set_state", "inet_sock_set_state"),
+    ("tcp_receive_reset_raw", "tcp_receive_reset", "tcp_receive_reset"),
 ];
 
 #[derive(Debug, Clone)]
@@ -157,19 +144,12 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the BPF object: {}", reason(&e)))?;
 
-        let close_hook = attach_close_hook(
-            &mut ebpf,
-            options.close_hook,
-            offsets.valid != 0,
-            &mut notes,
-        )?;
+        let close_hook =
+            attach_close_hook(&mut ebpf, options.close_hook, offsets.valid != 0, &mut notes)?;
         let mut config: Array<_, u32> = Array::try_from(
-            ebpf.map_mut("CONFIG")
-                .context("map CONFIG missing from the BPF object")?,
+            ebpf.map_mut("CONFIG").context("map CONFIG missing from the BPF object")?,
         )?;
-        config
-            .set(CONFIG_CLOSE_HOOK, close_hook.config_value(), 0)
-            .context("writing CONFIG")?;
+        config.set(CONFIG_CLOSE_HOOK, close_hook.config_value(), 0).context("writing CONFIG")?;
 
         let mut attached = Vec::new();
         let mut raw_attached = Vec::new();
@@ -199,12 +179,7 @@ impl Probes {
         if close_hook != CloseHook::Tracepoint {
             attached.push(close_hook.program());
         }
-        Ok(Self {
-            ebpf,
-            close_hook,
-            notes,
-            attached,
-        })
+        Ok(Self { ebpf, close_hook, notes, attached })
     }
 
     pub fn close_hook(&self) -> CloseHook {
@@ -217,10 +192,7 @@ impl Probes {
     }
 
     pub fn events(&mut self) -> anyhow::Result<EventStream> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .context("ring buffer already taken")?;
+        let map = self.ebpf.take_map("EVENTS").context("ring buffer already taken")?;
         let ring: RingBuf<MapData> = RingBuf::try_from(map)?;
         EventStream::new(ring).context("registering the ring buffer with tokio")
     }
@@ -229,20 +201,14 @@ impl Probes {
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("map COUNTERS missing")?)?;
         let sum = |index: u32| -> anyhow::Result<u64> {
-            Ok(counters
-                .get(&index, 0)
-                .context("reading COUNTERS")?
-                .iter()
-                .sum())
+            Ok(counters.get(&index, 0).context("reading COUNTERS")?.iter().sum())
         };
         let mut missed_runs = 0;
         for &name in &self.attached {
             let Some(program) = self.ebpf.program(name) else {
                 continue;
             };
-            let fd = program
-                .fd()
-                .with_context(|| format!("program {name} has no fd"))?;
+            let fd = program.fd().with_context(|| format!("program {name} has no fd"))?;
             missed_runs += recursion_misses(fd.as_fd())
                 .with_context(|| format!("reading the statistics of program {name}"))?;
         }
@@ -268,8 +234,7 @@ fn attach_tracepoint(
         .program_mut(program)
         .with_context(|| format!("program {program} missing from the BPF object"))?
         .try_into()?;
-    prog.load()
-        .map_err(|e| anyhow!("loading {program}: {}", reason(&e)))?;
+    prog.load().map_err(|e| anyhow!("loading {program}: {}", reason(&e)))?;
     prog.attach(category, name)
         .map_err(|e| anyhow!("attaching {category}:{name}: {}", reason(&e)))?;
     Ok(())
@@ -280,10 +245,8 @@ fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, name: &str) -> anyhow::
         .program_mut(program)
         .with_context(|| format!("program {program} missing from the BPF object"))?
         .try_into()?;
-    prog.load()
-        .map_err(|e| anyhow!("loading {program}: {}", reason(&e)))?;
-    prog.attach(name)
-        .map_err(|e| anyhow!("attaching raw tracepoint {name}: {}", reason(&e)))?;
+    prog.load().map_err(|e| anyhow!("loading {program}: {}", reason(&e)))?;
+    prog.attach(name).map_err(|e| anyhow!("attaching raw tracepoint {name}: {}", reason(&e)))?;
     Ok(())
 }
 
@@ -347,10 +310,7 @@ fn attach_close_hook(
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit with a valid struct; failure only matters on old kernels and is
     // reported by the map creation that follows.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };

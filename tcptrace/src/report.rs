@@ -215,7 +215,11 @@ fn write_finding(out: &mut impl Write, f: &Finding) -> io::Result<()> {
                 addr(f.local),
                 addr(f.remote),
                 f.state,
-                if f.source == crate::aggregate::Origin::Inventory { " (before tracing)" } else { "" }
+                if f.source == crate::aggregate::Origin::Inventory {
+                    " (before tracing)"
+                } else {
+                    ""
+                }
             )?;
         }
     }
@@ -238,8 +242,10 @@ mod tests {
     /// A report with one process, lifetimes and one finding of each shape.
     fn sample() -> serde_json::Value {
         let mut agg = Aggregator::new(16);
-        let endpoints =
-            Endpoints { local: "10.0.0.1:40000".parse().unwrap(), remote: "10.0.0.2:80".parse().unwrap() };
+        let endpoints = Endpoints {
+            local: "10.0.0.1:40000".parse().unwrap(),
+            remote: "10.0.0.2:80".parse().unwrap(),
+        };
         let record = |ts_s: u64, skaddr: u64, kind| Record {
             ts_ns: ts_s * 1_000_000_000,
             kind,
@@ -251,13 +257,33 @@ mod tests {
             endpoints: Some(endpoints),
         };
         agg.apply(&record(1, 1, RecordKind::Connect));
-        agg.apply(&record(1, 1, RecordKind::State { old: TcpState::SynSent, new: TcpState::Established }));
-        agg.apply(&record(1, 1, RecordKind::State { old: TcpState::Established, new: TcpState::CloseWait }));
+        agg.apply(&record(
+            1,
+            1,
+            RecordKind::State { old: TcpState::SynSent, new: TcpState::Established },
+        ));
+        agg.apply(&record(
+            1,
+            1,
+            RecordKind::State { old: TcpState::Established, new: TcpState::CloseWait },
+        ));
         for i in 0..10 {
             agg.apply(&record(i, 2, RecordKind::Connect));
-            agg.apply(&record(i, 2, RecordKind::Release { reason: crate::decode::ReleaseReason::Close }));
+            agg.apply(&record(
+                i,
+                2,
+                RecordKind::Release { reason: crate::decode::ReleaseReason::Close },
+            ));
             agg.apply(&record(i, 2, RecordKind::TimeWait { from: TcpState::FinWait2 }));
-            agg.apply(&record(i, 2, RecordKind::Close { from: TcpState::FinWait2, reset: false, lifetime_ns: Some(1_000_000) }));
+            agg.apply(&record(
+                i,
+                2,
+                RecordKind::Close {
+                    from: TcpState::FinWait2,
+                    reset: false,
+                    lifetime_ns: Some(1_000_000),
+                },
+            ));
         }
         let limits = Limits {
             min_age: Duration::from_secs(1),
@@ -303,12 +329,14 @@ mod tests {
             ("lifetimes", &report["processes"][0]["lifetime_ms"]),
         ];
         for (what, object) in objects {
-            let object = object.as_object().unwrap_or_else(|| panic!("{what} is an object: {report:#}"));
+            let object =
+                object.as_object().unwrap_or_else(|| panic!("{what} is an object: {report:#}"));
             for key in object.keys() {
                 assert!(documented(key), "{what} field `{key}` is not in README's JSON table");
             }
         }
-        let kinds: Vec<_> = report["findings"].as_array().unwrap().iter().map(|f| f["kind"].clone()).collect();
+        let kinds: Vec<_> =
+            report["findings"].as_array().unwrap().iter().map(|f| f["kind"].clone()).collect();
         assert_eq!(kinds, ["close-wait", "time-wait-churn"]);
         assert_eq!(report["events_lost"], 1);
         assert_eq!(report["warnings"].as_array().unwrap().len(), 1, "lost events are explained");
@@ -335,7 +363,15 @@ mod tests {
                 time_wait_rate: 1.0,
                 ephemeral_ports: 100,
             };
-            Report::build(&agg, vec![], limits, CloseHook::Fentry, Duration::from_secs(1), &Counters::default(), vec![])
+            Report::build(
+                &agg,
+                vec![],
+                limits,
+                CloseHook::Fentry,
+                Duration::from_secs(1),
+                &Counters::default(),
+                vec![],
+            )
         };
         let mut out = Vec::new();
         report.write_text(&mut out).unwrap();

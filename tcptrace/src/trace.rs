@@ -34,22 +34,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         eprintln!("tcptrace: note: {note}");
     }
 
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Text
-    };
-    let mut renderer = Renderer::new(
-        BufWriter::new(io::stdout()),
-        format,
-        Clock::now(),
-        probes.close_hook(),
-    );
-    let mut session = Session {
-        conns: Connections::new(MAX_TRACKED),
-        records: Vec::new(),
-        decode_errors: 0,
-    };
+    let format = if args.json { Format::Json } else { Format::Text };
+    let mut renderer =
+        Renderer::new(BufWriter::new(io::stdout()), format, Clock::now(), probes.close_hook());
+    let mut session =
+        Session { conns: Connections::new(MAX_TRACKED), records: Vec::new(), decode_errors: 0 };
 
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -117,10 +106,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         );
     }
     if session.decode_errors > 0 {
-        eprintln!(
-            "tcptrace: {} malformed events skipped",
-            session.decode_errors
-        );
+        eprintln!("tcptrace: {} malformed events skipped", session.decode_errors);
     }
     if session.conns.untracked > 0 {
         eprintln!(

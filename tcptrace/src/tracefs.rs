@@ -73,8 +73,7 @@ fn check_format(format: &str, expected: &[(&str, usize, usize)]) -> anyhow::Resu
             .find(|l| l.split(';').next().is_some_and(|decl| field_name(decl) == Some(name)))
             .with_context(|| format!("no field {name}"))?;
         let value = |key: &str| {
-            line.split(';')
-                .find_map(|part| part.trim().strip_prefix(key)?.parse::<usize>().ok())
+            line.split(';').find_map(|part| part.trim().strip_prefix(key)?.parse::<usize>().ok())
         };
         if value("offset:") != Some(offset) || value("size:") != Some(size) {
             bail!("field {name}: expected offset {offset} size {size}, found `{}`", line.trim());

@@ -67,7 +67,10 @@ fn without_privileges_it_names_what_is_missing() {
     let copy = std::env::temp_dir().join(format!("tcptrace-nopriv-{}", std::process::id()));
     std::fs::copy(TCPTRACE, &copy).expect("copy tcptrace");
     let mut cmd = Command::new(&copy);
-    cmd.args(["trace", "--duration", "1s"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(["trace", "--duration", "1s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // SAFETY: setgid/setuid are async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -151,8 +154,16 @@ fn trace_json_attributes_both_ends_to_their_processes() {
     // The VM tier runs this binary once per close hook (cargo xtask vm-test).
     let hook = std::env::var("TCPTRACE_TEST_CLOSE_HOOK").unwrap_or_else(|_| "auto".to_owned());
     let port_arg = port.to_string();
-    let (mut trace, _stderr) =
-        start_trace(&["trace", "--json", "--port", &port_arg, "--duration", "4s", "--close-hook", &hook]);
+    let (mut trace, _stderr) = start_trace(&[
+        "trace",
+        "--json",
+        "--port",
+        &port_arg,
+        "--duration",
+        "4s",
+        "--close-hook",
+        &hook,
+    ]);
 
     let (server_rd, server_wr) = pipe();
     let server = fork_named(b"tt-server\0", || {
@@ -178,8 +189,10 @@ fn trace_json_attributes_both_ends_to_their_processes() {
     let mut stdout = String::new();
     trace.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
     assert!(trace.wait().unwrap().success());
-    let records: Vec<serde_json::Value> =
-        stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
     let find = |event: &str, pid: i32| {
         records
             .iter()
@@ -187,14 +200,23 @@ fn trace_json_attributes_both_ends_to_their_processes() {
             .unwrap_or_else(|| panic!("no {event} by pid {pid} in:\n{stdout}"))
     };
     let connect = find("connect", client);
-    assert_eq!((connect["comm"].as_str(), connect["fd"].as_i64()), (Some("tt-client"), Some(client_fd.into())));
+    assert_eq!(
+        (connect["comm"].as_str(), connect["fd"].as_i64()),
+        (Some("tt-client"), Some(client_fd.into()))
+    );
     assert_eq!(connect["rport"], port);
     let accept = find("accept", server);
-    assert_eq!((accept["comm"].as_str(), accept["fd"].as_i64()), (Some("tt-server"), Some(server_fd.into())));
+    assert_eq!(
+        (accept["comm"].as_str(), accept["fd"].as_i64()),
+        (Some("tt-server"), Some(server_fd.into()))
+    );
     assert_eq!(accept["lport"], port);
     for (pid, comm, fd) in [(client, "tt-client", client_fd), (server, "tt-server", server_fd)] {
         let release = find("release", pid);
-        assert_eq!((release["comm"].as_str(), release["fd"].as_i64()), (Some(comm), Some(fd.into())));
+        assert_eq!(
+            (release["comm"].as_str(), release["fd"].as_i64()),
+            (Some(comm), Some(fd.into()))
+        );
         assert_eq!(release["reason"], "close");
     }
     // Every record says which close hook produced it; each socket ends with a close.
@@ -204,13 +226,20 @@ fn trace_json_attributes_both_ends_to_their_processes() {
     }
     let closes: Vec<_> = records.iter().filter(|r| r["event"] == "close").collect();
     assert!(closes.len() >= 2, "{stdout}");
-    assert!(closes.iter().any(|r| r["pid"] == client && r["lifetime_ms"].as_f64().is_some()), "{stdout}");
+    assert!(
+        closes.iter().any(|r| r["pid"] == client && r["lifetime_ms"].as_f64().is_some()),
+        "{stdout}"
+    );
     assert!(records.iter().any(|r| r["event"] == "time-wait" && r["pid"] == client), "{stdout}");
 }
 
 /// A forked client that connects to `port`, reports its descriptor, then holds the socket
 /// until the write end of the `done` pipe is closed.
-fn holding_client(comm: &'static [u8], port: u16, (done, done_wr): (i32, i32)) -> (libc::pid_t, i32) {
+fn holding_client(
+    comm: &'static [u8],
+    port: u16,
+    (done, done_wr): (i32, i32),
+) -> (libc::pid_t, i32) {
     let (rd, wr) = pipe();
     let pid = fork_named(comm, move || {
         // SAFETY: the child's copy of the write end, which would keep `done` from ending.
@@ -234,8 +263,16 @@ fn leaks_json_names_each_leaking_socket_and_nothing_else() {
     let hook = std::env::var("TCPTRACE_TEST_CLOSE_HOOK").unwrap_or_else(|_| "auto".to_owned());
     let port_arg = port.to_string();
     let (leaks, _stderr) = start_trace(&[
-        "leaks", "--json", "--port", &port_arg, "--min-age", "1s", "--duration", "4s",
-        "--close-hook", &hook,
+        "leaks",
+        "--json",
+        "--port",
+        &port_arg,
+        "--min-age",
+        "1s",
+        "--duration",
+        "4s",
+        "--close-hook",
+        &hook,
     ]);
     let (done_rd, done_wr) = pipe();
 
@@ -279,7 +316,11 @@ fn leaks_json_names_each_leaking_socket_and_nothing_else() {
         .expect("findings")
         .iter()
         .map(|f| {
-            (f["kind"].as_str().unwrap().to_owned(), f["pid"].as_i64().unwrap(), f["fd"].as_i64().unwrap_or(-1))
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["pid"].as_i64().unwrap(),
+                f["fd"].as_i64().unwrap_or(-1),
+            )
         })
         .collect();
     found.sort();

@@ -46,15 +46,11 @@ const SO_COOKIE: libc::c_int = 57;
 static FORK_LOCK: RwLock<()> = RwLock::new(());
 
 fn no_forks() -> RwLockReadGuard<'static, ()> {
-    FORK_LOCK
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    FORK_LOCK.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn forks() -> RwLockWriteGuard<'static, ()> {
-    FORK_LOCK
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    FORK_LOCK.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -81,9 +77,7 @@ fn local(stream: &TcpStream) -> SocketAddr {
 
 /// The inode `/proc/<pid>/fd/<fd>` names, read with stat(2) rather than through procfs.
 fn inode_of(fd: RawFd) -> u64 {
-    fs::metadata(format!("/proc/self/fd/{fd}"))
-        .expect("stat of the fd")
-        .ino()
+    fs::metadata(format!("/proc/self/fd/{fd}")).expect("stat of the fd").ino()
 }
 
 fn cookie_of(fd: RawFd) -> u64 {
@@ -91,13 +85,7 @@ fn cookie_of(fd: RawFd) -> u64 {
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: a valid socket and an 8-byte out buffer with its length.
     let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
+        libc::getsockopt(fd, libc::SOL_SOCKET, SO_COOKIE, (&raw mut cookie).cast(), &raw mut len)
     };
     assert_eq!(rc, 0, "SO_COOKIE: {}", io::Error::last_os_error());
     cookie
@@ -119,9 +107,7 @@ fn set_keepalive(fd: RawFd, on: bool) {
 }
 
 fn netns_of(path: &str) -> u64 {
-    fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {path}: {e}"))
-        .ino()
+    fs::metadata(path).unwrap_or_else(|e| panic!("stat {path}: {e}")).ino()
 }
 
 fn own_netns() -> u64 {
@@ -134,21 +120,12 @@ fn me() -> u32 {
 
 /// The process's name, as /proc/<pid>/stat gives it (the thread-group leader's).
 fn my_comm() -> String {
-    fs::read_to_string("/proc/self/comm")
-        .expect("comm")
-        .trim_end()
-        .to_owned()
+    fs::read_to_string("/proc/self/comm").expect("comm").trim_end().to_owned()
 }
 
 fn owned_by_me(fds: &[RawFd]) -> Vec<FdOwner> {
-    let mut owners: Vec<_> = fds
-        .iter()
-        .map(|&fd| FdOwner {
-            pid: me(),
-            fd,
-            comm: my_comm(),
-        })
-        .collect();
+    let mut owners: Vec<_> =
+        fds.iter().map(|&fd| FdOwner { pid: me(), fd, comm: my_comm() }).collect();
     owners.sort();
     owners
 }
@@ -161,12 +138,8 @@ fn take() -> Snapshot {
 }
 
 fn describe(snapshot: &Snapshot, netns: u64) -> String {
-    let lines: Vec<String> = snapshot
-        .sockets
-        .iter()
-        .filter(|s| s.netns == netns)
-        .map(|s| format!("  {s:?}"))
-        .collect();
+    let lines: Vec<String> =
+        snapshot.sockets.iter().filter(|s| s.netns == netns).map(|s| format!("  {s:?}")).collect();
     format!(
         "{} sockets in netns {netns}:\n{}\nwarnings: {:?}",
         lines.len(),
@@ -228,11 +201,7 @@ fn assert_socket(
     assert_eq!(socket.state, state, "{socket:?}");
     assert_eq!(socket.netns, netns, "{socket:?}");
     assert_eq!(socket.inode, inode_of(fd), "inode of fd {fd}: {socket:?}");
-    assert_eq!(
-        socket.cookie,
-        cookie_of(fd),
-        "SO_COOKIE of fd {fd}: {socket:?}"
-    );
+    assert_eq!(socket.cookie, cookie_of(fd), "SO_COOKIE of fd {fd}: {socket:?}");
     assert_eq!(socket.owners, owners, "{socket:?}");
 }
 
@@ -249,12 +218,8 @@ fn loopback_sockets_appear_with_states_addresses_and_owners() {
         let (client, server) = pair(&listener);
         // A second descriptor for the same socket: both are owners.
         let client_dup = client.try_clone().expect("dup");
-        let (lfd, cfd, sfd, dfd) = (
-            listener.as_raw_fd(),
-            client.as_raw_fd(),
-            server.as_raw_fd(),
-            client_dup.as_raw_fd(),
-        );
+        let (lfd, cfd, sfd, dfd) =
+            (listener.as_raw_fd(), client.as_raw_fd(), server.as_raw_fd(), client_dup.as_raw_fd());
 
         let snapshot = take();
         assert_eq!(snapshot.namespaces.first(), Some(&netns), "own netns first");
@@ -262,30 +227,13 @@ fn loopback_sockets_appear_with_states_addresses_and_owners() {
 
         let listening = find(&snapshot, netns, addr_of(&listener), unspecified(bind));
         assert_socket(listening, Listen, netns, lfd, &owned_by_me(&[lfd]));
-        assert_eq!(
-            (listening.idle, listening.keepalive),
-            (None, None),
-            "{listening:?}"
-        );
+        assert_eq!((listening.idle, listening.keepalive), (None, None), "{listening:?}");
 
         let client_side = find(&snapshot, netns, local(&client), addr_of(&listener));
-        assert_socket(
-            client_side,
-            Established,
-            netns,
-            cfd,
-            &owned_by_me(&[cfd, dfd]),
-        );
+        assert_socket(client_side, Established, netns, cfd, &owned_by_me(&[cfd, dfd]));
         // SAFETY: no preconditions.
-        assert_eq!(
-            client_side.uid,
-            unsafe { libc::geteuid() },
-            "{client_side:?}"
-        );
-        assert!(
-            client_side.idle.is_some(),
-            "an ESTABLISHED socket has tcp_info: {client_side:?}"
-        );
+        assert_eq!(client_side.uid, unsafe { libc::geteuid() }, "{client_side:?}");
+        assert!(client_side.idle.is_some(), "an ESTABLISHED socket has tcp_info: {client_side:?}");
 
         let server_side = find(&snapshot, netns, addr_of(&listener), local(&client));
         assert_socket(server_side, Established, netns, sfd, &owned_by_me(&[sfd]));
@@ -320,30 +268,18 @@ fn keepalive_follows_so_keepalive() {
     ];
     // Idle loopback connections have no retransmit timer to hide the keepalive timer; wait out
     // a transient one (the kernel reports only one timer) rather than fail on it.
-    let snapshot = wait_for(|s| {
-        expected
-            .iter()
-            .all(|&(l, r, k)| find(s, netns, l, r).keepalive == k)
-    });
+    let snapshot =
+        wait_for(|s| expected.iter().all(|&(l, r, k)| find(s, netns, l, r).keepalive == k));
     for (local, remote, keepalive) in expected {
         let socket = find(&snapshot, netns, local, remote);
-        assert_eq!(
-            socket.keepalive, keepalive,
-            "{local} -> {remote}: {socket:?}"
-        );
+        assert_eq!(socket.keepalive, keepalive, "{local} -> {remote}: {socket:?}");
     }
     assert_eq!(
         find(&snapshot, netns, addr_of(&plain), local(&with_keepalive)).inode,
         inode_of(accepted_plain.as_raw_fd())
     );
     assert_eq!(
-        find(
-            &snapshot,
-            netns,
-            addr_of(&inheriting),
-            local(&inheriting_client)
-        )
-        .inode,
+        find(&snapshot, netns, addr_of(&inheriting), local(&inheriting_client)).inode,
         inode_of(accepted_inheriting.as_raw_fd())
     );
 }
@@ -360,33 +296,21 @@ fn idle_time_grows_without_traffic() {
     server.read_exact(&mut byte).expect("read");
     server.write_all(b"y").expect("write");
     client.read_exact(&mut byte).expect("read");
-    let (client_key, server_key) = (
-        (local(&client), addr_of(&listener)),
-        (addr_of(&listener), local(&client)),
-    );
+    let (client_key, server_key) =
+        ((local(&client), addr_of(&listener)), (addr_of(&listener), local(&client)));
 
     let fresh = take();
     for (local, remote) in [client_key, server_key] {
         let socket = find(&fresh, netns, local, remote);
-        let idle = socket
-            .idle
-            .unwrap_or_else(|| panic!("no idle time: {socket:?}"));
-        assert!(
-            idle < Duration::from_secs(1),
-            "data just moved, idle {idle:?}: {socket:?}"
-        );
+        let idle = socket.idle.unwrap_or_else(|| panic!("no idle time: {socket:?}"));
+        assert!(idle < Duration::from_secs(1), "data just moved, idle {idle:?}: {socket:?}");
     }
     thread::sleep(Duration::from_millis(1500));
     let later = take();
     for (local, remote) in [client_key, server_key] {
         let socket = find(&later, netns, local, remote);
-        let idle = socket
-            .idle
-            .unwrap_or_else(|| panic!("no idle time: {socket:?}"));
-        assert!(
-            idle >= Duration::from_secs(1),
-            "1.5 s without traffic, idle {idle:?}: {socket:?}"
-        );
+        let idle = socket.idle.unwrap_or_else(|| panic!("no idle time: {socket:?}"));
+        assert!(idle >= Duration::from_secs(1), "1.5 s without traffic, idle {idle:?}: {socket:?}");
         assert!(
             idle < Duration::from_secs(30),
             "idle {idle:?} is not this connection's: {socket:?}"
@@ -401,10 +325,8 @@ fn a_socket_whose_peer_closed_is_in_close_wait() {
     let netns = own_netns();
     let listener = listen(LOCALHOST_V4);
     let (client, server) = pair(&listener);
-    let (client_key, server_key) = (
-        (local(&client), addr_of(&listener)),
-        (addr_of(&listener), local(&client)),
-    );
+    let (client_key, server_key) =
+        ((local(&client), addr_of(&listener)), (addr_of(&listener), local(&client)));
     drop(server);
 
     let snapshot = wait_for(|s| {
@@ -445,41 +367,22 @@ fn a_dump_spanning_many_datagrams_is_complete() {
     eprintln!("snapshot of {} sockets in {took:?}", snapshot.sockets.len());
     for (client, server) in &pairs {
         let client_side = find(&snapshot, netns, local(client), addr_of(&listener));
-        assert_eq!(
-            client_side.owners,
-            owned_by_me(&[client.as_raw_fd()]),
-            "{client_side:?}"
-        );
+        assert_eq!(client_side.owners, owned_by_me(&[client.as_raw_fd()]), "{client_side:?}");
         let server_side = find(&snapshot, netns, addr_of(&listener), local(client));
-        assert_eq!(
-            server_side.owners,
-            owned_by_me(&[server.as_raw_fd()]),
-            "{server_side:?}"
-        );
+        assert_eq!(server_side.owners, owned_by_me(&[server.as_raw_fd()]), "{server_side:?}");
     }
 }
 
 fn raise_fd_limit(wanted: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: a valid out pointer.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) },
-        0
-    );
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) }, 0);
     if limit.rlim_cur < wanted {
         limit.rlim_cur = wanted.max(limit.rlim_cur);
         limit.rlim_max = limit.rlim_max.max(wanted);
         // SAFETY: a valid limit; root may raise the hard limit.
         let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) };
-        assert_eq!(
-            rc,
-            0,
-            "RLIMIT_NOFILE to {wanted}: {}",
-            io::Error::last_os_error()
-        );
+        assert_eq!(rc, 0, "RLIMIT_NOFILE to {wanted}: {}", io::Error::last_os_error());
     }
 }
 
@@ -529,9 +432,7 @@ impl NetnsChild {
         let any_port = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
-            },
+            sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
             sin_zero: [0; 8],
         };
         // SAFETY: the child only makes syscalls (async-signal-safe) and leaves with _exit.
@@ -616,12 +517,7 @@ unsafe fn child_main(report: RawFd, release: RawFd, mut addr: libc::sockaddr_in)
         if server < 0 {
             fail(15);
         }
-        let words = [
-            listener,
-            client,
-            server,
-            i32::from(u16::from_be(addr.sin_port)),
-        ];
+        let words = [listener, client, server, i32::from(u16::from_be(addr.sin_port))];
         let mut bytes = [0u8; 16];
         for (i, word) in words.iter().enumerate() {
             bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
@@ -638,11 +534,7 @@ unsafe fn child_main(report: RawFd, release: RawFd, mut addr: libc::sockaddr_in)
 fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
     // SAFETY: a two-int out array.
-    assert_eq!(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-        0,
-        "pipe2"
-    );
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2");
     // SAFETY: fresh descriptors owned by nobody else.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
@@ -652,41 +544,20 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 fn a_socket_in_a_child_network_namespace_is_found_with_its_owner() {
     let _serial = forks();
     // The child is named after the thread that forks it.
-    let comm = fs::read_to_string("/proc/thread-self/comm")
-        .expect("comm")
-        .trim_end()
-        .to_owned();
+    let comm = fs::read_to_string("/proc/thread-self/comm").expect("comm").trim_end().to_owned();
     let child = NetnsChild::spawn();
     let child_netns = netns_of(&format!("/proc/{}/ns/net", child.pid));
-    assert_ne!(
-        child_netns,
-        own_netns(),
-        "the child has a namespace of its own"
-    );
+    assert_ne!(child_netns, own_netns(), "the child has a namespace of its own");
     let pid = u32::try_from(child.pid).unwrap();
-    let owner = |fd| {
-        vec![FdOwner {
-            pid,
-            fd,
-            comm: comm.clone(),
-        }]
-    };
+    let owner = |fd| vec![FdOwner { pid, fd, comm: comm.clone() }];
     let port_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), child.port);
 
     let snapshot = take();
-    assert!(
-        snapshot.namespaces.contains(&child_netns),
-        "{:?}",
-        snapshot.namespaces
-    );
+    assert!(snapshot.namespaces.contains(&child_netns), "{:?}", snapshot.namespaces);
     let listening = find(&snapshot, child_netns, port_addr, unspecified(port_addr));
     assert_eq!(listening.state, Listen, "{listening:?}");
     assert_eq!(listening.owners, owner(child.listener_fd), "{listening:?}");
-    let in_child: Vec<_> = snapshot
-        .sockets
-        .iter()
-        .filter(|s| s.netns == child_netns)
-        .collect();
+    let in_child: Vec<_> = snapshot.sockets.iter().filter(|s| s.netns == child_netns).collect();
     let client_side: Vec<_> = in_child.iter().filter(|s| s.remote == port_addr).collect();
     assert!(
         matches!(client_side.as_slice(), [one] if one.state == Established && one.owners == owner(child.client_fd)),
@@ -695,15 +566,9 @@ fn a_socket_in_a_child_network_namespace_is_found_with_its_owner() {
     );
     let server_side = find(&snapshot, child_netns, port_addr, client_side[0].local);
     assert_eq!(server_side.state, Established, "{server_side:?}");
-    assert_eq!(
-        server_side.owners,
-        owner(child.server_fd),
-        "{server_side:?}"
-    );
+    assert_eq!(server_side.owners, owner(child.server_fd), "{server_side:?}");
     assert!(
-        in_child
-            .iter()
-            .all(|s| s.owners.iter().all(|o| o.pid == pid)),
+        in_child.iter().all(|s| s.owners.iter().all(|o| o.pid == pid)),
         "{}",
         describe(&snapshot, child_netns)
     );
@@ -723,10 +588,7 @@ impl NamedNetns {
         fs::create_dir_all(&dir).expect("creating /run/netns");
         let path = dir.join(format!("tt-inv-{}", me()));
         fs::File::create(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        Self {
-            path,
-            mounted: false,
-        }
+        Self { path, mounted: false }
     }
 
     /// Runs `f` in a thread inside a new namespace mounted on this name (lo up), returning
@@ -798,17 +660,8 @@ fn a_socket_in_a_named_namespace_is_found_through_run_netns() {
     assert_ne!(netns, own_netns());
 
     let snapshot = take();
-    assert!(
-        snapshot.namespaces.contains(&netns),
-        "{:?}",
-        snapshot.namespaces
-    );
-    let listening = find(
-        &snapshot,
-        netns,
-        addr_of(&listener),
-        unspecified(LOCALHOST_V4),
-    );
+    assert!(snapshot.namespaces.contains(&netns), "{:?}", snapshot.namespaces);
+    let listening = find(&snapshot, netns, addr_of(&listener), unspecified(LOCALHOST_V4));
     assert_socket(
         listening,
         Listen,
@@ -834,10 +687,7 @@ fn a_socket_in_a_named_namespace_is_found_through_run_netns() {
     );
     // The same endpoints are not reported in this process's own namespace.
     assert!(
-        !snapshot
-            .sockets
-            .iter()
-            .any(|s| s.netns != netns && s.inode == client_side.inode),
+        !snapshot.sockets.iter().any(|s| s.netns != netns && s.inode == client_side.inode),
         "inode reported twice"
     );
 }

@@ -47,9 +47,7 @@ fn accept_and_close_are_attributed_to_their_threads() {
     let client = connect(addr_of(&listener));
     let (server, acceptor) = thread::scope(|s| {
         let accepting = thread::Builder::new().name("tt-acceptor".into());
-        let accepting = accepting
-            .spawn_scoped(s, || (accept(&listener), Task::current()))
-            .unwrap();
+        let accepting = accepting.spawn_scoped(s, || (accept(&listener), Task::current())).unwrap();
         accepting.join().unwrap()
     });
     let server_fd = server.as_raw_fd();
@@ -82,8 +80,9 @@ fn accept_and_close_are_attributed_to_their_threads() {
 
 /// Both sides in this thread; `client_first` picks who closes first.
 fn open_and_close(local: SocketAddr, client_first: bool) {
-    let Loopback { mut h, me, client, server, client_fd, server_fd, client_sock, server_sock, .. } =
-        Loopback::open(local);
+    let Loopback {
+        mut h, me, client, server, client_fd, server_fd, client_sock, server_sock, ..
+    } = Loopback::open(local);
     let (client_owner, server_owner) = (me.owns(client_fd), me.owns(server_fd));
 
     let (client_end, server_end) = if client_first {
@@ -103,14 +102,8 @@ fn open_and_close(local: SocketAddr, client_first: bool) {
             closes_first(&me, server_fd, server_owner, ByClose),
         )
     };
-    h.expect_socket(
-        &client_sock,
-        &concat(&[active_open(&me, client_fd), client_end]),
-    );
-    h.expect_socket(
-        &server_sock,
-        &concat(&[passive_open(&me, server_fd), server_end]),
-    );
+    h.expect_socket(&client_sock, &concat(&[active_open(&me, client_fd), client_end]));
+    h.expect_socket(&server_sock, &concat(&[passive_open(&me, server_fd), server_end]));
     h.expect_nothing_lost();
 }
 
@@ -139,8 +132,9 @@ fn ipv6_open_and_close() {
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn linger_zero_close_resets_the_peer() {
     let _serial = no_forks();
-    let Loopback { mut h, me, client, server, client_fd, server_fd, client_sock, server_sock, .. } =
-        Loopback::open(LOCALHOST_V4);
+    let Loopback {
+        mut h, me, client, server, client_fd, server_fd, client_sock, server_sock, ..
+    } = Loopback::open(LOCALHOST_V4);
     set_linger_zero(&client);
     drop(client);
 
@@ -157,10 +151,8 @@ fn linger_zero_close_resets_the_peer() {
         ]),
     );
     // The peer received it.
-    let mut server_expected = concat(&[
-        passive_open(&me, server_fd),
-        vec![reset_close(Established, me.owns(server_fd))],
-    ]);
+    let mut server_expected =
+        concat(&[passive_open(&me, server_fd), vec![reset_close(Established, me.owns(server_fd))]]);
     h.expect_socket(&server_sock, &server_expected);
 
     // Closing the reset socket is still its release.
@@ -174,18 +166,16 @@ fn linger_zero_close_resets_the_peer() {
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn shutdown_is_not_a_release() {
     let _serial = no_forks();
-    let Loopback { mut h, me, client, server, client_fd, server_fd, client_sock, server_sock, .. } =
-        Loopback::open(LOCALHOST_V4);
+    let Loopback {
+        mut h, me, client, server, client_fd, server_fd, client_sock, server_sock, ..
+    } = Loopback::open(LOCALHOST_V4);
     let client_owner = me.owns(client_fd);
 
     // shutdown() sends the FIN: FIN_WAIT1, and FIN_WAIT2 once acknowledged; nothing released.
     client.shutdown(Shutdown::Write).expect("shutdown");
     let half_closed = concat(&[
         active_open(&me, client_fd),
-        vec![
-            change(Established, FinWait1, client_owner),
-            change(FinWait1, FinWait2, client_owner),
-        ],
+        vec![change(Established, FinWait1, client_owner), change(FinWait1, FinWait2, client_owner)],
     ]);
     h.expect_socket(&client_sock, &half_closed);
 
@@ -220,11 +210,7 @@ fn refused_connect_is_reset_then_released() {
     let server = SocketAddr::new(LOCALHOST_V4.ip(), port);
 
     let (fd, error) = raw::failed_connect(&RawAddr::from(server));
-    assert_eq!(
-        error.raw_os_error(),
-        Some(libc::ECONNREFUSED),
-        "connect: {error}"
-    );
+    assert_eq!(error.raw_os_error(), Some(libc::ECONNREFUSED), "connect: {error}");
     // The local port is gone once connect() fails: any port matches.
     let sock = Sock::client("refused", &me, fd, LOCALHOST_V4, server);
     let mut expected = vec![connect_event(&me, fd), reset_close(SynSent, me.owns(fd))];
@@ -295,24 +281,14 @@ fn across_processes(ending: Ending) {
         &client_sock,
         &concat(&[
             active_open(&client_task, client_fd),
-            closes_first(
-                &client_task,
-                client_fd,
-                client_task.owns(client_fd),
-                ending.reason(),
-            ),
+            closes_first(&client_task, client_fd, client_task.owns(client_fd), ending.reason()),
         ]),
     );
     h.expect_socket(
         &server_sock,
         &concat(&[
             passive_open(&server_task, server_fd),
-            closes_second(
-                &server_task,
-                server_fd,
-                server_task.owns(server_fd),
-                ending.reason(),
-            ),
+            closes_second(&server_task, server_fd, server_task.owns(server_fd), ending.reason()),
         ]),
     );
     h.expect_exit(&client_task);
@@ -336,10 +312,7 @@ fn client_and_server_in_other_processes_exit() {
 
 /// The events of a child client's socket `fd`: connected, closed first.
 fn child_client_sequence(child: &Task, fd: RawFd) -> Vec<Expect> {
-    concat(&[
-        active_open(child, fd),
-        closes_first(child, fd, child.owns(fd), ByClose),
-    ])
+    concat(&[active_open(child, fd), closes_first(child, fd, child.owns(fd), ByClose)])
 }
 
 /// Lets `client` connect to `listener`, close and exit; this thread accepts and closes.
@@ -374,12 +347,7 @@ fn pid_filter_keeps_only_that_process() {
     let child = client.task();
     let mut pids = [0; tcptrace_common::MAX_FILTER_PIDS];
     pids[0] = child.pid;
-    let filter = Filter {
-        pids,
-        n_pids: 1,
-        port: addr_of(&listener).port(),
-        ..Filter::none()
-    };
+    let filter = Filter { pids, n_pids: 1, port: addr_of(&listener).port(), ..Filter::none() };
     let mut h = Harness::load(filter);
 
     // This process: same port, not the filtered pid.
@@ -388,9 +356,7 @@ fn pid_filter_keeps_only_that_process() {
 
     h.expect_socket(&sock, &child_client_sequence(&child, fd));
     h.expect_exit(&child);
-    h.expect_only(&[&sock], |e| {
-        e.kind == EventKind::Exit && e.pid == child.pid
-    });
+    h.expect_only(&[&sock], |e| e.kind == EventKind::Exit && e.pid == child.pid);
     h.expect_no_port(own_port, "this process's connection");
     h.expect_nothing_lost();
 }
@@ -405,12 +371,7 @@ fn comm_filter_keeps_only_that_name() {
     let child = matching.task();
     let mut comm = [0u8; 16];
     comm[..child.comm.len()].copy_from_slice(child.comm.as_bytes());
-    let filter = Filter {
-        has_comm: 1,
-        comm,
-        port: addr_of(&listener).port(),
-        ..Filter::none()
-    };
+    let filter = Filter { has_comm: 1, comm, port: addr_of(&listener).port(), ..Filter::none() };
     let mut h = Harness::load(filter);
 
     let (other_sock, _) = run_child_client(other, &listener, "client (other name)");
@@ -419,9 +380,7 @@ fn comm_filter_keeps_only_that_name() {
 
     h.expect_socket(&sock, &child_client_sequence(&child, fd));
     h.expect_exit(&child);
-    h.expect_only(&[&sock], |e| {
-        e.kind == EventKind::Exit && e.pid == child.pid
-    });
+    h.expect_only(&[&sock], |e| e.kind == EventKind::Exit && e.pid == child.pid);
     h.expect_no_port(other_sock.local.port(), "the other name's connection");
     h.expect_no_port(own_port, "this process's connection");
     h.expect_nothing_lost();
@@ -451,11 +410,7 @@ fn family_filter_keeps_only_ipv6() {
             Some((v4, v6))
         })
         .expect("a port free on 127.0.0.1 and ::1");
-    let filter = Filter {
-        port: addr_of(&v4).port(),
-        family: AF_INET6,
-        ..Filter::none()
-    };
+    let filter = Filter { port: addr_of(&v4).port(), family: AF_INET6, ..Filter::none() };
     let mut h = Harness::load(filter);
     let me = Task::current();
 
@@ -537,9 +492,7 @@ fn a_burst_of_connections_loses_no_state_change() {
     let closes = |h: &Harness| {
         h.events
             .iter()
-            .filter(|e| {
-                matches!(e.kind, EventKind::State { old, new: Close, .. } if old != Listen)
-            })
+            .filter(|e| matches!(e.kind, EventKind::State { old, new: Close, .. } if old != Listen))
             .count()
     };
     // Skipped runs are counted per program run, not per CLOSE: they bound what can be missing.

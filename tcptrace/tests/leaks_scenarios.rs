@@ -67,21 +67,13 @@ fn the_finding<'r>(
 
 /// Fails on any finding about `pids`.
 fn no_findings(report: &Report, pids: &[u32]) {
-    assert!(
-        report.findings_of(pids).is_empty(),
-        "expected no finding\n{}",
-        report.show(pids)
-    );
+    assert!(report.findings_of(pids).is_empty(), "expected no finding\n{}", report.show(pids));
 }
 
 /// What every report must satisfy, whatever the scenario.
 fn sound(report: &Report) {
     assert_eq!(report.events_lost, 0, "events lost\n{}", report.text);
-    assert!(
-        !report.close_hook.is_empty() && report.duration_s > 0.0,
-        "{}",
-        report.text
-    );
+    assert!(!report.close_hook.is_empty() && report.duration_s > 0.0, "{}", report.text);
     assert_eq!(
         report.limits.min_age_s,
         MIN_AGE.as_secs_f64(),
@@ -179,12 +171,7 @@ impl HttpKeepAlive {
 
     /// nginx closes the idle keep-alive connection: the client's socket goes CLOSE_WAIT.
     fn wait_close_wait(&self, fd: RawFd) -> sockets::TcpRow {
-        sockets::wait_state(
-            self.client.pid(),
-            fd,
-            "CLOSE_WAIT",
-            KEEPALIVE_TIMEOUT + SETTLE,
-        )
+        sockets::wait_state(self.client.pid(), fd, "CLOSE_WAIT", KEEPALIVE_TIMEOUT + SETTLE)
     }
 }
 
@@ -211,22 +198,17 @@ fn fixture_http_keepalive_timeout_leaves_the_client_in_close_wait() {
     assert_eq!(client.users.len(), 1, "only the client holds it:\n{table}");
     // nginx closed its end (no descriptor left) and waits for the client's FIN: in FIN_WAIT2,
     // or still in FIN_WAIT1 while the client's ACK of nginx's FIN is delayed.
-    let nginx_end = ss
-        .iter()
-        .find(|r| r.local == client.peer && r.peer == client.local);
+    let nginx_end = ss.iter().find(|r| r.local == client.peer && r.peer == client.local);
     let nginx_end = nginx_end.unwrap_or_else(|| panic!("no nginx end:\n{table}"));
     assert!(
-        matches!(nginx_end.state.as_str(), "FIN-WAIT-1" | "FIN-WAIT-2") && nginx_end.users.is_empty(),
+        matches!(nginx_end.state.as_str(), "FIN-WAIT-1" | "FIN-WAIT-2")
+            && nginx_end.users.is_empty(),
         "{table}"
     );
-    let listener = ss
-        .iter()
-        .find(|r| r.state == "LISTEN" && r.local == s.nginx.addr.to_string());
+    let listener = ss.iter().find(|r| r.state == "LISTEN" && r.local == s.nginx.addr.to_string());
     assert!(
-        listener.is_some_and(|r| r
-            .users
-            .iter()
-            .any(|u| u.pid == s.nginx.pid() && u.comm == "nginx")),
+        listener
+            .is_some_and(|r| r.users.iter().any(|u| u.pid == s.nginx.pid() && u.comm == "nginx")),
         "{table}"
     );
     s.client.finish();
@@ -253,10 +235,7 @@ fn leaks_http_client_holding_a_closed_keepalive_connection_is_close_wait() {
         source: "events",
     };
     check_socket_finding(f, &expect, &report);
-    assert!(
-        f.age_s.is_some_and(|age| age >= MIN_AGE.as_secs_f64()),
-        "{f:?}"
-    );
+    assert!(f.age_s.is_some_and(|age| age >= MIN_AGE.as_secs_f64()), "{f:?}");
     s.client.finish();
 }
 
@@ -313,12 +292,7 @@ impl ResetPeer {
             }
             0
         });
-        Self {
-            client,
-            server,
-            server_addr,
-            ns,
-        }
+        Self { client, server, server_addr, ns }
     }
 
     fn pids(&self) -> [u32; 2] {
@@ -360,10 +334,7 @@ fn fixture_reset_by_the_peer_leaves_a_dead_descriptor() {
     let socket =
         socket.unwrap_or_else(|| panic!("fd {fd} of tt-rst-client is no socket: {held:#?}"));
     let table = sockets::tcp_table(pid);
-    assert!(
-        !table.iter().any(|r| r.inode == socket.inode),
-        "still in the TCP table: {socket:?}"
-    );
+    assert!(!table.iter().any(|r| r.inode == socket.inode), "still in the TCP table: {socket:?}");
     assert_eq!(sockets::peek(pid, fd).state, "CLOSE");
     let ss = s.ns.ss();
     assert!(
@@ -392,10 +363,7 @@ fn leaks_descriptor_kept_after_a_reset_is_dead_fd() {
     );
     // The kernel clears a reset socket's ports; the peer is what the tracer saw at connect.
     let remote = s.server_addr.to_string();
-    assert!(
-        f.remote.is_none() || f.remote.as_deref() == Some(remote.as_str()),
-        "{f:?}"
-    );
+    assert!(f.remote.is_none() || f.remote.as_deref() == Some(remote.as_str()), "{f:?}");
     s.finish();
 }
 
@@ -444,13 +412,7 @@ impl RedisGhost {
             }
             0
         });
-        Self {
-            client,
-            redis,
-            veth,
-            client_ns,
-            server_ns,
-        }
+        Self { client, redis, veth, client_ns, server_ns }
     }
 
     fn pids(&self) -> [u32; 2] {
@@ -466,11 +428,7 @@ impl RedisGhost {
         let client_addr = SocketAddr::from((self.veth.b_addr, port));
         let (server_fd, _) =
             sockets::wait_held(self.redis.pid(), "ESTABLISHED", client_addr, SETTLE);
-        GhostConnection {
-            client_addr,
-            server_fd,
-            pinged,
-        }
+        GhostConnection { client_addr, server_fd, pinged }
     }
 
     /// The link goes away, then the client closes: its FIN never reaches redis-server.
@@ -491,12 +449,8 @@ fn fixture_redis_ghost(keepalive_s: u32) {
     let ss = s.server_ns.ss();
     let table = sockets::show_ss(&ss);
     let row = ss.iter().find(|r| r.held_by(redis, c.server_fd));
-    let row = row.unwrap_or_else(|| {
-        panic!(
-            "no socket held by redis-server fd {}:\n{table}",
-            c.server_fd
-        )
-    });
+    let row = row
+        .unwrap_or_else(|| panic!("no socket held by redis-server fd {}:\n{table}", c.server_fd));
     assert_eq!(
         (row.state.as_str(), row.peer.clone()),
         ("ESTAB", c.client_addr.to_string()),
@@ -508,28 +462,17 @@ fn fixture_redis_ghost(keepalive_s: u32) {
         "timer:(keepalive...) with tcp-keepalive {keepalive_s}:\n{table}"
     );
     let proc_row = sockets::row_of(redis, c.server_fd).expect("in /proc/net/tcp");
-    assert_eq!(
-        proc_row.timer == Timer::Keepalive,
-        keepalive,
-        "{proc_row:?}"
-    );
+    assert_eq!(proc_row.timer == Timer::Keepalive, keepalive, "{proc_row:?}");
     // The link is gone; the client holds nothing.
     assert!(
         !s.client_ns.has_link(VETH) && !s.server_ns.has_link(VETH),
         "the veth pair is still there"
     );
-    assert!(
-        sockets::held(s.client.pid()).is_empty(),
-        "the client closed its socket"
-    );
+    assert!(sockets::held(s.client.pid()).is_empty(), "the client closed its socket");
     // redis-server sends and receives nothing on it: idle since the PING.
     thread::sleep(Duration::from_secs(1));
     let peek = sockets::peek(redis, c.server_fd);
-    assert_eq!(
-        (peek.state, peek.keepalive),
-        ("ESTABLISHED", keepalive),
-        "{peek:?}"
-    );
+    assert_eq!((peek.state, peek.keepalive), ("ESTABLISHED", keepalive), "{peek:?}");
     assert!(
         peek.last_data_recv_ms >= 900 && peek.last_data_sent_ms >= 900,
         "idle since the PING ({:?} ago): {peek:?}",
@@ -566,13 +509,7 @@ fn leaks_redis_ghost(keepalive_s: u32) -> (RedisGhost, GhostConnection, Report) 
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn leaks_redis_without_keepalive_keeps_an_idle_ghost() {
     let (s, c, report) = leaks_redis_ghost(0);
-    let f = the_finding(
-        &report,
-        &s.pids(),
-        "idle-no-keepalive",
-        s.redis.pid(),
-        Some(c.server_fd),
-    );
+    let f = the_finding(&report, &s.pids(), "idle-no-keepalive", s.redis.pid(), Some(c.server_fd));
     let expect = Expect {
         comm: "redis-server",
         state: "ESTABLISHED",
@@ -582,10 +519,7 @@ fn leaks_redis_without_keepalive_keeps_an_idle_ghost() {
     };
     check_socket_finding(f, &expect, &report);
     assert_eq!(f.keepalive, Some(false), "{f:?}");
-    assert!(
-        f.idle_s.is_some_and(|idle| idle >= IDLE.as_secs_f64()),
-        "{f:?}"
-    );
+    assert!(f.idle_s.is_some_and(|idle| idle >= IDLE.as_secs_f64()), "{f:?}");
     assert_eq!(report.limits.idle_s, IDLE.as_secs_f64());
     s.client.finish();
 }
@@ -596,12 +530,7 @@ fn leaks_redis_with_keepalive_has_no_ghost() {
     let (s, _, report) = leaks_redis_ghost(60);
     no_findings(&report, &s.pids());
     // Not vacuous: the tracer saw redis-server hold the connection.
-    assert_eq!(
-        report.established(s.redis.pid()),
-        1,
-        "{}",
-        report.show(&s.pids())
-    );
+    assert_eq!(report.established(s.redis.pid()), 1, "{}", report.show(&s.pids()));
     s.client.finish();
 }
 
@@ -641,8 +570,7 @@ impl Churn {
         // tcp_tw_reuse defaults to 2: loopback connections reuse a port whose TIME_WAIT is older
         // than a second, which ends that TIME_WAIT early. Toward a remote server (the case this
         // stands for) nothing is reused: every connection keeps its TIME_WAIT for 60 s.
-        ns.run(|| fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "0"))
-            .expect("setting tcp_tw_reuse");
+        ns.run(|| fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "0")).expect("setting tcp_tw_reuse");
         // Echoes one byte per connection, waits for the client's FIN, then closes: second.
         let server = Actor::fork(c"tt-churn-srv", &ns, |steps| {
             let Some((listener, port)) = sys::listen_loopback() else {
@@ -696,12 +624,7 @@ impl Churn {
             }
             0
         });
-        Self {
-            client,
-            server,
-            server_addr,
-            ns,
-        }
+        Self { client, server, server_addr, ns }
     }
 
     fn pids(&self) -> [u32; 2] {
@@ -713,26 +636,16 @@ impl Churn {
         let wait = CHURN_FOR + SETTLE;
         let connections = self.client.recv_within("the connection count", wait) as u32;
         let elapsed_us = self.client.recv("the elapsed time") as u64;
-        assert!(
-            connections >= 10,
-            "only {connections} connections in {CHURN_FOR:?}"
-        );
-        ChurnRun {
-            connections,
-            elapsed: Duration::from_micros(elapsed_us),
-        }
+        assert!(connections >= 10, "only {connections} connections in {CHURN_FOR:?}");
+        ChurnRun { connections, elapsed: Duration::from_micros(elapsed_us) }
     }
 
     /// net.ipv4.ip_local_port_range of the namespace, as a number of ports.
     fn port_range(&self) -> f64 {
-        let text = self
-            .ns
-            .run(|| fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range"));
+        let text = self.ns.run(|| fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range"));
         let text = text.expect("reading ip_local_port_range");
-        let bounds: Vec<f64> = text
-            .split_whitespace()
-            .map(|n| n.parse().expect("a port"))
-            .collect();
+        let bounds: Vec<f64> =
+            text.split_whitespace().map(|n| n.parse().expect("a port")).collect();
         bounds[1] - bounds[0] + 1.0
     }
 }
@@ -749,23 +662,14 @@ fn fixture_churning_client_fills_time_wait() {
     );
     let ss = s.ns.ss();
     let server = s.server_addr.to_string();
-    let client_side = ss
-        .iter()
-        .filter(|r| r.state == "TIME-WAIT" && r.peer == server)
-        .count();
-    let server_side = ss
-        .iter()
-        .filter(|r| r.state == "TIME-WAIT" && r.local == server)
-        .count();
+    let client_side = ss.iter().filter(|r| r.state == "TIME-WAIT" && r.peer == server).count();
+    let server_side = ss.iter().filter(|r| r.state == "TIME-WAIT" && r.local == server).count();
     assert_eq!(
         (client_side, server_side),
         (run.connections as usize, 0),
         "every connection left a TIME_WAIT on the client's side, none on the server's"
     );
-    assert!(
-        sockets::held(s.client.pid()).is_empty(),
-        "the client holds no socket"
-    );
+    assert!(sockets::held(s.client.pid()).is_empty(), "the client holds no socket");
     s.client.finish();
 }
 
@@ -799,9 +703,7 @@ fn leaks_connection_per_request_is_time_wait_churn() {
         run.elapsed
     );
     let true_share = true_rate * 60.0 / s.port_range();
-    let share = f
-        .port_share
-        .unwrap_or_else(|| panic!("no port share: {f:?}"));
+    let share = f.port_share.unwrap_or_else(|| panic!("no port share: {f:?}"));
     assert!(
         (share - true_share).abs() <= 0.2 * true_share,
         "port share {share}, expected {true_share:.3}: {f:?}"
@@ -871,13 +773,7 @@ impl Holder {
             }
             0
         });
-        Self {
-            client,
-            server,
-            server_addr,
-            ns,
-            connections,
-        }
+        Self { client, server, server_addr, ns, connections }
     }
 
     fn pids(&self) -> [u32; 2] {
@@ -888,9 +784,8 @@ impl Holder {
     fn connect(&self) -> BTreeSet<RawFd> {
         self.server.go();
         self.client.go();
-        let fds: BTreeSet<RawFd> = (0..self.connections)
-            .map(|_| self.client.recv("a descriptor"))
-            .collect();
+        let fds: BTreeSet<RawFd> =
+            (0..self.connections).map(|_| self.client.recv("a descriptor")).collect();
         assert_eq!(self.server.recv("the accept count"), self.connections);
         fds
     }
@@ -898,12 +793,7 @@ impl Holder {
     /// Waits until each of the client's `fds` is in `state`; their local addresses.
     fn wait_all(&self, fds: &BTreeSet<RawFd>, state: &str) -> Vec<(RawFd, SocketAddr)> {
         fds.iter()
-            .map(|&fd| {
-                (
-                    fd,
-                    sockets::wait_state(self.client.pid(), fd, state, SETTLE).local,
-                )
-            })
+            .map(|&fd| (fd, sockets::wait_state(self.client.pid(), fd, state, SETTLE).local))
             .collect()
     }
 
@@ -936,10 +826,7 @@ fn fixture_held_connections_stay_established() {
         .iter()
         .filter(|r| r.state == "ESTAB" && r.users.iter().any(|u| u.pid == s.server.pid()))
         .count();
-    assert_eq!(
-        accepted, HELD as usize,
-        "the server holds its ends:\n{table}"
-    );
+    assert_eq!(accepted, HELD as usize, "the server holds its ends:\n{table}");
     s.finish();
 }
 
@@ -961,19 +848,14 @@ fn leaks_connections_held_idle_to_the_end_are_unclosed() {
     let found_fds: BTreeSet<RawFd> = found.iter().filter_map(|f| f.fd).collect();
     assert!(
         found.len() == fds.len()
-            && found
-                .iter()
-                .all(|f| f.kind == "unclosed" && f.pid == s.client.pid())
+            && found.iter().all(|f| f.kind == "unclosed" && f.pid == s.client.pid())
             && found_fds == fds,
         "expected {HELD} unclosed findings for pid {} fds {fds:?}\n{}",
         s.client.pid(),
         report.show(&pids)
     );
     for (fd, local) in locals {
-        let f = found
-            .iter()
-            .find(|f| f.fd == Some(fd))
-            .expect("checked above");
+        let f = found.iter().find(|f| f.fd == Some(fd)).expect("checked above");
         let expect = Expect {
             comm: "tt-holder",
             state: "ESTABLISHED",
@@ -1006,8 +888,7 @@ fn fixture_connections_closed_by_the_peer_wait_in_close_wait() {
         );
     }
     assert!(
-        !ss.iter()
-            .any(|r| r.state != "LISTEN" && r.users.iter().any(|u| u.pid == s.server.pid())),
+        !ss.iter().any(|r| r.state != "LISTEN" && r.users.iter().any(|u| u.pid == s.server.pid())),
         "{table}"
     );
     s.finish();
@@ -1029,19 +910,14 @@ fn leaks_close_wait_from_before_the_trace_is_found_in_the_inventory() {
     let found_fds: BTreeSet<RawFd> = found.iter().filter_map(|f| f.fd).collect();
     assert!(
         found.len() == fds.len()
-            && found
-                .iter()
-                .all(|f| f.kind == "close-wait" && f.pid == s.client.pid())
+            && found.iter().all(|f| f.kind == "close-wait" && f.pid == s.client.pid())
             && found_fds == fds,
         "expected {PRE_EXISTING} close-wait findings for pid {} fds {fds:?}\n{}",
         s.client.pid(),
         report.show(&pids)
     );
     for (fd, local) in locals {
-        let f = found
-            .iter()
-            .find(|f| f.fd == Some(fd))
-            .expect("checked above");
+        let f = found.iter().find(|f| f.fd == Some(fd)).expect("checked above");
         let expect = Expect {
             comm: "tt-cwait",
             state: "CLOSE_WAIT",
@@ -1116,9 +992,7 @@ impl Pool {
 
     fn open(&self) -> Vec<RawFd> {
         self.client.go();
-        (0..POOL)
-            .map(|_| self.client.recv("a pool descriptor"))
-            .collect()
+        (0..POOL).map(|_| self.client.recv("a pool descriptor")).collect()
     }
 
     /// Stops the requests; the client closes its pool. The number of requests made.
@@ -1149,16 +1023,10 @@ fn fixture_pool_keeps_every_connection_busy() {
         .iter()
         .filter(|r| r.state == "ESTAB" && r.users.iter().any(|u| u.pid == s.redis.pid()))
         .count();
-    assert_eq!(
-        served, POOL as usize,
-        "redis-server holds the pool's other ends:\n{table}"
-    );
+    assert_eq!(served, POOL as usize, "redis-server holds the pool's other ends:\n{table}");
     let requests = s.close();
     assert!(requests >= 10, "{requests} requests in 1.5 s");
-    assert!(
-        sockets::held(s.client.pid()).is_empty(),
-        "the pool is closed"
-    );
+    assert!(sockets::held(s.client.pid()).is_empty(), "the pool is closed");
     s.client.finish();
 }
 
@@ -1180,14 +1048,9 @@ fn leaks_pool_in_use_has_no_finding() {
     let pids = s.pids();
     no_findings(&report, &pids);
     // Not vacuous: the tracer saw both ends of every pooled connection.
-    let seen = (
-        report.established(s.client.pid()),
-        report.established(s.redis.pid()),
-    );
+    let seen = (report.established(s.client.pid()), report.established(s.redis.pid()));
     assert_eq!(seen, (POOL as u64, POOL as u64), "{}", report.show(&pids));
-    let client = report
-        .process(s.client.pid())
-        .expect("the client in the report");
+    let client = report.process(s.client.pid()).expect("the client in the report");
     assert!(
         client.comm == "tt-pool"
             && client.opened == POOL as u64

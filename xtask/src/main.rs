@@ -56,7 +56,9 @@ fn main() -> ExitCode {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn cargo() -> Command {
@@ -72,7 +74,10 @@ fn run(mut args: Vec<String>) -> Result<()> {
         args.push("trace".to_owned());
     }
     let binary = workspace_root().join("target/release/tcptrace");
-    let status = Command::new(&binary).args(&args).status().with_context(|| format!("running {}", binary.display()))?;
+    let status = Command::new(&binary)
+        .args(&args)
+        .status()
+        .with_context(|| format!("running {}", binary.display()))?;
     if !status.success() {
         bail!("tcptrace exited with {status}");
     }
@@ -109,12 +114,16 @@ fn build_test_binaries() -> Result<Vec<(String, PathBuf)>> {
     let mut binaries = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let (Some(exe), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str()) else {
+        let (Some(exe), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str())
+        else {
             continue;
         };
         // The bin target's unit-test binary holds no tests: skip its VM boot.
         let is_bin = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin"));
-        if msg["profile"]["test"].as_bool() == Some(true) && !is_bin && !HOST_ONLY_TESTS.contains(&name) {
+        if msg["profile"]["test"].as_bool() == Some(true)
+            && !is_bin
+            && !HOST_ONLY_TESTS.contains(&name)
+        {
             binaries.push((name.to_owned(), PathBuf::from(exe)));
         }
     }
@@ -130,7 +139,13 @@ fn count_results(output: &str) -> (u32, u32) {
     for line in output.lines().filter_map(|l| l.split("test result:").nth(1)) {
         let count = |word: &str| {
             line.split(';')
-                .find_map(|part| part.trim().trim_start_matches("ok.").trim_start_matches("FAILED.").trim().strip_suffix(word))
+                .find_map(|part| {
+                    part.trim()
+                        .trim_start_matches("ok.")
+                        .trim_start_matches("FAILED.")
+                        .trim()
+                        .strip_suffix(word)
+                })
                 .and_then(|n| n.trim().parse::<u32>().ok())
                 .unwrap_or(0)
         };
@@ -165,7 +180,9 @@ fn vm_test() -> Result<()> {
         match outcome.exit_code {
             Some(0) => {}
             Some(code) => broken.push(format!("{} exited with {code}", outcome.name)),
-            None => broken.push(format!("{} did not finish (panic, hang or timeout)", outcome.name)),
+            None => {
+                broken.push(format!("{} did not finish (panic, hang or timeout)", outcome.name))
+            }
         }
     }
     println!("vm-test: {passed} passed, {failed} failed");

@@ -49,7 +49,8 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
 }
 
 fn installed(package: &str) -> bool {
-    output("dpkg-query", &["-W", "-f=${Status}", package]).is_some_and(|s| s.contains("ok installed"))
+    output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_some_and(|s| s.contains("ok installed"))
 }
 
 pub fn setup() -> Result<()> {
@@ -71,13 +72,26 @@ pub fn setup() -> Result<()> {
 
     if !succeeds("rustup", &["run", "nightly", "rustc", "--version"]) {
         eprintln!("setup: installing the nightly toolchain");
-        run_checked(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run_checked(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let components = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
-        .unwrap_or_default();
+    let components =
+        output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
+            .unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("setup: adding rust-src to the nightly toolchain");
-        run_checked(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_checked(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     let linker = output("bpf-linker", &["--version"]).unwrap_or_default();
@@ -121,7 +135,8 @@ fn stop_service(service: &str) {
     let starts_at_boot = |entry: std::fs::DirEntry| {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        name.starts_with('S') && name.trim_start_matches(|c: char| c == 'S' || c.is_ascii_digit()) == service
+        name.starts_with('S')
+            && name.trim_start_matches(|c: char| c == 'S' || c.is_ascii_digit()) == service
     };
     let links = std::fs::read_dir("/etc/rc2.d").is_ok_and(|dir| dir.flatten().any(starts_at_boot));
     if links {

@@ -85,11 +85,7 @@ poweroff -f
 /// `$XDG_CACHE_HOME/tcptrace/vm`, else `~/.cache/tcptrace/vm`: the kernel is large and must stay
 /// out of the repository.
 pub fn default_cache_dir() -> PathBuf {
-    let non_empty = |var| {
-        env::var_os(var)
-            .filter(|value| !value.is_empty())
-            .map(PathBuf::from)
-    };
+    let non_empty = |var| env::var_os(var).filter(|value| !value.is_empty()).map(PathBuf::from);
     let base = non_empty("XDG_CACHE_HOME")
         .filter(|path| path.is_absolute())
         .or_else(|| non_empty("HOME").map(|home| home.join(".cache")))
@@ -123,11 +119,7 @@ pub fn prepare_kernel(cache_dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("creating a temporary directory in {}", cache_dir.display()))?;
 
     eprintln!("[vm] downloading {package} into {}", cache_dir.display());
-    run_checked(
-        Command::new("apt-get")
-            .args(["download", &package])
-            .current_dir(work.path()),
-    )?;
+    run_checked(Command::new("apt-get").args(["download", &package]).current_dir(work.path()))?;
     let deb = find_entry(work.path(), |name| name.ends_with(".deb"))?
         .with_context(|| format!("apt-get download {package} produced no .deb"))?;
     let bzimage = extract_vmlinuz(&deb, work.path())?;
@@ -160,11 +152,7 @@ pub fn run(
 ) -> Result<Vec<VmOutcome>> {
     // timeout(1) treats 0 as "no limit", which is never what a caller means.
     ensure!(!timeout.is_zero(), "the VM timeout must not be zero");
-    ensure!(
-        kernel.is_file(),
-        "kernel {} does not exist",
-        kernel.display()
-    );
+    ensure!(kernel.is_file(), "kernel {} does not exist", kernel.display());
     require_tool("qemu-system-x86_64", "qemu-system-x86")?;
     require_tool("cpio", "cpio")?;
     require_tool("timeout", "coreutils")?;
@@ -358,11 +346,7 @@ fn build_command_initrd(
     let mut archive = File::open(&command_archive)
         .with_context(|| format!("opening {}", command_archive.display()))?;
     io::copy(&mut archive, &mut out).with_context(|| {
-        format!(
-            "appending {} to {}",
-            command_archive.display(),
-            initrd.display()
-        )
+        format!("appending {} to {}", command_archive.display(), initrd.display())
     })?;
     fs::remove_file(&command_archive)
         .with_context(|| format!("removing {}", command_archive.display()))?;
@@ -374,16 +358,9 @@ fn build_command_initrd(
 fn command_script(command: &VmCommand) -> Result<Vec<u8>> {
     let mut script = Vec::new();
     for (key, value) in &command.env {
-        let valid_name = key
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid_name = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        ensure!(
-            valid_name,
-            "{}: `{key}` is not a valid environment variable name",
-            command.name
-        );
+        ensure!(valid_name, "{}: `{key}` is not a valid environment variable name", command.name);
         script.extend_from_slice(format!("export {key}=").as_bytes());
         script.extend(shell_quote(value.as_bytes())?);
         script.push(b'\n');
@@ -437,19 +414,13 @@ fn stage(root: &Path, host_path: &Path) -> Result<()> {
 }
 
 fn vm_relative_path(path: &Path) -> Result<&Path> {
+    ensure!(path.is_absolute(), "{} is not an absolute path", path.display());
     ensure!(
-        path.is_absolute(),
-        "{} is not an absolute path",
-        path.display()
-    );
-    ensure!(
-        path.components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_))),
+        path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_))),
         "{} must not contain `.` or `..`",
         path.display()
     );
-    path.strip_prefix("/")
-        .with_context(|| format!("{} is not an absolute path", path.display()))
+    path.strip_prefix("/").with_context(|| format!("{} is not an absolute path", path.display()))
 }
 
 /// The shared libraries `ldd` lists for an ELF file; empty for static binaries and non-ELF files
@@ -470,12 +441,7 @@ fn shared_libraries(file: &Path) -> Result<Vec<PathBuf>> {
         {
             return Ok(Vec::new());
         }
-        bail!(
-            "ldd {} failed ({}): {}",
-            file.display(),
-            output.status,
-            stderr.trim()
-        );
+        bail!("ldd {} failed ({}): {}", file.display(), output.status, stderr.trim());
     }
     let mut libraries = Vec::new();
     for line in stdout.lines().map(str::trim) {
@@ -485,11 +451,7 @@ fn shared_libraries(file: &Path) -> Result<Vec<PathBuf>> {
             Some((name, target)) => {
                 let target = target.trim();
                 if target.starts_with("not found") {
-                    bail!(
-                        "{} needs {}, which ldd cannot find",
-                        file.display(),
-                        name.trim()
-                    );
+                    bail!("{} needs {}, which ldd cannot find", file.display(), name.trim());
                 }
                 target
             }
@@ -524,16 +486,10 @@ fn write_cpio(root: &Path, archive: &Path) -> Result<()> {
         .spawn()
         .context("starting cpio")?;
     let mut stdin = cpio.stdin.take().context("cpio has no stdin")?;
-    stdin
-        .write_all(&list)
-        .context("sending the file list to cpio")?;
+    stdin.write_all(&list).context("sending the file list to cpio")?;
     drop(stdin);
     let status = cpio.wait().context("waiting for cpio")?;
-    ensure!(
-        status.success(),
-        "cpio failed while writing {}: {status}",
-        archive.display()
-    );
+    ensure!(status.success(), "cpio failed while writing {}: {status}", archive.display());
     Ok(())
 }
 
@@ -603,11 +559,7 @@ fn boot(kernel: &Path, initrd: &Path, name: &str, timeout: Duration) -> Result<V
         }
         None => eprintln!("{prefix}no exit marker (qemu: {status}) after {elapsed:.1} s"),
     }
-    Ok(VmOutcome {
-        name: name.to_owned(),
-        exit_code,
-        output: console + &qemu_errors,
-    })
+    Ok(VmOutcome { name: name.to_owned(), exit_code, output: console + &qemu_errors })
 }
 
 /// Copies `reader` line by line to `writer` with a prefix and returns the lines without it.
@@ -658,10 +610,7 @@ fn printable(raw: &str) -> String {
 fn parse_exit_marker(console: &str) -> Option<i32> {
     console.lines().rev().find_map(|line| {
         let (_, rest) = line.split_once(EXIT_MARKER)?;
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
     })
 }
 
@@ -687,10 +636,8 @@ fn require_tool(tool: &str, package: &str) -> Result<PathBuf> {
 /// Runs a command to completion, returning its stdout; the error carries its stderr.
 fn run_checked(command: &mut Command) -> Result<String> {
     let program = command.get_program().to_string_lossy().into_owned();
-    let output = command
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("running {program}"))?;
+    let output =
+        command.stderr(Stdio::piped()).output().with_context(|| format!("running {program}"))?;
     ensure!(
         output.status.success(),
         "{program} failed ({}): {}",
@@ -728,10 +675,7 @@ mod tests {
     #[test]
     fn quotes_shell_words() {
         let quote = |word: &str| String::from_utf8(shell_quote(word.as_bytes()).unwrap()).unwrap();
-        assert_eq!(
-            quote("/work/main/target/debug/tcptrace"),
-            "/work/main/target/debug/tcptrace"
-        );
+        assert_eq!(quote("/work/main/target/debug/tcptrace"), "/work/main/target/debug/tcptrace");
         assert_eq!(quote(""), "''");
         assert_eq!(quote("a b"), "'a b'");
         assert_eq!(quote("it's $HOME"), r"'it'\''s $HOME'");
@@ -740,20 +684,14 @@ mod tests {
 
     #[test]
     fn strips_terminal_control() {
-        assert_eq!(
-            printable("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS\r\n"),
-            "SeaBIOS"
-        );
+        assert_eq!(printable("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS\r\n"), "SeaBIOS");
         assert_eq!(printable("a\tb\n"), "a\tb");
     }
 
     #[test]
     fn parses_the_last_exit_marker() {
         assert_eq!(parse_exit_marker("boot\nTCPTRACE-VM-EXIT=7\r\n"), Some(7));
-        assert_eq!(
-            parse_exit_marker("TCPTRACE-VM-EXIT=1\n[ 1.0] x TCPTRACE-VM-EXIT=0\n"),
-            Some(0)
-        );
+        assert_eq!(parse_exit_marker("TCPTRACE-VM-EXIT=1\n[ 1.0] x TCPTRACE-VM-EXIT=0\n"), Some(0));
         assert_eq!(parse_exit_marker("Kernel panic - not syncing\n"), None);
     }
 }

@@ -74,8 +74,7 @@ impl Aggregator {
     }
 
     fn process(&mut self, pid: u32, comm: Option<&str>) -> &mut ProcessStats {
-        let stats =
-            self.processes.entry(pid).or_insert_with(|| ProcessStats::new(String::new()));
+        let stats = self.processes.entry(pid).or_insert_with(|| ProcessStats::new(String::new()));
         if let Some(comm) = comm
             && stats.comm != comm
         {

@@ -60,20 +60,14 @@ mod tests {
 
     #[test]
     fn keepalive_timer_on_an_idle_connection_means_on() {
-        for state in [
-            TcpState::Established,
-            TcpState::CloseWait,
-            TcpState::FinWait1,
-            TcpState::LastAck,
-        ] {
+        for state in
+            [TcpState::Established, TcpState::CloseWait, TcpState::FinWait1, TcpState::LastAck]
+        {
             assert_eq!(infer(state, Some(&KEEPALIVE), false), Some(true), "{state}");
             assert_eq!(infer(state, None, false), Some(false), "{state}");
         }
         // An orphan keeps SO_KEEPALIVE; outside FIN_WAIT2 its timer still means keepalive.
-        assert_eq!(
-            infer(TcpState::Established, Some(&KEEPALIVE), true),
-            Some(true)
-        );
+        assert_eq!(infer(TcpState::Established, Some(&KEEPALIVE), true), Some(true));
     }
 
     #[test]
@@ -87,10 +81,7 @@ mod tests {
     #[test]
     fn fin_wait2_timeout_of_an_orphan_is_not_keepalive() {
         assert_eq!(infer(TcpState::FinWait2, Some(&KEEPALIVE), true), None);
-        assert_eq!(
-            infer(TcpState::FinWait2, Some(&KEEPALIVE), false),
-            Some(true)
-        );
+        assert_eq!(infer(TcpState::FinWait2, Some(&KEEPALIVE), false), Some(true));
         assert_eq!(infer(TcpState::FinWait2, None, false), Some(false));
     }
 
@@ -107,9 +98,6 @@ mod tests {
             assert_eq!(infer(state, None, false), None, "{state}");
             assert_eq!(infer(state, Some(&KEEPALIVE), false), None, "{state}");
         }
-        assert_eq!(
-            infer(TcpState::TimeWait, Some(&Timer::TimeWait), true),
-            None
-        );
+        assert_eq!(infer(TcpState::TimeWait, Some(&Timer::TimeWait), true), None);
     }
 }

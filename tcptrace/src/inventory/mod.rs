@@ -123,11 +123,7 @@ pub fn snapshot() -> Result<Snapshot> {
                 dump.first_undecodable.unwrap_or_default()
             ));
         }
-        sockets.extend(
-            dump.sockets
-                .into_iter()
-                .map(|socket| join(socket, netns, &mut owners)),
-        );
+        sockets.extend(dump.sockets.into_iter().map(|socket| join(socket, netns, &mut owners)));
     }
     Ok(Snapshot {
         sockets,
@@ -144,23 +140,11 @@ fn vanished(error: &io::Error) -> bool {
 }
 
 fn join(socket: DiagSocket, netns: u64, owners: &mut Owners) -> InventorySocket {
-    let DiagSocket {
-        state,
-        local,
-        remote,
-        inode,
-        cookie,
-        uid,
-        timer,
-        last_data,
-    } = socket;
+    let DiagSocket { state, local, remote, inode, cookie, uid, timer, last_data } = socket;
     let inode = u64::from(inode);
     // Inodes are unique across namespaces (one sockfs), so each list is taken once.
-    let mut owners = if inode == 0 {
-        Vec::new()
-    } else {
-        owners.remove(&inode).unwrap_or_default()
-    };
+    let mut owners =
+        if inode == 0 { Vec::new() } else { owners.remove(&inode).unwrap_or_default() };
     owners.sort_unstable();
     InventorySocket {
         inode,
@@ -201,22 +185,14 @@ mod tests {
     }
 
     fn owner(pid: u32, fd: i32) -> FdOwner {
-        FdOwner {
-            pid,
-            fd,
-            comm: format!("p{pid}"),
-        }
+        FdOwner { pid, fd, comm: format!("p{pid}") }
     }
 
     #[test]
     fn joins_owners_by_inode_sorted() {
         let mut owners = Owners::from([(77, vec![owner(20, 4), owner(10, 9), owner(10, 3)])]);
         let socket = join(
-            diag(
-                TcpState::Established,
-                77,
-                Some(Timer::KeepAlive(Duration::ZERO)),
-            ),
+            diag(TcpState::Established, 77, Some(Timer::KeepAlive(Duration::ZERO))),
             5,
             &mut owners,
         );
@@ -230,11 +206,7 @@ mod tests {
     #[test]
     fn inode_zero_has_no_owners() {
         let mut owners = Owners::from([(0, vec![owner(1, 1)])]);
-        let socket = join(
-            diag(TcpState::TimeWait, 0, Some(Timer::TimeWait)),
-            5,
-            &mut owners,
-        );
+        let socket = join(diag(TcpState::TimeWait, 0, Some(Timer::TimeWait)), 5, &mut owners);
         assert!(socket.owners.is_empty());
         assert_eq!(socket.keepalive, None);
         assert_eq!(socket.idle, None);

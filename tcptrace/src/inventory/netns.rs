@@ -58,11 +58,7 @@ impl Namespaces {
     pub fn new() -> Result<Self> {
         let path = "/proc/thread-self/ns/net";
         let own = fs::metadata(path).with_context(|| format!("stat {path}"))?;
-        Ok(Self {
-            own: own.ino(),
-            nsfs_dev: own.dev(),
-            foreign: BTreeMap::new(),
-        })
+        Ok(Self { own: own.ino(), nsfs_dev: own.dev(), foreign: BTreeMap::new() })
     }
 
     /// Adds the namespace of process `pid`. The error is the caller's to classify: reading
@@ -112,10 +108,7 @@ impl Namespaces {
         // The pid may have been reused between stat and open: key by what was opened.
         let inode = file.metadata()?.ino();
         if inode != self.own {
-            self.foreign.entry(inode).or_insert_with(|| Foreign {
-                file,
-                path: path.to_owned(),
-            });
+            self.foreign.entry(inode).or_insert_with(|| Foreign { file, path: path.to_owned() });
         }
         Ok(())
     }
@@ -123,11 +116,7 @@ impl Namespaces {
     /// Dumps every namespace, the caller's first. Only a failure in the caller's own
     /// namespace is an error; a namespace that cannot be entered or dumped is a warning.
     pub fn dump_all(self, warnings: &mut Warnings) -> Result<Vec<NsDump>> {
-        let Self {
-            own,
-            nsfs_dev: _,
-            foreign,
-        } = self;
+        let Self { own, nsfs_dev: _, foreign } = self;
         let mut dumps = Vec::with_capacity(1 + foreign.len());
         let dump = sock_diag::dump().context("dumping the tracer's own network namespace")?;
         dumps.push(NsDump { netns: own, dump });
@@ -148,10 +137,8 @@ impl Namespaces {
                     ));
                 }
                 Err(EnterError::Dump(error)) => {
-                    warnings.push(format!(
-                        "network namespace {netns} ({}): {error:#}",
-                        path.display()
-                    ));
+                    warnings
+                        .push(format!("network namespace {netns} ({}): {error:#}", path.display()));
                 }
             }
         }

@@ -60,11 +60,7 @@ pub fn scan(namespaces: &mut Namespaces, warnings: &mut Warnings) -> Result<Owne
             continue;
         };
         for &(inode, fd) in &held {
-            owners.entry(inode).or_default().push(FdOwner {
-                pid,
-                fd,
-                comm: comm.clone(),
-            });
+            owners.entry(inode).or_default().push(FdOwner { pid, fd, comm: comm.clone() });
         }
     }
     Ok(owners)

@@ -92,11 +92,7 @@ fn request(family: u8, sequence: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = sequence;
-    let socket_id = if family == AF_INET {
-        SocketId::new_v4()
-    } else {
-        SocketId::new_v6()
-    };
+    let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
     let request = InetRequest {
         family,
         protocol: IPPROTO_TCP,
@@ -118,19 +114,13 @@ fn dump_family(
     buffer: &mut [u8],
     dump: &mut Dump,
 ) -> Result<()> {
-    socket
-        .send(&request(family, sequence), 0)
-        .context("sending the request")?;
+    socket.send(&request(family, sequence), 0).context("sending the request")?;
     loop {
         // MSG_TRUNC makes recv return the datagram's real length, so truncation is visible.
-        let len = socket
-            .recv(&mut &mut buffer[..], libc::MSG_TRUNC)
-            .context("receiving the dump")?;
+        let len =
+            socket.recv(&mut &mut buffer[..], libc::MSG_TRUNC).context("receiving the dump")?;
         if len > buffer.len() {
-            bail!(
-                "a {len}-byte datagram did not fit the {}-byte buffer",
-                buffer.len()
-            );
+            bail!("a {len}-byte datagram did not fit the {}-byte buffer", buffer.len());
         }
         let mut datagram = &buffer[..len];
         while !datagram.is_empty() {
@@ -139,9 +129,8 @@ fn dump_family(
             let message_len = usize::try_from(header.length()).context("netlink message length")?;
             let (message, rest) = datagram.split_at(message_len);
             // NLMSG_ALIGN: messages start on 4-byte boundaries.
-            datagram = rest
-                .get(message_len.next_multiple_of(4) - message_len..)
-                .unwrap_or_default();
+            datagram =
+                rest.get(message_len.next_multiple_of(4) - message_len..).unwrap_or_default();
             if header.sequence_number() != sequence {
                 continue;
             }
@@ -252,10 +241,7 @@ mod tests {
             uid: 1000,
             inode: 4242,
         };
-        InetResponse {
-            header,
-            nlas: nlas.into(),
-        }
+        InetResponse { header, nlas: nlas.into() }
     }
 
     fn tcp_info(sent_ms: u32, recv_ms: u32) -> Vec<u8> {
@@ -269,19 +255,14 @@ mod tests {
     fn cookie_halves_are_low_then_high() {
         let low = 0x5566_7788u32.to_ne_bytes();
         let high = 0x1122_3344u32.to_ne_bytes();
-        let raw = [
-            low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3],
-        ];
+        let raw = [low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3]];
         assert_eq!(cookie_from(raw), 0x1122_3344_5566_7788);
     }
 
     #[test]
     fn link_local_ipv6_keeps_its_interface() {
         let link_local: Ipv6Addr = "fe80::1".parse().unwrap();
-        assert_eq!(
-            socket_addr(IpAddr::V6(link_local), 22, 3),
-            "[fe80::1%3]:22".parse().unwrap()
-        );
+        assert_eq!(socket_addr(IpAddr::V6(link_local), 22, 3), "[fe80::1%3]:22".parse().unwrap());
         assert_eq!(
             socket_addr(IpAddr::V6(Ipv6Addr::LOCALHOST), 22, 3),
             "[::1]:22".parse().unwrap()
@@ -342,10 +323,7 @@ mod tests {
             panic!("not an inet response: {parsed:?}")
         };
         let socket = DiagSocket::try_from(parsed.as_ref()).expect("converts");
-        assert_eq!(
-            socket.last_data.map(|l| l.sent),
-            Some(Duration::from_millis(5))
-        );
+        assert_eq!(socket.last_data.map(|l| l.sent), Some(Duration::from_millis(5)));
         assert_eq!(socket.timer, Some(KEEPALIVE));
     }
 
@@ -356,18 +334,11 @@ mod tests {
         let message = NetlinkBuffer::new_checked(&bytes[..]).expect("header");
         assert_eq!(message.flags(), NLM_F_REQUEST | NLM_F_DUMP);
         assert_eq!(message.sequence_number(), 7);
-        assert_eq!(
-            message.message_type(),
-            netlink_packet_sock_diag::SOCK_DIAG_BY_FAMILY
-        );
+        assert_eq!(message.message_type(), netlink_packet_sock_diag::SOCK_DIAG_BY_FAMILY);
         let payload = message.payload();
         assert_eq!(payload[0], AF_INET6, "sdiag_family");
         assert_eq!(payload[1], IPPROTO_TCP, "sdiag_protocol");
-        assert_eq!(
-            payload[2],
-            1 << (netlink_packet_sock_diag::INET_DIAG_INFO - 1),
-            "idiag_ext"
-        );
+        assert_eq!(payload[2], 1 << (netlink_packet_sock_diag::INET_DIAG_INFO - 1), "idiag_ext");
         assert_eq!(&payload[4..8], &u32::MAX.to_ne_bytes(), "idiag_states");
     }
 }

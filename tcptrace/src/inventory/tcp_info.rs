@@ -43,10 +43,7 @@ impl TryFrom<&[u8]> for LastData {
             raw.copy_from_slice(&info[at..at + 4]);
             Duration::from_millis(u64::from(u32::from_ne_bytes(raw)))
         };
-        Ok(Self {
-            sent: ms(LAST_DATA_SENT),
-            recv: ms(LAST_DATA_RECV),
-        })
+        Ok(Self { sent: ms(LAST_DATA_SENT), recv: ms(LAST_DATA_RECV) })
     }
 }
 
@@ -84,14 +81,8 @@ mod tests {
     #[test]
     fn offsets_match_the_c_struct() {
         // libc's copy of glibc's netinet/tcp.h is an independent transcription of the layout.
-        assert_eq!(
-            offset_of!(libc::tcp_info, tcpi_last_data_sent),
-            LAST_DATA_SENT
-        );
-        assert_eq!(
-            offset_of!(libc::tcp_info, tcpi_last_data_recv),
-            LAST_DATA_RECV
-        );
+        assert_eq!(offset_of!(libc::tcp_info, tcpi_last_data_sent), LAST_DATA_SENT);
+        assert_eq!(offset_of!(libc::tcp_info, tcpi_last_data_recv), LAST_DATA_RECV);
     }
 
     #[test]
@@ -101,35 +92,21 @@ mod tests {
             let last = LastData::try_from(info(len, 1500, 250).as_slice()).expect("long enough");
             assert_eq!(last.sent, Duration::from_millis(1500));
             assert_eq!(last.recv, Duration::from_millis(250));
-            assert_eq!(
-                last.idle(TcpState::Established),
-                Some(Duration::from_millis(250))
-            );
-            assert_eq!(
-                last.idle(TcpState::CloseWait),
-                Some(Duration::from_millis(250))
-            );
+            assert_eq!(last.idle(TcpState::Established), Some(Duration::from_millis(250)));
+            assert_eq!(last.idle(TcpState::CloseWait), Some(Duration::from_millis(250)));
         }
     }
 
     #[test]
     fn rejects_a_short_struct() {
-        assert_eq!(
-            LastData::try_from(&[0u8; NEEDED - 1][..]),
-            Err(ShortTcpInfo(NEEDED - 1))
-        );
+        assert_eq!(LastData::try_from(&[0u8; NEEDED - 1][..]), Err(ShortTcpInfo(NEEDED - 1)));
         assert_eq!(LastData::try_from(&[][..]), Err(ShortTcpInfo(0)));
     }
 
     #[test]
     fn no_idle_where_the_timestamps_mean_nothing() {
         let last = LastData::try_from(info(NEEDED, u32::MAX, u32::MAX).as_slice()).unwrap();
-        for state in [
-            TcpState::Listen,
-            TcpState::SynSent,
-            TcpState::Close,
-            TcpState::TimeWait,
-        ] {
+        for state in [TcpState::Listen, TcpState::SynSent, TcpState::Close, TcpState::TimeWait] {
             assert_eq!(last.idle(state), None, "{state}");
         }
     }

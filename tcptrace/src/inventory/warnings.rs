@@ -23,9 +23,7 @@ impl Warnings {
     pub fn into_lines(self) -> Vec<String> {
         let Self { mut lines, denied } = self;
         lines.extend(
-            denied
-                .into_iter()
-                .map(|(what, count)| format!("permission denied ({count}): {what}")),
+            denied.into_iter().map(|(what, count)| format!("permission denied ({count}): {what}")),
         );
         lines
     }

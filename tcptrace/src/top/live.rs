@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use super::{Action, Frame, Row, Sort, Tui, is_terminal, render_plain};
 use crate::{
     aggregate::{Aggregator, Percentiles},
-    clock::monotonic_ns,
     cli::TopArgs,
+    clock::monotonic_ns,
     collector::Collector,
     decode::TcpState,
     findings::{self, Limits},
@@ -45,8 +45,11 @@ impl Rates {
         let mut rows = rows(agg, limits);
         for row in &mut rows {
             let stats = &agg.processes[&row.pid];
-            let current =
-                Seen { opened: stats.opened, released: stats.released, time_wait: stats.time_wait_entries };
+            let current = Seen {
+                opened: stats.opened,
+                released: stats.released,
+                time_wait: stats.time_wait_entries,
+            };
             let before = self.seen.insert(row.pid, current).unwrap_or_default();
             row.opened_per_s = (current.opened - before.opened) as f64 / secs;
             row.released_per_s = (current.released - before.released) as f64 / secs;

@@ -35,12 +35,7 @@ pub(crate) mod test_rows {
     use super::{Frame, Row};
 
     pub fn row(pid: u32, comm: &str, open: u64) -> Row {
-        Row {
-            pid,
-            comm: comm.to_owned(),
-            open,
-            ..Row::default()
-        }
+        Row { pid, comm: comm.to_owned(), open, ..Row::default() }
     }
 
     pub fn frame(rows: Vec<Row>) -> Frame {

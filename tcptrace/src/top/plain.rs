@@ -32,11 +32,8 @@ fn render_at(
     writeln!(out, "{}", summary.join(" "))?;
 
     let rows = sort.order(&frame.rows);
-    let cells: Vec<[String; 11]> = rows
-        .into_iter()
-        .take(limit.unwrap_or(usize::MAX))
-        .map(columns::cells)
-        .collect();
+    let cells: Vec<[String; 11]> =
+        rows.into_iter().take(limit.unwrap_or(usize::MAX)).map(columns::cells).collect();
     let widths = columns::widths(&cells);
     let titles = columns::TITLES.map(str::to_owned);
     for line in std::iter::once(&titles).chain(&cells) {
@@ -86,10 +83,7 @@ mod tests {
                 ..row(300, "nginx", 12)
             },
             row(7, "a-very-long-process-name", 40),
-            Row {
-                close_wait: 900,
-                ..row(4242, "java", 12)
-            },
+            Row { close_wait: 900, ..row(4242, "java", 12) },
         ])
     }
 
@@ -137,10 +131,7 @@ mod tests {
         assert_eq!(lines[5], "");
         assert!(out.ends_with("\n\n"));
         // Every line of the table is as wide as the title line: the columns line up.
-        assert!(
-            lines[1..5].iter().all(|l| l.len() == lines[1].len()),
-            "{out}"
-        );
+        assert!(lines[1..5].iter().all(|l| l.len() == lines[1].len()), "{out}");
     }
 
     #[test]
@@ -152,30 +143,12 @@ mod tests {
                 .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
                 .collect()
         };
-        assert_eq!(
-            pids(&render(&sample(), SortKey::CloseWait, None)),
-            ["4242", "7", "300"]
-        );
-        assert_eq!(
-            pids(&render(&sample(), SortKey::Pid, None)),
-            ["7", "300", "4242"]
-        );
-        assert_eq!(
-            pids(&render(&sample(), SortKey::Comm, Some(2))),
-            ["7", "4242"]
-        );
-        let reversed = Sort {
-            key: SortKey::Open,
-            reversed: true,
-        };
-        assert_eq!(
-            pids(&render(&sample(), reversed, None)),
-            ["300", "4242", "7"]
-        );
+        assert_eq!(pids(&render(&sample(), SortKey::CloseWait, None)), ["4242", "7", "300"]);
+        assert_eq!(pids(&render(&sample(), SortKey::Pid, None)), ["7", "300", "4242"]);
+        assert_eq!(pids(&render(&sample(), SortKey::Comm, Some(2))), ["7", "4242"]);
+        let reversed = Sort { key: SortKey::Open, reversed: true };
+        assert_eq!(pids(&render(&sample(), reversed, None)), ["300", "4242", "7"]);
         // A frame without rows still has its header, titles and blank line.
-        assert_eq!(
-            render(&frame(vec![]), SortKey::Open, None).lines().count(),
-            3
-        );
+        assert_eq!(render(&frame(vec![]), SortKey::Open, None).lines().count(), 3);
     }
 }

@@ -75,10 +75,7 @@ pub struct Sort {
 
 impl From<SortKey> for Sort {
     fn from(key: SortKey) -> Self {
-        Sort {
-            key,
-            reversed: false,
-        }
+        Sort { key, reversed: false }
     }
 }
 
@@ -138,12 +135,7 @@ mod tests {
     /// Three rows whose values for `key` are 1, 3 and 2 (pids 10, 20, 30), plus pid 5 that ties
     /// with pid 30, so both the direction and the tie-break show.
     fn rows_for(key: SortKey) -> Vec<Row> {
-        let mut rows = vec![
-            row(10, "a", 0),
-            row(20, "b", 0),
-            row(30, "c", 0),
-            row(5, "c", 0),
-        ];
+        let mut rows = vec![row(10, "a", 0), row(20, "b", 0), row(30, "c", 0), row(5, "c", 0)];
         for (r, v) in rows.iter_mut().zip([1u32, 3, 2, 2]) {
             let f = f64::from(v);
             match key {
@@ -167,10 +159,7 @@ mod tests {
         for key in SortKey::ALL.into_iter().filter(|k| k.descending()) {
             let rows = rows_for(key);
             assert_eq!(pids(key, &rows), [20, 5, 30, 10], "{key:?}");
-            let reversed = Sort {
-                key,
-                reversed: true,
-            };
+            let reversed = Sort { key, reversed: true };
             // The tie still breaks by ascending pid: reversing flips the key, not the tie-break.
             assert_eq!(pids(reversed, &rows), [10, 5, 30, 20], "{key:?} reversed");
         }
@@ -180,28 +169,10 @@ mod tests {
     fn pid_and_comm_sort_ascending() {
         let rows = rows_for(SortKey::Pid);
         assert_eq!(pids(SortKey::Pid, &rows), [5, 10, 20, 30]);
-        assert_eq!(
-            pids(
-                Sort {
-                    key: SortKey::Pid,
-                    reversed: true
-                },
-                &rows
-            ),
-            [30, 20, 10, 5]
-        );
+        assert_eq!(pids(Sort { key: SortKey::Pid, reversed: true }, &rows), [30, 20, 10, 5]);
         // "c" twice: pid 5 before pid 30.
         assert_eq!(pids(SortKey::Comm, &rows), [10, 20, 5, 30]);
-        assert_eq!(
-            pids(
-                Sort {
-                    key: SortKey::Comm,
-                    reversed: true
-                },
-                &rows
-            ),
-            [5, 30, 20, 10]
-        );
+        assert_eq!(pids(Sort { key: SortKey::Comm, reversed: true }, &rows), [5, 30, 20, 10]);
     }
 
     #[test]
@@ -209,16 +180,7 @@ mod tests {
         let mut rows = rows_for(SortKey::P99);
         rows[1].lifetime_p99_ms = None;
         assert_eq!(pids(SortKey::P99, &rows), [5, 30, 10, 20]);
-        assert_eq!(
-            pids(
-                Sort {
-                    key: SortKey::P99,
-                    reversed: true
-                },
-                &rows
-            ),
-            [10, 5, 30, 20]
-        );
+        assert_eq!(pids(Sort { key: SortKey::P99, reversed: true }, &rows), [10, 5, 30, 20]);
     }
 
     #[test]

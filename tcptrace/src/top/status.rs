@@ -7,15 +7,8 @@ use super::{Frame, Sort};
 /// `(label, value)` pairs; each view lays them out its own way. Labels are single words so the
 /// plain view's `label=value` stays easy to split.
 pub(crate) fn fields(frame: &Frame, sort: Sort, now: SystemTime) -> Vec<(&'static str, String)> {
-    let Frame {
-        rows,
-        elapsed,
-        close_hook,
-        sockets_tracked,
-        events_per_s,
-        events_lost,
-        evicted,
-    } = frame;
+    let Frame { rows, elapsed, close_hook, sockets_tracked, events_per_s, events_lost, evicted } =
+        frame;
     vec![
         ("time", local_hms(now)),
         ("elapsed", elapsed_secs(*elapsed)),
@@ -27,11 +20,7 @@ pub(crate) fn fields(frame: &Frame, sort: Sort, now: SystemTime) -> Vec<(&'stati
         ("procs", rows.len().to_string()),
         (
             "sort",
-            format!(
-                "{}{}",
-                sort.key.name(),
-                if sort.descending() { "-desc" } else { "-asc" }
-            ),
+            format!("{}{}", sort.key.name(), if sort.descending() { "-desc" } else { "-asc" }),
         ),
     ]
 }
@@ -39,9 +28,7 @@ pub(crate) fn fields(frame: &Frame, sort: Sort, now: SystemTime) -> Vec<(&'stati
 /// Whole seconds, without spaces (`1h2m5s`): sub-second precision is noise at a refresh of a
 /// second or more.
 fn elapsed_secs(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs()))
-        .to_string()
-        .replace(' ', "")
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string().replace(' ', "")
 }
 
 /// `HH:MM:SS` in local time.

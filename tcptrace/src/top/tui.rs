@@ -40,10 +40,7 @@ pub fn action_for(key: KeyEvent) -> Option<Action> {
     if key.kind == KeyEventKind::Release {
         return None;
     }
-    if key
-        .modifiers
-        .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
-    {
+    if key.modifiers.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) {
         let ctrl_c = key.modifiers == KeyModifiers::CONTROL && key.code == KeyCode::Char('c');
         return ctrl_c.then_some(Action::Quit);
     }
@@ -72,10 +69,7 @@ impl Sort {
     pub fn apply(self, action: Action) -> Sort {
         match action {
             Action::Sort(key) if key != self.key => Sort::from(key),
-            Action::Reverse => Sort {
-                reversed: !self.reversed,
-                ..self
-            },
+            Action::Reverse => Sort { reversed: !self.reversed, ..self },
             Action::Sort(_) | Action::Quit | Action::Redraw => self,
         }
     }
@@ -97,10 +91,7 @@ impl Tui<CrosstermBackend<Stdout>> {
         // On error the guard drops here and restores the terminal.
         let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))
             .context("cannot set up the terminal")?;
-        Ok(Tui {
-            terminal,
-            guard: Some(guard),
-        })
+        Ok(Tui { terminal, guard: Some(guard) })
     }
 }
 
@@ -111,10 +102,7 @@ where
     /// A view on `backend` that leaves the real terminal alone (for tests).
     pub fn with_backend(backend: B) -> anyhow::Result<Self> {
         let terminal = Terminal::new(backend).context("cannot set up the terminal backend")?;
-        Ok(Tui {
-            terminal,
-            guard: None,
-        })
+        Ok(Tui { terminal, guard: None })
     }
 
     pub fn backend(&self) -> &B {
@@ -163,12 +151,9 @@ where
 }
 
 fn render(canvas: &mut Canvas, frame: &Frame, sort: Sort, now: SystemTime) {
-    let [top, table, bottom] = Layout::vertical([
-        Constraint::Length(2),
-        Constraint::Min(0),
-        Constraint::Length(1),
-    ])
-    .areas(canvas.area());
+    let [top, table, bottom] =
+        Layout::vertical([Constraint::Length(2), Constraint::Min(0), Constraint::Length(1)])
+            .areas(canvas.area());
     canvas.render_widget(status_bar(frame, sort, now), top);
     render_table(canvas, frame, sort, table);
     canvas.render_widget(Paragraph::new(HELP).reversed(), bottom);
@@ -186,11 +171,8 @@ fn status_bar(frame: &Frame, sort: Sort, now: SystemTime) -> Paragraph<'static> 
             _ => &mut lines[1],
         };
         let alarming = matches!(label, "lost" | "evicted") && value != "0";
-        let value = if alarming {
-            Span::from(value).bold().red()
-        } else {
-            Span::from(value).bold()
-        };
+        let value =
+            if alarming { Span::from(value).bold().red() } else { Span::from(value).bold() };
         let gap = if line.is_empty() { "" } else { "  " };
         line.extend([Span::from(format!("{gap}{label} ")).dim(), value]);
     }
@@ -209,32 +191,20 @@ fn render_table(canvas: &mut Canvas, frame: &Frame, sort: Sort, area: Rect) {
     let arrow = if sort.descending() { "▼" } else { "▲" };
     let titles = columns::TITLES.iter().enumerate().map(|(i, title)| {
         let sorted = i == sort.key.column();
-        let text = if sorted {
-            format!("{title}{arrow}")
-        } else {
-            (*title).to_owned()
-        };
+        let text = if sorted { format!("{title}{arrow}") } else { (*title).to_owned() };
         let cell = Cell::from(aligned(i, text));
         if sorted { cell.underlined() } else { cell }
     });
     let header =
         TableRow::new(titles).style(Style::new().add_modifier(Modifier::BOLD | Modifier::REVERSED));
     let body = cells.into_iter().map(|row| {
-        TableRow::new(
-            row.into_iter()
-                .enumerate()
-                .map(|(i, c)| Cell::from(aligned(i, c))),
-        )
+        TableRow::new(row.into_iter().enumerate().map(|(i, c)| Cell::from(aligned(i, c))))
     });
     canvas.render_widget(Table::new(body, widths).header(header), area);
 }
 
 fn aligned(column: usize, text: String) -> Line<'static> {
-    if columns::left_aligned(column) {
-        Line::from(text)
-    } else {
-        Line::from(text).right_aligned()
-    }
+    if columns::left_aligned(column) { Line::from(text) } else { Line::from(text).right_aligned() }
 }
 
 #[cfg(test)]
@@ -250,11 +220,7 @@ mod tests {
     fn screen(tui: &Tui<TestBackend>) -> Vec<String> {
         let buffer = tui.backend().buffer();
         (0..buffer.area.height)
-            .map(|y| {
-                (0..buffer.area.width)
-                    .map(|x| buffer[(x, y)].symbol())
-                    .collect()
-            })
+            .map(|y| (0..buffer.area.width).map(|x| buffer[(x, y)].symbol()).collect())
             .collect()
     }
 
@@ -266,11 +232,7 @@ mod tests {
 
     fn sample() -> Frame {
         frame(vec![
-            Row {
-                close_wait: 900,
-                lifetime_p99_ms: Some(250.0),
-                ..row(4242, "java", 12)
-            },
+            Row { close_wait: 900, lifetime_p99_ms: Some(250.0), ..row(4242, "java", 12) },
             row(7, "a-very-long-process-name", 40),
             row(300, "nginx", 12),
         ])
@@ -279,113 +241,43 @@ mod tests {
     #[test]
     fn draws_status_titles_and_rows_in_order() {
         let lines = draw(&sample(), SortKey::Open, 100, 9);
-        for field in [
-            "tcptrace top  time ",
-            "elapsed 1m5s",
-            "close_hook tracepoint",
-        ] {
-            assert!(
-                lines[0].contains(field),
-                "{field} missing from {:?}",
-                lines[0]
-            );
+        for field in ["tcptrace top  time ", "elapsed 1m5s", "close_hook tracepoint"] {
+            assert!(lines[0].contains(field), "{field} missing from {:?}", lines[0]);
         }
-        for field in [
-            "sockets 1234",
-            "events/s 56.5",
-            "lost 7",
-            "evicted 3",
-            "procs 3",
-        ] {
-            assert!(
-                lines[1].contains(field),
-                "{field} missing from {:?}",
-                lines[1]
-            );
+        for field in ["sockets 1234", "events/s 56.5", "lost 7", "evicted 3", "procs 3"] {
+            assert!(lines[1].contains(field), "{field} missing from {:?}", lines[1]);
         }
         let titles = &lines[2];
         let positions: Vec<usize> = columns::TITLES
             .iter()
-            .map(|t| {
-                titles
-                    .find(t)
-                    .unwrap_or_else(|| panic!("{t} missing from {titles:?}"))
-            })
+            .map(|t| titles.find(t).unwrap_or_else(|| panic!("{t} missing from {titles:?}")))
             .collect();
         assert!(positions.is_sorted(), "titles out of order: {titles:?}");
         assert!(titles.contains("OPEN▼"), "{titles:?}");
 
-        let first_word = |line: &String| {
-            line.split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned()
-        };
-        assert_eq!(
-            lines[3..6].iter().map(first_word).collect::<Vec<_>>(),
-            ["7", "300", "4242"]
-        );
+        let first_word =
+            |line: &String| line.split_whitespace().next().unwrap_or_default().to_owned();
+        assert_eq!(lines[3..6].iter().map(first_word).collect::<Vec<_>>(), ["7", "300", "4242"]);
         assert!(lines[3].contains("a-very-long-pro ") && !lines[3].contains("a-very-long-proc"));
-        assert!(
-            lines[5].contains("900") && lines[5].contains("250.0"),
-            "{:?}",
-            lines[5]
-        );
-        assert!(
-            lines[4].contains(" - "),
-            "unknown percentiles show as '-': {:?}",
-            lines[4]
-        );
-        assert!(
-            lines[8].starts_with("q quit  R reverse  sort: o open"),
-            "{:?}",
-            lines[8]
-        );
+        assert!(lines[5].contains("900") && lines[5].contains("250.0"), "{:?}", lines[5]);
+        assert!(lines[4].contains(" - "), "unknown percentiles show as '-': {:?}", lines[4]);
+        assert!(lines[8].starts_with("q quit  R reverse  sort: o open"), "{:?}", lines[8]);
     }
 
     #[test]
     fn draws_in_the_requested_order() {
-        let first_word = |line: &String| {
-            line.split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let first_word =
+            |line: &String| line.split_whitespace().next().unwrap_or_default().to_owned();
         let lines = draw(&sample(), SortKey::CloseWait, 120, 9);
         assert!(lines[2].contains("CLOSE_WAIT▼"), "{:?}", lines[2]);
-        assert_eq!(
-            lines[3..6].iter().map(first_word).collect::<Vec<_>>(),
-            ["4242", "7", "300"]
-        );
+        assert_eq!(lines[3..6].iter().map(first_word).collect::<Vec<_>>(), ["4242", "7", "300"]);
 
         let lines = draw(&sample(), SortKey::Pid, 120, 9);
-        assert!(
-            lines[2].contains("PID▲"),
-            "pid sorts ascending: {:?}",
-            lines[2]
-        );
-        assert_eq!(
-            lines[3..6].iter().map(first_word).collect::<Vec<_>>(),
-            ["7", "300", "4242"]
-        );
-        let lines = draw(
-            &sample(),
-            Sort {
-                key: SortKey::Pid,
-                reversed: true,
-            },
-            120,
-            9,
-        );
-        assert!(
-            lines[2].contains("PID▼"),
-            "reversed pid sorts descending: {:?}",
-            lines[2]
-        );
-        assert_eq!(
-            lines[3..6].iter().map(first_word).collect::<Vec<_>>(),
-            ["4242", "300", "7"]
-        );
+        assert!(lines[2].contains("PID▲"), "pid sorts ascending: {:?}", lines[2]);
+        assert_eq!(lines[3..6].iter().map(first_word).collect::<Vec<_>>(), ["7", "300", "4242"]);
+        let lines = draw(&sample(), Sort { key: SortKey::Pid, reversed: true }, 120, 9);
+        assert!(lines[2].contains("PID▼"), "reversed pid sorts descending: {:?}", lines[2]);
+        assert_eq!(lines[3..6].iter().map(first_word).collect::<Vec<_>>(), ["4242", "300", "7"]);
     }
 
     #[test]
@@ -393,19 +285,11 @@ mod tests {
         // Two status lines, titles, one row, help.
         let lines = draw(&sample(), SortKey::Open, 120, 5);
         assert!(lines[3].trim_start().starts_with("7 "), "{lines:?}");
-        assert!(
-            lines[4].starts_with("q quit  R reverse  sort: o open"),
-            "{lines:?}"
-        );
+        assert!(lines[4].starts_with("q quit  R reverse  sort: o open"), "{lines:?}");
     }
 
     fn key(code: KeyCode, modifiers: KeyModifiers) -> KeyEvent {
-        KeyEvent {
-            code,
-            modifiers,
-            kind: KeyEventKind::Press,
-            state: KeyEventState::NONE,
-        }
+        KeyEvent { code, modifiers, kind: KeyEventKind::Press, state: KeyEventState::NONE }
     }
 
     #[test]
@@ -427,31 +311,17 @@ mod tests {
             assert_eq!(plain(c), Some(Action::Sort(sort_key)), "{c}");
         }
         assert_eq!(plain('q'), Some(Action::Quit));
-        assert_eq!(
-            action_for(key(KeyCode::Esc, KeyModifiers::NONE)),
-            Some(Action::Quit)
-        );
-        assert_eq!(
-            action_for(key(KeyCode::Char('c'), KeyModifiers::CONTROL)),
-            Some(Action::Quit)
-        );
+        assert_eq!(action_for(key(KeyCode::Esc, KeyModifiers::NONE)), Some(Action::Quit));
+        assert_eq!(action_for(key(KeyCode::Char('c'), KeyModifiers::CONTROL)), Some(Action::Quit));
         // Crossterm reports a shifted letter as the capital with SHIFT set.
-        assert_eq!(
-            action_for(key(KeyCode::Char('R'), KeyModifiers::SHIFT)),
-            Some(Action::Reverse)
-        );
+        assert_eq!(action_for(key(KeyCode::Char('R'), KeyModifiers::SHIFT)), Some(Action::Reverse));
         assert_eq!(plain('R'), Some(Action::Reverse));
 
         assert_eq!(plain('x'), None);
-        assert_eq!(
-            action_for(key(KeyCode::Char('o'), KeyModifiers::CONTROL)),
-            None
-        );
+        assert_eq!(action_for(key(KeyCode::Char('o'), KeyModifiers::CONTROL)), None);
         assert_eq!(action_for(key(KeyCode::Char('c'), KeyModifiers::ALT)), None);
-        let release = KeyEvent {
-            kind: KeyEventKind::Release,
-            ..key(KeyCode::Char('q'), KeyModifiers::NONE)
-        };
+        let release =
+            KeyEvent { kind: KeyEventKind::Release, ..key(KeyCode::Char('q'), KeyModifiers::NONE) };
         assert_eq!(action_for(release), None);
     }
 
@@ -459,20 +329,11 @@ mod tests {
     fn actions_change_the_sort() {
         let open = Sort::from(SortKey::Open);
         let reversed = open.apply(Action::Reverse);
-        assert_eq!(
-            reversed,
-            Sort {
-                key: SortKey::Open,
-                reversed: true
-            }
-        );
+        assert_eq!(reversed, Sort { key: SortKey::Open, reversed: true });
         assert_eq!(reversed.apply(Action::Reverse), open);
         // Same key keeps the direction; another key starts in its natural one.
         assert_eq!(reversed.apply(Action::Sort(SortKey::Open)), reversed);
-        assert_eq!(
-            reversed.apply(Action::Sort(SortKey::Pid)),
-            Sort::from(SortKey::Pid)
-        );
+        assert_eq!(reversed.apply(Action::Sort(SortKey::Pid)), Sort::from(SortKey::Pid));
         assert_eq!(open.apply(Action::Quit), open);
         assert_eq!(open.apply(Action::Redraw), open);
     }

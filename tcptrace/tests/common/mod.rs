@@ -46,16 +46,12 @@ static FORK_LOCK: RwLock<()> = RwLock::new(());
 
 /// For tests that do not fork.
 pub fn no_forks() -> RwLockReadGuard<'static, ()> {
-    FORK_LOCK
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    FORK_LOCK.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// For tests that fork.
 pub fn forks() -> RwLockWriteGuard<'static, ()> {
-    FORK_LOCK
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    FORK_LOCK.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -75,11 +71,7 @@ impl Task {
         // SAFETY: no preconditions.
         let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
         let comm = fs::read_to_string(format!("/proc/self/task/{tid}/comm")).expect("reading comm");
-        Self {
-            pid: pid as u32,
-            tid: tid as u32,
-            comm: comm.trim_end_matches('\n').to_owned(),
-        }
+        Self { pid: pid as u32, tid: tid as u32, comm: comm.trim_end_matches('\n').to_owned() }
     }
 
     /// A single-threaded child.
@@ -134,10 +126,7 @@ pub fn read_eof(stream: &TcpStream) {
 
 /// SO_LINGER {on, 0}: close(2) aborts the connection with a RST.
 pub fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: valid option pointer and length.
     let ret = unsafe {
         libc::setsockopt(
@@ -181,11 +170,7 @@ impl Harness {
     pub fn load(filter: Filter) -> Self {
         let port = filter.port;
         let choice = requested_close_hook();
-        let options = ProbeOptions {
-            filter,
-            close_hook: choice,
-            ring_bytes: 1 << 20,
-        };
+        let options = ProbeOptions { filter, close_hook: choice, ring_bytes: 1 << 20 };
         let mut probes =
             Probes::load(&options).unwrap_or_else(|e| panic!("loading the probes: {e:#}"));
         let expected = match choice {
@@ -195,11 +180,7 @@ impl Harness {
             CloseHookChoice::Tracepoint => Some(CloseHook::Tracepoint),
         };
         if let Some(expected) = expected {
-            assert_eq!(
-                probes.close_hook(),
-                expected,
-                "{CLOSE_HOOK_ENV} asked for {expected}"
-            );
+            assert_eq!(probes.close_hook(), expected, "{CLOSE_HOOK_ENV} asked for {expected}");
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -209,21 +190,12 @@ impl Harness {
             let _context = runtime.enter();
             probes.events().expect("event stream")
         };
-        Self {
-            stream,
-            probes,
-            runtime,
-            port,
-            events: Vec::new(),
-        }
+        Self { stream, probes, runtime, port, events: Vec::new() }
     }
 
     /// Probes that only see connections with `port` on either side.
     pub fn on_port(port: u16) -> Self {
-        Self::load(Filter {
-            port,
-            ..Filter::none()
-        })
+        Self::load(Filter { port, ..Filter::none() })
     }
 
     pub fn hook(&self) -> CloseHook {
@@ -243,18 +215,10 @@ impl Harness {
 
     /// Waits up to `timeout` for the ring to become readable and takes what it holds.
     fn poll(&mut self, timeout: Duration) {
-        let Self {
-            stream,
-            runtime,
-            events,
-            ..
-        } = self;
+        let Self { stream, runtime, events, .. } = self;
         let batch = runtime.block_on(async {
-            tokio::time::timeout(
-                timeout,
-                stream.next_batch(|bytes| Self::record(events, bytes)),
-            )
-            .await
+            tokio::time::timeout(timeout, stream.next_batch(|bytes| Self::record(events, bytes)))
+                .await
         });
         if let Ok(result) = batch {
             result.expect("reading the ring buffer");
@@ -284,10 +248,7 @@ impl Harness {
 
     /// The kernel's address for `sock`, once an event identifies it.
     pub fn skaddr(&self, sock: &Sock) -> Option<u64> {
-        self.events
-            .iter()
-            .find(|e| sock.is_first(e))
-            .map(|e| e.skaddr)
+        self.events.iter().find(|e| sock.is_first(e)).map(|e| e.skaddr)
     }
 
     /// Every event about `sock`, in ring order.
@@ -300,10 +261,9 @@ impl Harness {
 
     /// Waits for as many events about `sock` as `expected` lists, then checks each, in order.
     pub fn expect_socket(&mut self, sock: &Sock, expected: &[Expect]) {
-        self.wait_until(
-            &format!("{} events for {}", expected.len(), sock.label),
-            |h| h.socket_events(sock).len() >= expected.len(),
-        );
+        self.wait_until(&format!("{} events for {}", expected.len(), sock.label), |h| {
+            h.socket_events(sock).len() >= expected.len()
+        });
         self.drain();
         let got = self.socket_events(sock);
         let ok = got.len() == expected.len()
@@ -326,15 +286,9 @@ impl Harness {
     pub fn expect_exit(&mut self, task: &Task) -> usize {
         let is_exit = |e: &Event| e.kind == EventKind::Exit && e.pid == task.pid;
         self.wait_until(&format!("exit of {task}"), |h| h.events.iter().any(is_exit));
-        let exits: Vec<usize> = (0..self.events.len())
-            .filter(|&i| is_exit(&self.events[i]))
-            .collect();
-        assert_eq!(
-            exits.len(),
-            1,
-            "one exit event for {task}; events:\n{}",
-            self.dump()
-        );
+        let exits: Vec<usize> =
+            (0..self.events.len()).filter(|&i| is_exit(&self.events[i])).collect();
+        assert_eq!(exits.len(), 1, "one exit event for {task}; events:\n{}", self.dump());
         let exit = &self.events[exits[0]];
         assert!(
             exit.tid == task.tid && exit.comm.as_str() == task.comm && exit.skaddr == 0,
@@ -357,10 +311,7 @@ impl Harness {
     pub fn expect_only(&self, socks: &[&Sock], allow: impl Fn(&Event) -> bool) {
         let skaddrs: Vec<u64> = socks
             .iter()
-            .map(|s| {
-                self.skaddr(s)
-                    .unwrap_or_else(|| panic!("{} not seen", s.label))
-            })
+            .map(|s| self.skaddr(s).unwrap_or_else(|| panic!("{} not seen", s.label)))
             .collect();
         let stray: Vec<String> = self
             .events
@@ -382,8 +333,7 @@ impl Harness {
             .events
             .iter()
             .filter(|e| {
-                e.endpoints
-                    .is_some_and(|ep| ep.local.port() == port || ep.remote.port() == port)
+                e.endpoints.is_some_and(|ep| ep.local.port() == port || ep.remote.port() == port)
             })
             .map(|e| format!("  {}\n", show(e)))
             .collect();
@@ -406,11 +356,7 @@ impl Harness {
     }
 
     pub fn dump(&self) -> String {
-        self.events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| format!("  [{i:3}] {}\n", show(e)))
-            .collect()
+        self.events.iter().enumerate().map(|(i, e)| format!("  [{i:3}] {}\n", show(e))).collect()
     }
 }
 
@@ -500,12 +446,7 @@ impl Sock {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> Self {
-        Self {
-            label,
-            find: Find::Connect { tid: task.tid, fd },
-            local,
-            remote,
-        }
+        Self { label, find: Find::Connect { tid: task.tid, fd }, local, remote }
     }
 
     /// The active side, connected by `task` as `stream`.
@@ -516,20 +457,11 @@ impl Sock {
 
     /// The passive side, known by its endpoints.
     pub fn server(label: &'static str, local: SocketAddr, remote: SocketAddr) -> Self {
-        Self {
-            label,
-            find: Find::Endpoints,
-            local,
-            remote,
-        }
+        Self { label, find: Find::Endpoints, local, remote }
     }
 
     pub fn server_stream(label: &'static str, stream: &TcpStream) -> Self {
-        Self::server(
-            label,
-            stream.local_addr().unwrap(),
-            stream.peer_addr().unwrap(),
-        )
+        Self::server(label, stream.local_addr().unwrap(), stream.peer_addr().unwrap())
     }
 
     fn is_first(&self, e: &Event) -> bool {
@@ -539,11 +471,7 @@ impl Sock {
             }
             Find::Endpoints => {
                 e.kind != EventKind::Exit
-                    && e.endpoints
-                        == Some(Endpoints {
-                            local: self.local,
-                            remote: self.remote,
-                        })
+                    && e.endpoints == Some(Endpoints { local: self.local, remote: self.remote })
             }
         }
     }
@@ -642,10 +570,7 @@ impl Expect {
 impl fmt::Display for Expect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = show_kind(self.kind);
-        let task = self
-            .task
-            .as_ref()
-            .map_or_else(|| "*".to_owned(), Task::to_string);
+        let task = self.task.as_ref().map_or_else(|| "*".to_owned(), Task::to_string);
         write!(
             f,
             "{kind:<32} task={task} owner={} fd={} endpoints={:?}",
@@ -668,9 +593,7 @@ pub fn connect_event(task: &Task, fd: RawFd) -> Expect {
 /// accept() returned the socket as `fd` in `task`, ESTABLISHED.
 pub fn accept_event(task: &Task, fd: RawFd) -> Expect {
     Expect {
-        kind: EventKind::Accept {
-            state: Some(Established),
-        },
+        kind: EventKind::Accept { state: Some(Established) },
         task: Some(task.clone()),
         owner_pid: Is::Eq(Some(task.pid)),
         fd: Is::Eq(Some(fd)),
@@ -681,11 +604,7 @@ pub fn accept_event(task: &Task, fd: RawFd) -> Expect {
 /// A state change, attributed to `owner` (None before accept()).
 pub fn change(old: TcpState, new: TcpState, owner: Option<Owner>) -> Expect {
     Expect {
-        kind: EventKind::State {
-            old,
-            new,
-            reset: false,
-        },
+        kind: EventKind::State { old, new, reset: false },
         task: None,
         owner_pid: Is::Eq(owner.map(|o| o.pid)),
         fd: Is::Eq(owner.map(|o| o.fd)),
@@ -696,11 +615,7 @@ pub fn change(old: TcpState, new: TcpState, owner: Option<Owner>) -> Expect {
 /// `old -> CLOSE` because a RST arrived.
 pub fn reset_close(old: TcpState, owner: Option<Owner>) -> Expect {
     Expect {
-        kind: EventKind::State {
-            old,
-            new: TcpState::Close,
-            reset: true,
-        },
+        kind: EventKind::State { old, new: TcpState::Close, reset: true },
         ..change(old, TcpState::Close, owner)
     }
 }
@@ -708,10 +623,7 @@ pub fn reset_close(old: TcpState, owner: Option<Owner>) -> Expect {
 /// `task`, the owner, gave up its last descriptor `fd` while the socket was `state`.
 pub fn release_event(task: &Task, reason: ReleaseReason, state: TcpState, fd: RawFd) -> Expect {
     Expect {
-        kind: EventKind::Release {
-            reason,
-            state: Some(state),
-        },
+        kind: EventKind::Release { reason, state: Some(state) },
         task: Some(task.clone()),
         owner_pid: Is::Eq(Some(task.pid)),
         fd: Is::Eq(Some(fd)),
@@ -723,10 +635,7 @@ pub fn release_event(task: &Task, reason: ReleaseReason, state: TcpState, fd: Ra
 /// refused): the owner map keeps the entry until the release, so owner and descriptor are
 /// known; the kernel has cleared the ports (and, after a failed connect, the addresses).
 pub fn release_after_close(task: &Task, reason: ReleaseReason, fd: RawFd) -> Expect {
-    Expect {
-        ends: Ends::Any,
-        ..release_event(task, reason, TcpState::Close, fd)
-    }
+    Expect { ends: Ends::Any, ..release_event(task, reason, TcpState::Close, fd) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -734,19 +643,13 @@ pub fn release_after_close(task: &Task, reason: ReleaseReason, fd: RawFd) -> Exp
 
 /// The active side until it is established.
 pub fn active_open(task: &Task, fd: RawFd) -> Vec<Expect> {
-    vec![
-        connect_event(task, fd),
-        change(SynSent, Established, task.owns(fd)),
-    ]
+    vec![connect_event(task, fd), change(SynSent, Established, task.owns(fd))]
 }
 
 /// The passive side until accept() returns it.
 pub fn passive_open(task: &Task, fd: RawFd) -> Vec<Expect> {
     vec![
-        Expect {
-            ends: Ends::BeforePeer,
-            ..change(Listen, SynRecv, None)
-        },
+        Expect { ends: Ends::BeforePeer, ..change(Listen, SynRecv, None) },
         change(SynRecv, Established, None),
         accept_event(task, fd),
     ]
@@ -806,9 +709,7 @@ impl From<SocketAddr> for RawAddr {
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: v4.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from(*v4.ip()).to_be(),
-                    },
+                    sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
                     sin_zero: [0; 8],
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
@@ -820,9 +721,7 @@ impl From<SocketAddr> for RawAddr {
                     sin6_family: libc::AF_INET6 as libc::sa_family_t,
                     sin6_port: v6.port().to_be(),
                     sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: v6.ip().octets(),
-                    },
+                    sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
                     sin6_scope_id: 0,
                 };
                 // SAFETY: as above, for sockaddr_in6.
@@ -830,11 +729,7 @@ impl From<SocketAddr> for RawAddr {
                 (size_of::<libc::sockaddr_in6>(), libc::AF_INET6)
             }
         };
-        Self {
-            storage,
-            len: len as libc::socklen_t,
-            family,
-        }
+        Self { storage, len: len as libc::socklen_t, family }
     }
 }
 
@@ -915,12 +810,7 @@ impl Pipe {
         let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
         assert_eq!(ret, 0, "pipe2: {}", io::Error::last_os_error());
         // SAFETY: pipe2 returned two new descriptors we own.
-        unsafe {
-            Self {
-                read: OwnedFd::from_raw_fd(fds[0]),
-                write: OwnedFd::from_raw_fd(fds[1]),
-            }
-        }
+        unsafe { Self { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } }
     }
 
     /// One write (atomic for a pipe); safe in a child.
@@ -935,13 +825,8 @@ impl Pipe {
     pub fn recv_blocking(&self) -> Option<i32> {
         let mut bytes = [0u8; 4];
         // SAFETY: valid buffer.
-        let n = unsafe {
-            libc::read(
-                self.read.as_raw_fd(),
-                bytes.as_mut_ptr().cast(),
-                bytes.len(),
-            )
-        };
+        let n =
+            unsafe { libc::read(self.read.as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len()) };
         (n == bytes.len() as isize).then(|| i32::from_ne_bytes(bytes))
     }
 
@@ -952,32 +837,19 @@ impl Pipe {
 
     /// Waits up to `timeout` for a value; `None` when none came. Safe in a child.
     pub fn recv_within(&self, timeout: Duration) -> Option<i32> {
-        let mut pfd = libc::pollfd {
-            fd: self.read.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.read.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-        if ready == 1 {
-            self.recv_blocking()
-        } else {
-            None
-        }
+        if ready == 1 { self.recv_blocking() } else { None }
     }
 
     /// Waits up to `DEADLINE` for a value (the test side).
     pub fn recv(&self, what: &str) -> i32 {
-        let mut pfd = libc::pollfd {
-            fd: self.read.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.read.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(&mut pfd, 1, DEADLINE.as_millis() as i32) };
         assert_eq!(ready, 1, "no {what} from the child within {DEADLINE:?}");
-        self.recv_blocking()
-            .unwrap_or_else(|| panic!("reading {what}"))
+        self.recv_blocking().unwrap_or_else(|| panic!("reading {what}"))
     }
 }
 
@@ -1001,11 +873,7 @@ pub fn fork_child(comm: &'static CStr, body: impl FnOnce() -> i32) -> Child {
                 libc::_exit(body())
             }
         }
-        pid => Child {
-            pid,
-            comm,
-            reaped: false,
-        },
+        pid => Child { pid, comm, reaped: false },
     }
 }
 
@@ -1021,11 +889,7 @@ impl Child {
         assert!(pidfd >= 0, "pidfd_open: {}", io::Error::last_os_error());
         // SAFETY: pidfd_open returned a descriptor we own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        let mut pfd = libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(&mut pfd, 1, DEADLINE.as_millis() as i32) };
         assert_eq!(
@@ -1109,12 +973,7 @@ impl ClientChild {
             }
             0
         });
-        Self {
-            child,
-            go,
-            report,
-            server,
-        }
+        Self { child, go, report, server }
     }
 
     pub fn task(&self) -> Task {
@@ -1127,10 +986,7 @@ impl ClientChild {
         let fd = self.report.recv("client descriptor");
         let port = self.report.recv("client port");
         let local = SocketAddr::new(self.server.ip(), port as u16);
-        (
-            Sock::client(label, &self.task(), fd, local, self.server),
-            fd,
-        )
+        (Sock::client(label, &self.task(), fd, local, self.server), fd)
     }
 
     /// Lets the child give up its socket and exit; waits for it.

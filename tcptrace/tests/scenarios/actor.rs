@@ -76,10 +76,7 @@ impl Actor {
                 if !close_inherited([go_read, go_write, report_read, report_write]) {
                     return 91;
                 }
-                body(&Steps {
-                    go: &go,
-                    report: &report,
-                })
+                body(&Steps { go: &go, report: &report })
             })
         };
         Self { child, go, report }
@@ -119,11 +116,7 @@ impl Actor {
                 );
             }
             waited += step;
-            assert!(
-                waited < timeout,
-                "no {what} from {} within {timeout:?}",
-                self.comm()
-            );
+            assert!(waited < timeout, "no {what} from {} within {timeout:?}", self.comm());
         }
     }
 
@@ -157,9 +150,7 @@ pub mod sys {
         let sin = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
-            },
+            sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
             sin_zero: [0; 8],
         };
         let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -228,10 +219,7 @@ pub mod sys {
 
     /// SO_LINGER {on, 0}: close(2) aborts the connection with a RST.
     pub fn linger_zero(fd: RawFd) -> bool {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
         // SAFETY: valid option pointer and length.
         unsafe {
             libc::setsockopt(
@@ -279,10 +267,7 @@ pub mod sys {
     /// `GET /` on a keep-alive HTTP/1.1 connection; reads the whole response into `buf` and
     /// checks it is a 200.
     pub fn http_get(fd: RawFd, buf: &mut [u8]) -> bool {
-        if !write_all(
-            fd,
-            b"GET / HTTP/1.1\r\nHost: tcptrace.test\r\nUser-Agent: tt-http\r\n\r\n",
-        ) {
+        if !write_all(fd, b"GET / HTTP/1.1\r\nHost: tcptrace.test\r\nUser-Agent: tt-http\r\n\r\n") {
             return false;
         }
         let mut got = 0;
@@ -308,10 +293,7 @@ pub fn http_response_len(bytes: &[u8]) -> Option<usize> {
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = &bytes[..head_end];
     let name = b"\r\ncontent-length:";
-    let at = head
-        .windows(name.len())
-        .position(|w| w.eq_ignore_ascii_case(name))?
-        + name.len();
+    let at = head.windows(name.len()).position(|w| w.eq_ignore_ascii_case(name))? + name.len();
     let mut len = 0usize;
     let mut digits = 0;
     for &b in head[at..].iter().skip_while(|b| **b == b' ') {

@@ -106,12 +106,7 @@ impl Daemon {
             .stderr(output)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let mut daemon = Self {
-            name,
-            process,
-            dir,
-            log,
-        };
+        let mut daemon = Self { name, process, dir, log };
         let pid = daemon.pid();
         let listening = poll_until(Duration::from_secs(10), || {
             if let Ok(Some(status)) = daemon.process.try_wait() {
@@ -121,17 +116,13 @@ impl Daemon {
                     daemon.log()
                 );
             }
-            let listening = sockets::held(pid).into_iter().any(|h| {
-                h.row
-                    .is_some_and(|r| r.state == "LISTEN" && r.local == listen)
-            });
+            let listening = sockets::held(pid)
+                .into_iter()
+                .any(|h| h.row.is_some_and(|r| r.state == "LISTEN" && r.local == listen));
             listening.then_some(())
         });
         if listening.is_none() {
-            panic!(
-                "{name} (pid {pid}) does not listen on {listen} after 10 s:\n{}",
-                daemon.log()
-            );
+            panic!("{name} (pid {pid}) does not listen on {listen} after 10 s:\n{}", daemon.log());
         }
         daemon
     }

@@ -38,11 +38,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 
@@ -85,13 +81,7 @@ impl Netns {
         let fd = self.fd();
         // SAFETY: setns is async-signal-safe; the descriptor stays open until exec (CLOEXEC).
         unsafe {
-            cmd.pre_exec(move || {
-                if enter(fd) {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            });
+            cmd.pre_exec(move || if enter(fd) { Ok(()) } else { Err(io::Error::last_os_error()) });
         }
         cmd
     }
@@ -101,12 +91,7 @@ impl Netns {
         let fd = self.fd();
         thread::scope(|s| {
             s.spawn(|| {
-                assert!(
-                    enter(fd),
-                    "setns into {}: {}",
-                    self.name,
-                    io::Error::last_os_error()
-                );
+                assert!(enter(fd), "setns into {}: {}", self.name, io::Error::last_os_error());
                 f()
             })
             .join()
@@ -137,12 +122,7 @@ impl Netns {
             .stderr(Stdio::null()) // "Failed to find cgroup2 mount" without cgroup2
             .output()
             .expect("running ss");
-        assert!(
-            out.status.success(),
-            "ss failed in {}: {}",
-            self.name,
-            out.status
-        );
+        assert!(out.status.success(), "ss failed in {}: {}", self.name, out.status);
         sockets::parse_ss(&String::from_utf8_lossy(&out.stdout))
     }
 }
@@ -194,11 +174,7 @@ impl Veth {
             ns.ip(&["addr", "add", &format!("{addr}/30"), "dev", VETH]);
             ns.ip(&["link", "set", VETH, "up"]);
         }
-        Self {
-            a_ns: a.name().to_owned(),
-            a_addr,
-            b_addr,
-        }
+        Self { a_ns: a.name().to_owned(), a_addr, b_addr }
     }
 
     /// Deletes the pair (from `a`'s side; the peer goes with it): whatever was connected across

@@ -61,10 +61,7 @@ http {{
             .arg(&conf)
             .arg("-e")
             .arg(dir.path().join("error.log"));
-        Self {
-            addr,
-            daemon: Daemon::start("nginx", cmd, dir, "error.log", addr),
-        }
+        Self { addr, daemon: Daemon::start("nginx", cmd, dir, "error.log", addr) }
     }
 
     pub fn pid(&self) -> u32 {

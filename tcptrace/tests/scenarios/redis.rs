@@ -16,32 +16,24 @@ impl Redis {
         let addr = SocketAddr::new(ip, ns.free_port());
         let dir = TempDir::new(&format!("redis-{}", ns.name()));
         let mut cmd = ns.command(tool("redis-server"));
-        cmd.args([
-            "--port",
-            &addr.port().to_string(),
-            "--bind",
-            &ip.to_string(),
-        ])
-        .args(["--tcp-keepalive", &tcp_keepalive_s.to_string()])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--daemonize",
-            "no",
-        ])
-        .args(["--databases", "1", "--timeout", "0"])
-        .arg("--dir")
-        .arg(dir.path())
-        .arg("--logfile")
-        .arg(dir.path().join("redis.log"));
-        Self {
-            addr,
-            daemon: Daemon::start("redis-server", cmd, dir, "redis.log", addr),
-        }
+        cmd.args(["--port", &addr.port().to_string(), "--bind", &ip.to_string()])
+            .args(["--tcp-keepalive", &tcp_keepalive_s.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+            ])
+            .args(["--databases", "1", "--timeout", "0"])
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--logfile")
+            .arg(dir.path().join("redis.log"));
+        Self { addr, daemon: Daemon::start("redis-server", cmd, dir, "redis.log", addr) }
     }
 
     pub fn pid(&self) -> u32 {

@@ -120,12 +120,8 @@ pub fn socket_fds(pid: u32) -> Vec<(RawFd, u64)> {
         .filter_map(|entry| {
             let fd = entry.file_name().to_str()?.parse().ok()?;
             let target = fs::read_link(entry.path()).ok()?;
-            let inode = target
-                .to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()?;
+            let inode =
+                target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
             Some((fd, inode))
         })
         .collect();
@@ -163,10 +159,7 @@ pub fn row_of(pid: u32, fd: RawFd) -> Option<TcpRow> {
 /// Waits until `pid`'s `fd` is a TCP socket in `state`.
 pub fn wait_state(pid: u32, fd: RawFd, state: &str, timeout: Duration) -> TcpRow {
     poll_until(timeout, || row_of(pid, fd).filter(|r| r.state == state)).unwrap_or_else(|| {
-        panic!(
-            "fd {fd} of pid {pid} not {state} within {timeout:?}; its sockets: {:#?}",
-            held(pid)
-        )
+        panic!("fd {fd} of pid {pid} not {state} within {timeout:?}; its sockets: {:#?}", held(pid))
     })
 }
 
@@ -217,9 +210,7 @@ impl SsRow {
     }
 
     pub fn keepalive(&self) -> bool {
-        self.timer
-            .as_deref()
-            .is_some_and(|t| t.starts_with("keepalive"))
+        self.timer.as_deref().is_some_and(|t| t.starts_with("keepalive"))
     }
 }
 
@@ -239,11 +230,7 @@ fn parse_users(field: &str) -> Vec<SsUser> {
                     _ => {}
                 }
             }
-            Some(SsUser {
-                comm: comm.to_owned(),
-                pid: pid?,
-                fd: fd?,
-            })
+            Some(SsUser { comm: comm.to_owned(), pid: pid?, fd: fd? })
         })
         .collect()
 }
@@ -301,18 +288,10 @@ pub fn peek(pid: u32, fd: RawFd) -> Peek {
     // SAFETY: plain syscalls; each returned descriptor is owned right away.
     let dup = unsafe {
         let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0);
-        assert!(
-            pidfd >= 0,
-            "pidfd_open({pid}): {}",
-            io::Error::last_os_error()
-        );
+        assert!(pidfd >= 0, "pidfd_open({pid}): {}", io::Error::last_os_error());
         let pidfd = OwnedFd::from_raw_fd(pidfd as RawFd);
         let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
-        assert!(
-            dup >= 0,
-            "pidfd_getfd({pid}, {fd}): {}",
-            io::Error::last_os_error()
-        );
+        assert!(dup >= 0, "pidfd_getfd({pid}, {fd}): {}", io::Error::last_os_error());
         OwnedFd::from_raw_fd(dup as RawFd)
     };
     // SAFETY: all-zero is a valid tcp_info.
@@ -328,12 +307,7 @@ pub fn peek(pid: u32, fd: RawFd) -> Peek {
             &mut len,
         )
     };
-    assert_eq!(
-        ret,
-        0,
-        "TCP_INFO on fd {fd} of pid {pid}: {}",
-        io::Error::last_os_error()
-    );
+    assert_eq!(ret, 0, "TCP_INFO on fd {fd} of pid {pid}: {}", io::Error::last_os_error());
     let mut keepalive: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid buffer and length.
@@ -346,12 +320,7 @@ pub fn peek(pid: u32, fd: RawFd) -> Peek {
             &mut len,
         )
     };
-    assert_eq!(
-        ret,
-        0,
-        "SO_KEEPALIVE on fd {fd} of pid {pid}: {}",
-        io::Error::last_os_error()
-    );
+    assert_eq!(ret, 0, "SO_KEEPALIVE on fd {fd} of pid {pid}: {}", io::Error::last_os_error());
     Peek {
         state: state_name(info.tcpi_state),
         last_data_recv_ms: info.tcpi_last_data_recv,
@@ -372,16 +341,10 @@ mod tests {
         let rows = parse_tcp_table(text);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].local, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(
-            (rows[0].state, rows[0].timer, rows[0].inode),
-            ("LISTEN", Timer::None, 108622)
-        );
+        assert_eq!((rows[0].state, rows[0].timer, rows[0].inode), ("LISTEN", Timer::None, 108622));
         assert_eq!(rows[1].local, "198.18.0.1:7000".parse().unwrap());
         assert_eq!(rows[1].remote, "198.18.0.2:43528".parse().unwrap());
-        assert_eq!(
-            (rows[1].state, rows[1].timer),
-            ("ESTABLISHED", Timer::Keepalive)
-        );
+        assert_eq!((rows[1].state, rows[1].timer), ("ESTABLISHED", Timer::Keepalive));
     }
 
     #[test]
@@ -403,16 +366,8 @@ mod tests {
         assert_eq!(
             rows[2].users,
             vec![
-                SsUser {
-                    comm: "nginx".into(),
-                    pid: 2,
-                    fd: 5
-                },
-                SsUser {
-                    comm: "nginx".into(),
-                    pid: 1,
-                    fd: 6
-                }
+                SsUser { comm: "nginx".into(), pid: 2, fd: 5 },
+                SsUser { comm: "nginx".into(), pid: 1, fd: 6 }
             ]
         );
     }

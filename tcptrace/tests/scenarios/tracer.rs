@@ -32,9 +32,8 @@ pub struct Leaks {
 impl Leaks {
     /// Starts `tcptrace leaks --json --duration 120s ARGS` and waits until it is tracing.
     pub fn start(args: &[&str]) -> Self {
-        let mut all: Vec<String> = ["leaks", "--json", "--duration", MAX_DURATION]
-            .map(String::from)
-            .to_vec();
+        let mut all: Vec<String> =
+            ["leaks", "--json", "--duration", MAX_DURATION].map(String::from).to_vec();
         all.extend(args.iter().map(|a| a.to_string()));
         let mut child = Command::new(TCPTRACE)
             .args(&all)
@@ -90,22 +89,14 @@ impl Leaks {
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
+        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
     }
 
     /// SIGINT, then the report it prints.
     pub fn stop(mut self) -> Report {
         // SAFETY: signals our own child.
         let ret = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        assert_eq!(
-            ret,
-            0,
-            "SIGINT to tcptrace: {}",
-            std::io::Error::last_os_error()
-        );
+        assert_eq!(ret, 0, "SIGINT to tcptrace: {}", std::io::Error::last_os_error());
         let deadline = Instant::now() + STOP_TIMEOUT;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("waiting for tcptrace") {
@@ -118,12 +109,7 @@ impl Leaks {
             );
             thread::sleep(Duration::from_millis(20));
         };
-        let stdout = self
-            .stdout
-            .take()
-            .expect("stdout reader")
-            .join()
-            .expect("stdout reader");
+        let stdout = self.stdout.take().expect("stdout reader").join().expect("stdout reader");
         assert!(
             status.success(),
             "tcptrace exited with {status}; stderr:\n{}\nstdout:\n{stdout}",
@@ -231,10 +217,7 @@ pub struct Report {
 impl Report {
     /// The findings about any of `pids`.
     pub fn findings_of(&self, pids: &[u32]) -> Vec<&Finding> {
-        self.findings
-            .iter()
-            .filter(|f| pids.contains(&f.pid))
-            .collect()
+        self.findings.iter().filter(|f| pids.contains(&f.pid)).collect()
     }
 
     pub fn process(&self, pid: u32) -> Option<&Process> {
@@ -243,18 +226,12 @@ impl Report {
 
     /// Established sockets `pid` held at the end, as the report counts them.
     pub fn established(&self, pid: u32) -> u64 {
-        self.process(pid)
-            .and_then(|p| p.open_by_state.get("ESTABLISHED").copied())
-            .unwrap_or(0)
+        self.process(pid).and_then(|p| p.open_by_state.get("ESTABLISHED").copied()).unwrap_or(0)
     }
 
     /// The findings about `pids`, one per line, then the whole report: for failure messages.
     pub fn show(&self, pids: &[u32]) -> String {
-        let mine: String = self
-            .findings_of(pids)
-            .iter()
-            .map(|f| format!("  {f:?}\n"))
-            .collect();
+        let mine: String = self.findings_of(pids).iter().map(|f| format!("  {f:?}\n")).collect();
         format!(
             "findings about pids {pids:?}:\n{mine}{} events, {} evicted, warnings {:?}; whole report:\n{}\ntcptrace stderr:\n{}",
             self.events, self.evicted, self.warnings, self.text, self.stderr
