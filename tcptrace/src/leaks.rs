@@ -88,7 +88,11 @@ pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
     if collector.decode_errors() > 0 {
         warnings.push(format!("{} malformed events skipped", collector.decode_errors()));
     }
-    let counters = collector.counters()?;
+    // The report is printed whatever happens to the counters: what was collected is not lost.
+    let counters = collector.counters().unwrap_or_else(|e| {
+        warnings.push(format!("kernel counters unreadable ({e:#}): losses may be unreported"));
+        Default::default()
+    });
     let report = Report::build(
         collector.agg(),
         found,
