@@ -797,6 +797,36 @@ impl Holder {
             .collect()
     }
 
+    /// Exactly one `kind` finding per descriptor in `locals`, all the client's, and no other
+    /// finding for the client or the server.
+    fn expect_one_per_fd(
+        &self,
+        report: &Report,
+        kind: &str,
+        locals: Vec<(RawFd, SocketAddr)>,
+        x: (&str, &str, &str),
+    ) {
+        let (comm, state, source) = x;
+        let pids = self.pids();
+        let found = report.findings_of(&pids);
+        let fds: BTreeSet<RawFd> = locals.iter().map(|&(fd, _)| fd).collect();
+        let found_fds: BTreeSet<RawFd> = found.iter().filter_map(|f| f.fd).collect();
+        assert!(
+            found.len() == fds.len()
+                && found.iter().all(|f| f.kind == kind && f.pid == self.client.pid())
+                && found_fds == fds,
+            "expected {} {kind} findings for pid {} fds {fds:?}\n{}",
+            fds.len(),
+            self.client.pid(),
+            report.show(&pids)
+        );
+        for (fd, local) in locals {
+            let f = found.iter().find(|f| f.fd == Some(fd)).expect("checked above");
+            let expect = Expect { comm, state, local, remote: self.server_addr, source };
+            check_socket_finding(f, &expect, report);
+        }
+    }
+
     fn finish(self) {
         self.client.finish();
         self.server.finish();
@@ -842,29 +872,7 @@ fn leaks_connections_held_idle_to_the_end_are_unclosed() {
     thread::sleep(MIN_AGE + MARGIN);
     let report = leaks.stop();
     sound(&report);
-
-    let pids = s.pids();
-    let found = report.findings_of(&pids);
-    let found_fds: BTreeSet<RawFd> = found.iter().filter_map(|f| f.fd).collect();
-    assert!(
-        found.len() == fds.len()
-            && found.iter().all(|f| f.kind == "unclosed" && f.pid == s.client.pid())
-            && found_fds == fds,
-        "expected {HELD} unclosed findings for pid {} fds {fds:?}\n{}",
-        s.client.pid(),
-        report.show(&pids)
-    );
-    for (fd, local) in locals {
-        let f = found.iter().find(|f| f.fd == Some(fd)).expect("checked above");
-        let expect = Expect {
-            comm: "tt-holder",
-            state: "ESTABLISHED",
-            local,
-            remote: s.server_addr,
-            source: "events",
-        };
-        check_socket_finding(f, &expect, &report);
-    }
+    s.expect_one_per_fd(&report, "unclosed", locals, ("tt-holder", "ESTABLISHED", "events"));
     s.finish();
 }
 
@@ -904,29 +912,7 @@ fn leaks_close_wait_from_before_the_trace_is_found_in_the_inventory() {
     thread::sleep(MIN_AGE + MARGIN);
     let report = leaks.stop();
     sound(&report);
-
-    let pids = s.pids();
-    let found = report.findings_of(&pids);
-    let found_fds: BTreeSet<RawFd> = found.iter().filter_map(|f| f.fd).collect();
-    assert!(
-        found.len() == fds.len()
-            && found.iter().all(|f| f.kind == "close-wait" && f.pid == s.client.pid())
-            && found_fds == fds,
-        "expected {PRE_EXISTING} close-wait findings for pid {} fds {fds:?}\n{}",
-        s.client.pid(),
-        report.show(&pids)
-    );
-    for (fd, local) in locals {
-        let f = found.iter().find(|f| f.fd == Some(fd)).expect("checked above");
-        let expect = Expect {
-            comm: "tt-cwait",
-            state: "CLOSE_WAIT",
-            local,
-            remote: s.server_addr,
-            source: "inventory",
-        };
-        check_socket_finding(f, &expect, &report);
-    }
+    s.expect_one_per_fd(&report, "close-wait", locals, ("tt-cwait", "CLOSE_WAIT", "inventory"));
     s.finish();
 }
 
