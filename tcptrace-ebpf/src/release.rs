@@ -94,9 +94,7 @@ pub fn release_if_last(table: &FdTable, fd: u32, reason: u8) -> Result<(), i32> 
         return Ok(());
     }
     let info = SockInfo::read(sk)?;
-    if info.is_inet_tcp() {
-        report_release(sk, Some(&info), fd as i32, reason);
-    }
+    report_release(sk, Some(&info), fd as i32, reason);
     Ok(())
 }
 

@@ -125,7 +125,7 @@ impl Change {
     #[inline(always)]
     fn from_sock(sk: u64, old: u8, new: u8) -> Result<Option<Self>, i32> {
         let info = SockInfo::read(sk)?;
-        if !info.is_inet_tcp() || !addr_matches(info.family, info.lport, info.rport) {
+        if !addr_matches(info.family, info.lport, info.rport) {
             return Ok(None);
         }
         Ok(Some(Self {

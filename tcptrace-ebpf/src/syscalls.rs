@@ -87,7 +87,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     let file = FdTable::current()?.file(ret as u32)?;
     let sk = socket_sock(file)?;
     let info = SockInfo::read(sk)?;
-    if !info.is_inet_tcp() || !addr_matches(info.family, info.lport, info.rport) {
+    if !addr_matches(info.family, info.lport, info.rport) {
         return Ok(());
     }
     event.skaddr = sk;

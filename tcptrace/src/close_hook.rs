@@ -36,13 +36,13 @@ impl CloseHook {
         }
     }
 
-    /// The kernel program that observes releases in this mode (tracepoint mode has none of its
-    /// own: `sched_process_exit` and the syscall programs do the work).
-    pub const fn program(self) -> &'static str {
+    /// The kernel program this mode attaches; tracepoint mode has none of its own (the syscall
+    /// and `sched_process_exit` programs, always attached, do the work).
+    pub const fn program(self) -> Option<&'static str> {
         match self {
-            Self::Fentry => "tcp_close_fentry",
-            Self::Kprobe => "tcp_close_kprobe",
-            Self::Tracepoint => "sched_process_exit",
+            Self::Fentry => Some("tcp_close_fentry"),
+            Self::Kprobe => Some("tcp_close_kprobe"),
+            Self::Tracepoint => None,
         }
     }
 

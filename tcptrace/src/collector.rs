@@ -45,6 +45,7 @@ impl Collector {
                 conns: Connections::new(capacity),
                 records: Vec::new(),
                 agg: Aggregator::new(capacity),
+                events: 0,
                 decode_errors: 0,
             },
             warnings: Vec::new(),
@@ -73,6 +74,11 @@ impl Collector {
 
     pub fn agg(&self) -> &Aggregator {
         &self.tracked.agg
+    }
+
+    /// Kernel events decoded.
+    pub fn events(&self) -> u64 {
+        self.tracked.events
     }
 
     /// Ring-buffer records that did not decode.
@@ -192,6 +198,7 @@ struct Tracked {
     conns: Connections,
     records: Vec<Record>,
     agg: Aggregator,
+    events: u64,
     decode_errors: u64,
 }
 
@@ -201,6 +208,7 @@ impl Tracked {
             self.decode_errors += 1;
             return;
         };
+        self.events += 1;
         self.records.clear();
         self.conns.apply(&event, &mut self.records);
         for record in &self.records {

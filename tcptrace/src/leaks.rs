@@ -13,7 +13,7 @@ use crate::{
     collector::Collector,
     findings::{self, Limits},
     ports::{DEFAULT_EPHEMERAL_PORTS, ephemeral_ports},
-    report::Report,
+    report::{Report, RunInfo},
     stop::stop_signal,
 };
 
@@ -67,7 +67,7 @@ pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
                     "\r\x1b[Ktcptrace: {:.0}s, {} sockets tracked, {:.0} events/s, {} findings so far",
                     secs,
                     c.agg().tracked(),
-                    c.agg().events as f64 / secs,
+                    c.events() as f64 / secs,
                     found
                 );
             }
@@ -97,9 +97,12 @@ pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
         collector.agg(),
         found,
         limits,
-        collector.close_hook(),
-        collector.elapsed(),
-        &counters,
+        &RunInfo {
+            close_hook: collector.close_hook(),
+            duration: collector.elapsed(),
+            events: collector.events(),
+            counters,
+        },
         warnings,
     );
     let mut out = io::stdout().lock();

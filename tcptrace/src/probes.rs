@@ -176,9 +176,7 @@ impl Probes {
                 Err(e) => return Err(e),
             }
         }
-        if close_hook != CloseHook::Tracepoint {
-            attached.push(close_hook.program());
-        }
+        attached.extend(close_hook.program());
         Ok(Self { ebpf, close_hook, notes, attached })
     }
 

@@ -47,16 +47,25 @@ pub struct ProcessReport {
     pub findings: u64,
 }
 
+/// What the run itself says about its completeness.
+#[derive(Debug, Clone, Copy)]
+pub struct RunInfo {
+    pub close_hook: CloseHook,
+    pub duration: Duration,
+    /// Kernel events decoded.
+    pub events: u64,
+    pub counters: Counters,
+}
+
 impl Report {
     pub fn build(
         agg: &Aggregator,
         findings: Vec<Finding>,
         limits: Limits,
-        close_hook: CloseHook,
-        duration: Duration,
-        counters: &Counters,
+        run: &RunInfo,
         mut warnings: Vec<String>,
     ) -> Self {
+        let RunInfo { close_hook, duration, events, ref counters } = *run;
         let events_lost = counters.lost_events + counters.missed_runs;
         if events_lost > 0 {
             warnings.push(format!(
@@ -78,12 +87,7 @@ impl Report {
             ));
         }
 
-        let mut open: BTreeMap<u32, BTreeMap<&'static str, u64>> = BTreeMap::new();
-        for socket in agg.sockets().filter(|s| s.held()) {
-            if let Some(pid) = socket.pid {
-                *open.entry(pid).or_default().entry(socket.state.name()).or_default() += 1;
-            }
-        }
+        let mut held = agg.held_by_process();
         let mut per_pid_findings: BTreeMap<u32, u64> = BTreeMap::new();
         for f in &findings {
             *per_pid_findings.entry(f.pid).or_default() += 1;
@@ -93,7 +97,12 @@ impl Report {
             .processes
             .iter()
             .map(|(&pid, stats)| {
-                let open_by_state = open.remove(&pid).unwrap_or_default();
+                let open_by_state: BTreeMap<&'static str, u64> = held
+                    .remove(&pid)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(state, n)| (state.name(), n))
+                    .collect();
                 ProcessReport {
                     pid,
                     comm: stats.comm.clone(),
@@ -116,7 +125,7 @@ impl Report {
         Self {
             close_hook,
             duration_s: round2(duration.as_secs_f64()),
-            events: agg.events,
+            events,
             events_lost,
             evicted: agg.evicted,
             sweeps: agg.sweeps,
@@ -296,9 +305,12 @@ mod tests {
             &agg,
             findings,
             limits,
-            CloseHook::Tracepoint,
-            Duration::from_secs(100),
-            &Counters { lost_events: 1, ..Counters::default() },
+            &RunInfo {
+                close_hook: CloseHook::Tracepoint,
+                duration: Duration::from_secs(100),
+                events: 0,
+                counters: Counters { lost_events: 1, ..Counters::default() },
+            },
             vec![],
         );
         let mut out = Vec::new();
@@ -367,9 +379,12 @@ mod tests {
                 &agg,
                 vec![],
                 limits,
-                CloseHook::Fentry,
-                Duration::from_secs(1),
-                &Counters::default(),
+                &RunInfo {
+                    close_hook: CloseHook::Fentry,
+                    duration: Duration::from_secs(1),
+                    events: 1,
+                    counters: Counters::default(),
+                },
                 vec![],
             )
         };

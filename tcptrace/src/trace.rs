@@ -6,10 +6,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    time::{Instant, sleep_until},
-};
 
 use crate::{
     cli::TraceArgs,
@@ -17,6 +13,7 @@ use crate::{
     decode::Event,
     output::{Clock, Format, Renderer},
     probes::Probes,
+    stop::stop_signal,
 };
 
 /// Sockets remembered for lifetimes and owners; beyond this they are counted, not tracked.
@@ -40,14 +37,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut session =
         Session { conns: Connections::new(MAX_TRACKED), records: Vec::new(), decode_errors: 0 };
 
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut deadline = pin!(async {
-        match args.duration {
-            Some(d) => sleep_until(Instant::now() + d).await,
-            None => std::future::pending().await,
-        }
-    });
+    let mut stop = pin!(stop_signal(args.duration)?);
 
     let result: io::Result<()> = async {
         renderer.header()?;
@@ -55,9 +45,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         loop {
             let mut write_result = Ok(());
             tokio::select! {
-                _ = &mut deadline => break,
-                _ = interrupt.recv() => break,
-                _ = terminate.recv() => break,
+                _ = &mut stop => break,
                 batch = stream.next_batch(|bytes| {
                     if write_result.is_ok() {
                         write_result = session.handle(bytes, &mut renderer);

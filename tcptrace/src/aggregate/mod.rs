@@ -40,8 +40,6 @@ pub struct Aggregator {
     capacity: usize,
     /// Sockets not tracked because the table was full.
     pub evicted: u64,
-    /// Records applied.
-    pub events: u64,
     pub sweeps: u64,
 }
 
@@ -55,7 +53,6 @@ impl Aggregator {
             churn: Churn::default(),
             capacity,
             evicted: 0,
-            events: 0,
             sweeps: 0,
         }
     }
@@ -67,6 +64,17 @@ impl Aggregator {
     /// Every socket tcptrace knows of.
     pub fn sockets(&self) -> impl Iterator<Item = &TrackedSocket> {
         self.sockets.values().chain(self.inventory_only.values())
+    }
+
+    /// The sockets each process holds now, by state.
+    pub fn held_by_process(&self) -> HashMap<u32, HashMap<TcpState, u64>> {
+        let mut held: HashMap<u32, HashMap<TcpState, u64>> = HashMap::new();
+        for socket in self.sockets().filter(|s| s.held()) {
+            if let Some(pid) = socket.pid {
+                *held.entry(pid).or_default().entry(socket.state).or_default() += 1;
+            }
+        }
+        held
     }
 
     fn full(&self) -> bool {
@@ -110,7 +118,6 @@ impl Aggregator {
 
     /// Applies one record of `connections`.
     pub fn apply(&mut self, record: &Record) {
-        self.events += 1;
         let ts = record.ts_ns;
         match record.kind {
             RecordKind::Connect => self.open(record, Direction::Active, TcpState::SynSent),
@@ -295,7 +302,6 @@ impl Aggregator {
 }
 
 fn refresh(socket: &mut TrackedSocket, found: &InventorySocket, now_ns: u64) {
-    socket.inode = Some(found.inode).filter(|&i| i != 0);
     if found.idle.is_some() {
         socket.idle = found.idle;
         socket.idle_measured_ns = now_ns;

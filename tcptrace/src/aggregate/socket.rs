@@ -49,7 +49,6 @@ pub struct TrackedSocket {
     pub idle: Option<Duration>,
     pub idle_measured_ns: u64,
     pub keepalive: Option<bool>,
-    pub inode: Option<u64>,
     /// When connect() was called, until the handshake completes (connect latency).
     pub connect_started_ns: Option<u64>,
 }
@@ -71,7 +70,6 @@ impl TrackedSocket {
             idle: None,
             idle_measured_ns: now_ns,
             keepalive: None,
-            inode: None,
             connect_started_ns: None,
         }
     }

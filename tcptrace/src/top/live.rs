@@ -55,8 +55,8 @@ impl Rates {
             row.released_per_s = (current.released - before.released) as f64 / secs;
             row.time_wait_per_s = (current.time_wait - before.time_wait) as f64 / secs;
         }
-        let events_per_s = (agg.events - self.events) as f64 / secs;
-        self.events = agg.events;
+        let events_per_s = (c.events() - self.events) as f64 / secs;
+        self.events = c.events();
         self.at = Some(now);
         Frame {
             rows,
@@ -86,14 +86,11 @@ fn rows(agg: &Aggregator, limits: &Limits) -> Vec<Row> {
             },
         );
     }
-    for socket in agg.sockets().filter(|s| s.held()) {
-        let Some(row) = socket.pid.and_then(|pid| rows.get_mut(&pid)) else { continue };
-        row.open += 1;
-        match socket.state {
-            TcpState::Established => row.established += 1,
-            TcpState::CloseWait => row.close_wait += 1,
-            _ => {}
-        }
+    for (pid, states) in agg.held_by_process() {
+        let Some(row) = rows.get_mut(&pid) else { continue };
+        row.open = states.values().sum();
+        row.established = states.get(&TcpState::Established).copied().unwrap_or(0);
+        row.close_wait = states.get(&TcpState::CloseWait).copied().unwrap_or(0);
     }
     for finding in findings::detect(agg, limits, monotonic_ns()) {
         if let Some(row) = rows.get_mut(&finding.pid) {

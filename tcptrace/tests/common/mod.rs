@@ -313,36 +313,23 @@ impl Harness {
             .iter()
             .map(|s| self.skaddr(s).unwrap_or_else(|| panic!("{} not seen", s.label)))
             .collect();
-        let stray: Vec<String> = self
-            .events
-            .iter()
-            .filter(|e| !skaddrs.contains(&e.skaddr) && !allow(e))
-            .map(|e| format!("  {}\n", show(e)))
-            .collect();
-        assert!(
-            stray.is_empty(),
-            "events the filter should have dropped:\n{}\nall events:\n{}",
-            stray.concat(),
-            self.dump()
-        );
+        self.expect_none("events the filter should have dropped", |e| {
+            !skaddrs.contains(&e.skaddr) && !allow(e)
+        });
+    }
+
+    /// Fails, listing them, if any events match `stray`.
+    fn expect_none(&self, what: &str, stray: impl Fn(&Event) -> bool) {
+        let found: Vec<String> =
+            self.events.iter().filter(|e| stray(e)).map(|e| format!("  {}\n", show(e))).collect();
+        assert!(found.is_empty(), "{what}:\n{}\nall events:\n{}", found.concat(), self.dump());
     }
 
     /// Fails if any event names `port` on either side.
     pub fn expect_no_port(&self, port: u16, why: &str) {
-        let stray: Vec<String> = self
-            .events
-            .iter()
-            .filter(|e| {
-                e.endpoints.is_some_and(|ep| ep.local.port() == port || ep.remote.port() == port)
-            })
-            .map(|e| format!("  {}\n", show(e)))
-            .collect();
-        assert!(
-            stray.is_empty(),
-            "{why}: events with port {port}:\n{}\nall events:\n{}",
-            stray.concat(),
-            self.dump()
-        );
+        self.expect_none(&format!("{why}: events with port {port}"), |e| {
+            e.endpoints.is_some_and(|ep| ep.local.port() == port || ep.remote.port() == port)
+        });
     }
 
     pub fn counters(&self) -> Counters {
