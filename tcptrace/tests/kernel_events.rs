@@ -11,6 +11,7 @@ mod common;
 use std::{
     net::{Shutdown, SocketAddr, TcpListener},
     os::fd::{AsRawFd, RawFd},
+    sync::mpsc,
     thread,
 };
 
@@ -476,15 +477,23 @@ fn a_burst_of_connections_loses_no_state_change() {
     let listener = listen(LOCALHOST_V4);
     let mut h = Harness::on_port(addr_of(&listener).port());
 
+    // The connector may run at most AHEAD connections before the acceptor: a full accept queue
+    // drops handshakes and FINs, and their retransmissions (1 s, 2 s, ...) would outlast the wait
+    // below on a busy machine (CI saw it). 64 stays under std's listen backlog of 128.
+    const AHEAD: usize = 64;
+    let (connected, accepted) = mpsc::sync_channel::<()>(AHEAD);
     thread::scope(|s| {
-        let acceptor = s.spawn(|| {
+        let listener = &listener;
+        let acceptor = s.spawn(move || {
             for _ in 0..CONNECTIONS {
-                let server = accept(&listener);
+                accepted.recv().expect("the connector ended early");
+                let server = accept(listener);
                 read_eof(&server);
             }
         });
         for _ in 0..CONNECTIONS {
-            drop(connect(addr_of(&listener)));
+            drop(connect(addr_of(listener)));
+            connected.send(()).expect("the acceptor ended early");
         }
         acceptor.join().unwrap();
     });

@@ -29,6 +29,8 @@ use tcptrace_common::Filter;
 /// How long any expected event may take (the FIN_WAIT1 -> FIN_WAIT2 step waits for a delayed
 /// ACK, ~40 ms; a loaded machine can be much slower).
 pub const DEADLINE: Duration = Duration::from_secs(5);
+/// Lines of events or sockets a failure message prints at most.
+const DUMP_LINES: usize = 60;
 /// Selects the close hook, so the same binary runs under fentry and kprobe in the VM tier.
 pub const CLOSE_HOOK_ENV: &str = "TCPTRACE_TEST_CLOSE_HOOK";
 pub const AF_INET6: u16 = libc::AF_INET6 as u16;
@@ -342,8 +344,15 @@ impl Harness {
         assert_eq!(counters, Counters::default(), "kernel counters");
     }
 
+    /// The events so far, for a failure message: the last `DUMP_LINES` of them, so a burst's
+    /// thousands of events do not bury the counts printed after them.
     pub fn dump(&self) -> String {
-        self.events.iter().enumerate().map(|(i, e)| format!("  [{i:3}] {}\n", show(e))).collect()
+        let skip = self.events.len().saturating_sub(DUMP_LINES);
+        let mut out = format!("  ({} events, the first {skip} not shown)\n", self.events.len());
+        for (i, e) in self.events.iter().enumerate().skip(skip) {
+            out.push_str(&format!("  [{i:3}] {}\n", show(e)));
+        }
+        out
     }
 }
 
@@ -353,8 +362,12 @@ fn proc_net_tcp(port: u16) -> String {
     let mut out = format!("sockets with port {port} (sl local remote st ...):\n");
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().filter(|l| port != 0 && l.contains(&needle)) {
+        let rows: Vec<&str> = text.lines().filter(|l| port != 0 && l.contains(&needle)).collect();
+        for line in rows.iter().take(DUMP_LINES) {
             out.push_str(&format!("  {}\n", line.trim()));
+        }
+        if rows.len() > DUMP_LINES {
+            out.push_str(&format!("  ... {} more in {table}\n", rows.len() - DUMP_LINES));
         }
     }
     out
