@@ -7,6 +7,7 @@
 //! records. `inventory` reads the sockets that already exist (sock_diag, /proc), `aggregate`
 //! keeps each socket's lifecycle and per-process statistics, `findings` turns them into leak
 //! findings and `report` prints them; `collector` is the event loop `leaks` and `top` share.
+//! `symbolize` turns captured stack addresses into functions, file:line and modules.
 //! `cli`, `trace`, `leaks` and `top` are the commands.
 
 pub mod aggregate;
@@ -29,6 +30,7 @@ pub mod prog_stats;
 pub mod report;
 pub mod stop;
 pub mod stream;
+pub mod symbolize;
 pub mod top;
 pub mod trace;
 pub mod tracefs;

@@ -7,8 +7,10 @@ use anyhow::{Context as _, Result, bail};
 /// Debian packages: LLVM 22 to build bpf-linker (matches the nightly rustc's LLVM), qemu and
 /// busybox for the VM tier, iproute2 for network namespaces (and `ss`, which the scenario tests
 /// read), xz for the VM kernel, nginx and redis-server for the leak scenarios
-/// (tests/leaks_scenarios.rs), which start their own instances inside namespaces.
+/// (tests/leaks_scenarios.rs), which start their own instances inside namespaces, gcc for the
+/// symbolization fixtures (tests/fixtures/leaky.c).
 const DEBIAN_PACKAGES: &[&str] = &[
+    "gcc",
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",

@@ -1,0 +1,37 @@
+//! Which mapping of a process holds an address, for the addresses nothing resolved.
+
+use procfs::process::{MMapPath, MemoryMaps, Process};
+
+/// A process's mappings, read once for all of a call's unresolved addresses.
+pub struct Mappings(Option<MemoryMaps>);
+
+impl Mappings {
+    /// Reads `/proc/<pid>/maps`; a process that is gone (or unreadable) has no mappings.
+    pub fn read(pid: u32) -> Self {
+        let maps = i32::try_from(pid).ok().and_then(|pid| Process::new(pid).ok()?.maps().ok());
+        Self(maps)
+    }
+
+    /// Whether the maps could be read (the process was there).
+    pub fn is_readable(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The module holding `addr`: a file's path or a pseudo-path (`[vdso]`, `[heap]`,
+    /// `[stack]`); `None` for anonymous memory and unmapped addresses.
+    pub fn module(&self, addr: u64) -> Option<String> {
+        let map =
+            self.0.as_ref()?.iter().find(|map| (map.address.0..map.address.1).contains(&addr))?;
+        match &map.pathname {
+            MMapPath::Path(path) => Some(path.to_string_lossy().into_owned()),
+            MMapPath::Heap => Some("[heap]".to_owned()),
+            MMapPath::Stack | MMapPath::TStack(_) => Some("[stack]".to_owned()),
+            MMapPath::Vdso => Some("[vdso]".to_owned()),
+            MMapPath::Vvar => Some("[vvar]".to_owned()),
+            MMapPath::Vsyscall => Some("[vsyscall]".to_owned()),
+            MMapPath::Other(name) => Some(name.clone()),
+            MMapPath::Vsys(_) => Some("SYSV shared memory".to_owned()),
+            MMapPath::Anonymous | MMapPath::Rollup => None,
+        }
+    }
+}
