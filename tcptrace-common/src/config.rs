@@ -56,3 +56,29 @@ impl Filter {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no implicit padding (checked by the size assertion).
 unsafe impl aya::Pod for Filter {}
+
+/// `Settings::stacks` bit: capture the user stack at connect and accept.
+pub const STACKS_USER: u32 = 1 << 0;
+/// `Settings::stacks` bit: capture the kernel stack at connect and accept.
+pub const STACKS_KERNEL: u32 = 1 << 1;
+
+/// Load-time settings other than filters, set as the `SETTINGS` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `STACKS_*` bits.
+    pub stacks: u32,
+    pub _pad0: u32,
+}
+
+const _: () = assert!(size_of::<Settings>() == 8);
+
+impl Settings {
+    pub const fn none() -> Self {
+        Self { stacks: 0, _pad0: 0 }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers only, no implicit padding (checked by the size assertion).
+unsafe impl aya::Pod for Settings {}

@@ -60,13 +60,17 @@ pub struct RawEvent {
     pub rport: u16,
     /// `FLAG_*` bits.
     pub flags: u16,
-    pub _pad0: u32,
+    /// Id of the user stack in the `STACKS` map (connect and accept), or `STACK_NONE`.
+    pub user_stack: i32,
     /// IPv4 addresses use the first 4 bytes; network byte order as in the kernel.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// Id of the kernel stack in the `STACKS` map (connect and accept), or `STACK_NONE`.
+    pub kernel_stack: i32,
+    pub _pad0: u32,
 }
 
-const _: () = assert!(size_of::<RawEvent>() == 96);
+const _: () = assert!(size_of::<RawEvent>() == 104);
 const _: () = assert!(align_of::<RawEvent>() == 8);
 
 impl RawEvent {
@@ -87,9 +91,11 @@ impl RawEvent {
             lport: 0,
             rport: 0,
             flags: 0,
-            _pad0: 0,
+            user_stack: STACK_NONE,
             saddr: [0; 16],
             daddr: [0; 16],
+            kernel_stack: STACK_NONE,
+            _pad0: 0,
         }
     }
 }
@@ -100,7 +106,12 @@ pub const COUNTER_LOST_EVENTS: u32 = 0;
 pub const COUNTER_OWNER_MAP_FULL: u32 = 1;
 /// Thread-context map full: a syscall's context (connect fd, release reason) was not recorded.
 pub const COUNTER_CTX_MAP_FULL: u32 = 2;
-pub const COUNTER_COUNT: u32 = 3;
+/// A stack could not be captured (`bpf_get_stackid` failed: map full, or a hash collision).
+pub const COUNTER_STACK_FAILED: u32 = 3;
+pub const COUNTER_COUNT: u32 = 4;
+
+/// `RawEvent::user_stack`/`kernel_stack`: no stack captured.
+pub const STACK_NONE: i32 = -1;
 
 /// Value of the kernel's owner map, keyed by `skaddr`.
 #[repr(C)]

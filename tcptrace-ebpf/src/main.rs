@@ -10,6 +10,7 @@ mod kernel;
 mod maps;
 mod process;
 mod release;
+mod stacks;
 mod state;
 mod syscalls;
 

@@ -3,11 +3,11 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tcptrace_common::{
     CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT, COUNTER_LOST_EVENTS, Filter, KernelOffsets,
-    Owner, RawEvent,
+    Owner, RawEvent, Settings,
 };
 
 /// Reads a load-time global. The volatile read keeps the compiler from folding the zero
@@ -26,6 +26,15 @@ pub static FILTER: Filter = Filter::none();
 /// Set by user space at load time from the running kernel's BTF.
 #[unsafe(no_mangle)]
 pub static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
+
+/// Set by user space at load time (`--stacks`).
+#[unsafe(no_mangle)]
+pub static SETTINGS: Settings = Settings::none();
+
+/// Stacks captured at connect and accept, by id (`RawEvent::user_stack`/`kernel_stack`). Equal
+/// stacks share an id, so the map holds distinct open sites, not opens.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
 /// All events, in order per CPU. Size set by user space.
 #[map]

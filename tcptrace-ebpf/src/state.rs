@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use tcptrace_common::{
     FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_CONNECT, KIND_STATE, tcp_state::*,
@@ -22,12 +22,13 @@ use crate::{
     filter::{addr_matches, filters_process, process_matches},
     kernel::{AF_INET, IPPROTO_TCP, SockInfo},
     maps::{CONNECT_FD, LAST_RESET, OWNERS, current_event, emit, remember_owner},
+    stacks::capture,
 };
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if let Ok(Some(change)) = Change::from_tracepoint(&ctx) {
-        let _ = on_change(change);
+        let _ = on_change(&ctx, change);
     }
     0
 }
@@ -43,7 +44,7 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
     let old: u64 = ctx.arg(1);
     let new: u64 = ctx.arg(2);
     if let Ok(Some(change)) = Change::from_sock(sk, old as u8, new as u8) {
-        let _ = on_change(change);
+        let _ = on_change(&ctx, change);
     }
     0
 }
@@ -158,7 +159,7 @@ fn take_reset(skaddr: u64) -> bool {
 }
 
 #[inline(always)]
-fn on_change(change: Change) -> Result<(), i32> {
+fn on_change<C: StackIdContext>(ctx: &C, change: Change) -> Result<(), i32> {
     let Change { skaddr, old, new, .. } = change;
     // tcp_close_state() "moves" FIN_WAIT2, LAST_ACK, ... to the state they are in: no change.
     if old == new {
@@ -186,6 +187,7 @@ fn on_change(change: Change) -> Result<(), i32> {
         }
         if new == SYN_SENT {
             event.kind = KIND_CONNECT;
+            capture(ctx, &mut event);
             // SAFETY: plain map read.
             event.fd = unsafe { CONNECT_FD.get(event.tid) }.copied().unwrap_or(-1);
         }

@@ -21,6 +21,7 @@ use crate::{
     kernel::{FdTable, SockInfo, socket_sock},
     maps::{CONNECT_FD, close_hook, count, current_event, emit, offsets_valid, remember_owner},
     release::release_if_last,
+    stacks::capture,
 };
 
 /// include/uapi/linux/close_range.h: only marks descriptors close-on-exec.
@@ -79,6 +80,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     }
     event.fd = ret as i32;
     event.owner_pid = event.pid;
+    capture(ctx, &mut event);
     if !offsets_valid() {
         // Without BTF the descriptor cannot be tied to its sock: report what is known.
         emit(&event);

@@ -207,6 +207,7 @@ mod tests {
             fd: Some(5),
             endpoints: None,
             owner_lost: false,
+            stacks: Default::default(),
             kind,
         }
     }

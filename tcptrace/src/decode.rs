@@ -188,6 +188,19 @@ pub enum EventKind {
     Exit,
 }
 
+/// Ids of the stacks captured at connect or accept, in the kernel's `STACKS` map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct StackIds {
+    pub user: Option<u32>,
+    pub kernel: Option<u32>,
+}
+
+impl StackIds {
+    fn from_raw(user: i32, kernel: i32) -> Self {
+        Self { user: u32::try_from(user).ok(), kernel: u32::try_from(kernel).ok() }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds.
@@ -203,6 +216,7 @@ pub struct Event {
     pub endpoints: Option<Endpoints>,
     /// The kernel could not remember the owner (owner map full).
     pub owner_lost: bool,
+    pub stacks: StackIds,
     pub kind: EventKind,
 }
 
@@ -234,9 +248,11 @@ impl TryFrom<&RawEvent> for Event {
             lport,
             rport,
             flags,
-            _pad0: _,
+            user_stack,
             saddr,
             daddr,
+            kernel_stack,
+            _pad0: _,
         } = *raw;
         let endpoints = if flags & FLAG_ADDRS != 0 {
             Some(Endpoints {
@@ -273,6 +289,7 @@ impl TryFrom<&RawEvent> for Event {
             fd: (fd >= 0).then_some(fd),
             endpoints,
             owner_lost: flags & FLAG_OWNER_LOST != 0,
+            stacks: StackIds::from_raw(user_stack, kernel_stack),
             kind,
         })
     }
