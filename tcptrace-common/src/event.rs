@@ -10,6 +10,9 @@ pub const KIND_ACCEPT: u8 = 3;
 pub const KIND_RELEASE: u8 = 4;
 /// `RawEvent::kind`: the last thread of a process exited.
 pub const KIND_EXIT: u8 = 5;
+/// `RawEvent::kind`: the process called execve() (only with stacks on: its cached symbols are
+/// stale).
+pub const KIND_EXEC: u8 = 6;
 
 /// `RawEvent::flags`: the change follows a RST received for this socket (`tcp:tcp_receive_reset`).
 pub const FLAG_RESET: u16 = 1 << 0;

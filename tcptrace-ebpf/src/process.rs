@@ -10,12 +10,12 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::bpf_loop, macros::tracepoint, programs::TracePointContext};
-use tcptrace_common::{CLOSE_HOOK_TRACEPOINT, KIND_EXIT, RELEASE_EXIT};
+use tcptrace_common::{CLOSE_HOOK_TRACEPOINT, KIND_EXEC, KIND_EXIT, RELEASE_EXIT};
 
 use crate::{
     filter::process_matches,
     kernel::{FdTable, current_group_dead},
-    maps::{close_hook, current_event, emit},
+    maps::{SETTINGS, close_hook, current_event, emit, global},
     release::release_if_last,
 };
 
@@ -36,6 +36,20 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         unsafe {
             bpf_loop(n, release_on_exit as *mut c_void, (&raw mut table).cast::<c_void>(), 0)
         };
+    }
+    0
+}
+
+/// An exec replaces every mapping under the same pid: user space drops the symbols it cached
+/// for it. Only stacks need this, so it is only reported with stacks on.
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    if global!(SETTINGS.stacks) == 0 {
+        return 0;
+    }
+    let event = current_event(KIND_EXEC);
+    if process_matches(event.pid, &event.comm) {
+        emit(&event);
     }
     0
 }

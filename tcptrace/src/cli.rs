@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tcptrace_common::{Filter, MAX_FILTER_PIDS};
 
-use crate::{close_hook::CloseHookChoice, probes::ProbeOptions, top::SortKey};
+use crate::{close_hook::CloseHookChoice, probes::ProbeOptions, stacks::StacksMode, top::SortKey};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -16,6 +16,7 @@ Examples:
   tcptrace trace -p 1234 --duration 30s   one process for 30 seconds
   tcptrace trace --port 6379 --json       Redis traffic (either side), one JSON object per line
   tcptrace trace -c nginx -4              IPv4 connections of processes named nginx
+  tcptrace trace --stacks -p 1234         each open with the code path that made it
   tcptrace trace --close-hook tracepoint  force the tracepoint-only release detection";
 
 #[derive(Debug, Parser)]
@@ -58,7 +59,11 @@ Findings:
 Examples:
   tcptrace leaks --duration 5m                  the whole host for five minutes
   tcptrace leaks -p 1234 --min-age 10s          one process, quicker verdicts
-  tcptrace leaks --port 6379 --idle 2m --json   Redis connections, ghost limit two minutes, JSON";
+  tcptrace leaks --port 6379 --idle 2m --json   Redis connections, ghost limit two minutes, JSON
+  tcptrace leaks --stacks both                  code paths with the kernel's side too
+
+Findings are grouped by process and by the code path (user stack) that opened the sockets; build
+with frame pointers for full stacks (README: Code paths).";
 
 const TOP_EXAMPLES: &str = "\
 Keys: o open, e ESTABLISHED, w CLOSE_WAIT, t TIME_WAIT/s, n opened/s, r released/s, 5 p50, 9 p99,
@@ -99,14 +104,21 @@ pub struct ProbeArgs {
     /// Ring buffer size in MiB (a power of two)
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub ring_size: u32,
+    /// Capture the code path of each connect and accept: user (the functions that opened it),
+    /// kernel, both or off; `--stacks` alone means user. Default: user for leaks, off for
+    /// trace and top
+    #[arg(long, value_name = "WHICH", num_args = 0..=1, default_missing_value = "user")]
+    pub stacks: Option<StacksMode>,
 }
 
 impl ProbeArgs {
-    pub fn to_options(&self) -> Result<ProbeOptions, UsageError> {
+    /// The kernel side's options; `stacks` is the command's default for `--stacks`.
+    pub fn to_options(&self, stacks: StacksMode) -> Result<ProbeOptions, UsageError> {
         Ok(ProbeOptions {
             filter: self.filter.to_filter()?,
             close_hook: self.close_hook,
             ring_bytes: self.ring_size << 20,
+            stacks: self.stacks.unwrap_or(stacks),
         })
     }
 }

@@ -15,6 +15,7 @@ use crate::{
     inventory::{self, Snapshot},
     inventory_filter::InventoryFilter,
     probes::{Counters, ProbeOptions, Probes},
+    stacks::StackResolver,
     stream::EventStream,
 };
 
@@ -38,6 +39,7 @@ impl Collector {
     pub async fn start(options: &ProbeOptions, capacity: usize) -> anyhow::Result<Self> {
         let mut probes = Probes::load(options)?;
         let stream = probes.events()?;
+        let stacks = probes.stacks(options.stacks)?;
         let mut collector = Self {
             probes,
             stream,
@@ -45,6 +47,7 @@ impl Collector {
                 conns: Connections::new(capacity),
                 records: Vec::new(),
                 agg: Aggregator::new(capacity),
+                stacks,
                 events: 0,
                 decode_errors: 0,
             },
@@ -79,6 +82,11 @@ impl Collector {
     /// Kernel events decoded.
     pub fn events(&self) -> u64 {
         self.tracked.events
+    }
+
+    /// Stack ids the kernel handed over whose stack could not be read.
+    pub fn unreadable_stacks(&self) -> u64 {
+        self.tracked.stacks.as_ref().map_or(0, |s| s.unreadable)
     }
 
     /// Ring-buffer records that did not decode.
@@ -198,6 +206,7 @@ struct Tracked {
     conns: Connections,
     records: Vec<Record>,
     agg: Aggregator,
+    stacks: Option<StackResolver>,
     events: u64,
     decode_errors: u64,
 }
@@ -211,6 +220,9 @@ impl Tracked {
         self.events += 1;
         self.records.clear();
         self.conns.apply(&event, &mut self.records);
+        if let Some(stacks) = &mut self.stacks {
+            stacks.attach(&event, &mut self.records);
+        }
         for record in &self.records {
             self.agg.apply(record);
         }

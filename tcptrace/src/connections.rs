@@ -2,9 +2,12 @@
 //! reads — who owns each state change, when TIME_WAIT was entered, and each connection's
 //! lifetime at close. Pure: unit-tested without root.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
-use crate::decode::{Endpoints, Event, EventKind, ReleaseReason, TcpState};
+use crate::{
+    decode::{Endpoints, Event, EventKind, ReleaseReason, TcpState},
+    stacks::OpenStack,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordKind {
@@ -42,6 +45,8 @@ pub struct Record {
     pub fd: Option<i32>,
     pub skaddr: u64,
     pub endpoints: Option<Endpoints>,
+    /// The code path of a connect or accept, when stacks are captured (see `stacks`).
+    pub stack: Option<Arc<OpenStack>>,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +132,7 @@ impl Connections {
             fd: event.fd,
             skaddr: event.skaddr,
             endpoints: event.endpoints,
+            stack: None,
         };
         let opener = || Owner { pid: event.pid, comm: event.comm.to_string(), fd: event.fd };
         match event.kind {
@@ -143,6 +149,8 @@ impl Connections {
             EventKind::Release { reason, .. } => {
                 out.push(Record { kind: RecordKind::Release { reason }, ..current });
             }
+            // Only the symbolizer cares (see `stacks`).
+            EventKind::Exec => {}
             EventKind::Exit => {
                 if self.owned.contains_key(&event.pid) {
                     out.push(Record { kind: RecordKind::Exit, fd: None, ..current });

@@ -6,8 +6,9 @@ use std::{
 };
 
 use tcptrace_common::{
-    FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_ACCEPT, KIND_CONNECT, KIND_EXIT, KIND_RELEASE,
-    KIND_STATE, RELEASE_CLOSE, RELEASE_CLOSE_RANGE, RELEASE_DUP, RELEASE_EXIT, RawEvent,
+    FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_ACCEPT, KIND_CONNECT, KIND_EXEC, KIND_EXIT,
+    KIND_RELEASE, KIND_STATE, RELEASE_CLOSE, RELEASE_CLOSE_RANGE, RELEASE_DUP, RELEASE_EXIT,
+    RawEvent,
 };
 
 const AF_INET: u16 = 2;
@@ -186,6 +187,8 @@ pub enum EventKind {
     },
     /// The last thread of process `pid` exited.
     Exit,
+    /// Process `pid` called execve().
+    Exec,
 }
 
 /// Ids of the stacks captured at connect or accept, in the kernel's `STACKS` map.
@@ -277,6 +280,7 @@ impl TryFrom<&RawEvent> for Event {
                 state: state_if_known(new_state)?,
             },
             KIND_EXIT => EventKind::Exit,
+            KIND_EXEC => EventKind::Exec,
             other => return Err(DecodeError::Kind(other)),
         };
         Ok(Self {

@@ -1,13 +1,14 @@
 //! Leak findings (../shared/design.md §4): which sockets, or which processes, are leaking, with
 //! the evidence and the usual fix. Pure: computed from the aggregator at a point in time.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use serde::Serialize;
 
 use crate::{
     aggregate::{Aggregator, Direction, Origin, TrackedSocket},
     decode::TcpState,
+    stacks::OpenStack,
 };
 
 /// TIME_WAIT lasts this long on Linux (TCP_TIMEWAIT_LEN), so a rate of r entries per second
@@ -116,6 +117,9 @@ pub struct Finding {
     pub port_share: Option<f64>,
     pub explanation: &'static str,
     pub fix: &'static str,
+    /// The code path that opened the socket (for churn: the latest connection toward the
+    /// remote); `null` when stacks were off, not captured, or the socket predates the trace.
+    pub stack: Option<Arc<OpenStack>>,
 }
 
 fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -179,6 +183,7 @@ pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
                 port_share: None,
                 explanation: kind.explanation(),
                 fix: kind.fix(),
+                stack: s.stack.clone(),
             })
         })
         .collect();
@@ -206,6 +211,7 @@ pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
             port_share: Some((share * 10_000.0).round() / 10_000.0),
             explanation: kind.explanation(),
             fix: kind.fix(),
+            stack: counter.stack.clone(),
         });
     }
     findings.sort_by_key(|f| (f.pid, f.kind, f.fd, f.remote));
@@ -254,6 +260,7 @@ mod tests {
             fd: Some(7),
             skaddr: SK,
             endpoints: Some(endpoints()),
+            stack: None,
         }
     }
 

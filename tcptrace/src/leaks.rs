@@ -13,7 +13,9 @@ use crate::{
     collector::Collector,
     findings::{self, Limits},
     ports::{DEFAULT_EPHEMERAL_PORTS, ephemeral_ports},
+    probes::Counters,
     report::{Report, RunInfo},
+    stacks::StacksMode,
     stop::stop_signal,
 };
 
@@ -40,7 +42,7 @@ impl DetectArgs {
 }
 
 pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
-    let options = args.probe.to_options()?;
+    let options = args.probe.to_options(StacksMode::User)?;
     let mut warnings = Vec::new();
     let limits = args.detect.limits(&mut warnings);
     let mut collector = Collector::start(&options, args.detect.capacity()).await?;
@@ -93,6 +95,10 @@ pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
         warnings.push(format!("kernel counters unreadable ({e:#}): losses may be unreported"));
         Default::default()
     });
+    let counters = Counters {
+        stack_failures: counters.stack_failures + collector.unreadable_stacks(),
+        ..counters
+    };
     let report = Report::build(
         collector.agg(),
         found,

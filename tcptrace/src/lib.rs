@@ -7,7 +7,8 @@
 //! records. `inventory` reads the sockets that already exist (sock_diag, /proc), `aggregate`
 //! keeps each socket's lifecycle and per-process statistics, `findings` turns them into leak
 //! findings and `report` prints them; `collector` is the event loop `leaks` and `top` share.
-//! `symbolize` turns captured stack addresses into functions, file:line and modules.
+//! `stacks` reads the code path the kernel captured at each open and names its open site, with
+//! `symbolize` turning addresses into functions, file:line and modules.
 //! `cli`, `trace`, `leaks` and `top` are the commands.
 
 pub mod aggregate;
@@ -19,6 +20,7 @@ pub mod collector;
 pub mod connections;
 pub mod decode;
 pub mod findings;
+pub mod groups;
 pub mod inventory;
 pub mod inventory_filter;
 pub mod leaks;
@@ -28,6 +30,7 @@ pub mod privileges;
 pub mod probes;
 pub mod prog_stats;
 pub mod report;
+pub mod stacks;
 pub mod stop;
 pub mod stream;
 pub mod symbolize;

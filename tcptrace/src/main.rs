@@ -3,7 +3,9 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tcptrace::{
     cli::{Cli, Command, UsageError},
-    leaks, privileges, top, trace,
+    leaks, privileges,
+    stacks::StacksMode,
+    top, trace,
 };
 
 /// Status for bad input (clap uses the same for bad flags).
@@ -38,7 +40,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Leaks(args) => &args.probe,
         Command::Top(args) => &args.probe,
     };
-    probe.to_options()?;
+    probe.to_options(StacksMode::Off)?;
     if let Some(missing) = privileges::missing() {
         anyhow::bail!(missing);
     }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::{
     close_hook::CloseHook,
     connections::{Record, RecordKind},
+    stacks::OpenStack,
 };
 
 /// Maps the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
@@ -101,6 +102,7 @@ struct JsonRecord<'a> {
     lifetime_ms: Option<f64>,
     skaddr: String,
     close_hook: &'static str,
+    stack: Option<&'a OpenStack>,
 }
 
 impl<W: Write> Renderer<W> {
@@ -163,7 +165,12 @@ impl<W: Write> Renderer<W> {
             endpoint(r.endpoints.map(|e| e.remote)),
             event,
             detail
-        )
+        )?;
+        // Under the open, innermost first, as bpftrace prints ustack.
+        for frame in r.stack.iter().flat_map(|stack| &stack.frames) {
+            writeln!(self.out, "{:>17}{}", "", frame.display())?;
+        }
+        Ok(())
     }
 
     fn json(&mut self, r: &Record) -> io::Result<()> {
@@ -203,6 +210,7 @@ impl<W: Write> Renderer<W> {
             },
             skaddr: format!("{:#x}", r.skaddr),
             close_hook: self.close_hook.name(),
+            stack: r.stack.as_deref(),
         };
         serde_json::to_writer(&mut self.out, &record)?;
         self.out.write_all(b"\n")
@@ -227,6 +235,7 @@ mod tests {
                 local: "127.0.0.1:40000".parse().unwrap(),
                 remote: "127.0.0.1:80".parse().unwrap(),
             }),
+            stack: None,
         }
     }
 
@@ -258,7 +267,8 @@ mod tests {
         assert_eq!(v["family"], "ipv4");
         assert_eq!(v["rport"], 80);
         assert!(v["reason"].is_null());
-        assert_eq!(v.as_object().unwrap().len(), 19);
+        assert!(v["stack"].is_null());
+        assert_eq!(v.as_object().unwrap().len(), 20);
     }
 
     #[test]

@@ -6,18 +6,19 @@ use std::os::fd::AsFd as _;
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{FEntry, KProbe, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
-    CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_LOST_EVENTS, COUNTER_OWNER_MAP_FULL, Filter,
-    KernelOffsets,
+    CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_LOST_EVENTS, COUNTER_OWNER_MAP_FULL,
+    COUNTER_STACK_FAILED, Filter, KernelOffsets, Settings,
 };
 
 use crate::{
     btf_offsets::{KernelBtf, OffsetError},
     close_hook::{CloseHook, CloseHookChoice},
     prog_stats::recursion_misses,
+    stacks::{StackResolver, StacksMode},
     stream::EventStream,
     tracefs,
 };
@@ -39,6 +40,7 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("sys_enter_dup3", "syscalls", "sys_enter_dup3", false),
     ("sys_enter_close_range", "syscalls", "sys_enter_close_range", false),
     ("sched_process_exit", "sched", "sched_process_exit", true),
+    ("sched_process_exec", "sched", "sched_process_exec", false),
 ];
 
 /// (program, tracepoint, classic fallback program). Raw tracepoints read the `struct sock` with
@@ -55,7 +57,13 @@ pub struct ProbeOptions {
     pub close_hook: CloseHookChoice,
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
+    pub stacks: StacksMode,
 }
+
+/// Distinct stacks the kernel's stack map holds: 127 frames of 8 bytes each, so 16 MiB of
+/// kernel memory (bcc's tools use the same size). Distinct open sites are few; a full map, or
+/// a new stack whose hash bucket is taken, is a counted failure.
+const STACK_MAP_ENTRIES: u32 = 16_384;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -71,6 +79,8 @@ pub struct Counters {
     pub missed_runs: u64,
     pub owner_map_full: u64,
     pub ctx_map_full: u64,
+    /// Stacks the kernel could not capture (see `STACK_MAP_ENTRIES`).
+    pub stack_failures: u64,
 }
 
 pub struct Probes {
@@ -137,10 +147,13 @@ impl Probes {
             }
         };
 
+        let settings = Settings { stacks: options.stacks.bits(), ..Settings::none() };
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER", &options.filter, true)
             .override_global("OFFSETS", &offsets, true)
+            .override_global("SETTINGS", &settings, true)
             .map_max_entries("EVENTS", options.ring_bytes)
+            .map_max_entries("STACKS", if settings.stacks == 0 { 1 } else { STACK_MAP_ENTRIES })
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the BPF object: {}", reason(&e)))?;
 
@@ -195,6 +208,15 @@ impl Probes {
         EventStream::new(ring).context("registering the ring buffer with tokio")
     }
 
+    /// The stack map and a symbolizer for it; `None` with `--stacks off`.
+    pub fn stacks(&mut self, mode: StacksMode) -> anyhow::Result<Option<StackResolver>> {
+        if mode == StacksMode::Off {
+            return Ok(None);
+        }
+        let map = self.ebpf.take_map("STACKS").context("stack map already taken")?;
+        Ok(Some(StackResolver::new(StackTraceMap::try_from(map)?)))
+    }
+
     pub fn counters(&self) -> anyhow::Result<Counters> {
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("map COUNTERS missing")?)?;
@@ -215,6 +237,7 @@ impl Probes {
             missed_runs,
             owner_map_full: sum(COUNTER_OWNER_MAP_FULL)?,
             ctx_map_full: sum(COUNTER_CTX_MAP_FULL)?,
+            stack_failures: sum(COUNTER_STACK_FAILED)?,
         })
     }
 }

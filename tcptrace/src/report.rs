@@ -1,4 +1,5 @@
-//! The `tcptrace leaks` report: one JSON document (schema in README) or text grouped by process.
+//! The `tcptrace leaks` report: one JSON document (schema in README) or text by process, each
+//! process's findings grouped by open site.
 
 use std::{
     collections::BTreeMap,
@@ -12,6 +13,7 @@ use crate::{
     aggregate::{Aggregator, Percentiles},
     close_hook::CloseHook,
     findings::{Finding, FindingKind, Limits},
+    groups::{FindingGroup, group},
     probes::Counters,
 };
 
@@ -24,9 +26,13 @@ pub struct Report {
     pub events_lost: u64,
     pub evicted: u64,
     pub sweeps: u64,
+    /// Opens whose stack could not be captured or read.
+    pub stack_failures: u64,
     pub limits: Limits,
     pub warnings: Vec<String>,
     pub processes: Vec<ProcessReport>,
+    /// The findings by (process, kind, open site).
+    pub groups: Vec<FindingGroup>,
     pub findings: Vec<Finding>,
 }
 
@@ -80,6 +86,12 @@ impl Report {
                 agg.evicted
             ));
         }
+        if counters.stack_failures > 0 {
+            warnings.push(format!(
+                "{} stacks were not captured (stack map full, or a hash collision): those findings have no code path",
+                counters.stack_failures
+            ));
+        }
         if counters.owner_map_full > 0 {
             warnings.push(format!(
                 "{} sockets opened while the kernel owner map was full: their owner may be unknown",
@@ -129,9 +141,11 @@ impl Report {
             events_lost,
             evicted: agg.evicted,
             sweeps: agg.sweeps,
+            stack_failures: counters.stack_failures,
             limits,
             warnings,
             processes,
+            groups: group(&findings),
             findings,
         }
     }
@@ -185,8 +199,12 @@ impl Report {
                 p.time_wait_per_s,
                 lifetime
             )?;
-            for f in self.findings.iter().filter(|f| f.pid == p.pid) {
-                write_finding(out, f)?;
+            for g in self.groups.iter().filter(|g| g.pid == p.pid) {
+                match self.findings.get(g.first_finding) {
+                    Some(f) if g.findings == 1 => write_finding(out, f)?,
+                    _ => write_group_line(out, g)?,
+                }
+                write_group_details(out, g)?;
             }
         }
         if self.findings.is_empty() {
@@ -194,6 +212,52 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// Frames of a stack the text report shows; JSON has them all.
+const TEXT_FRAMES: usize = 12;
+
+/// A group of several findings in one line: kind, count, oldest age, the main remotes.
+fn write_group_line(out: &mut impl Write, g: &FindingGroup) -> io::Result<()> {
+    let mut remotes: Vec<String> =
+        g.remotes.iter().take(3).map(|r| format!("{} ×{}", r.remote, r.count)).collect();
+    if g.remotes_total > 3 {
+        remotes.push(format!("+{} more", g.remotes_total - 3));
+    }
+    let what = match g.kind {
+        FindingKind::TimeWaitChurn => format!("{} TIME_WAIT entries", g.count),
+        _ => format!("{} sockets", g.count),
+    };
+    let oldest =
+        g.oldest_age.map(|a| format!(", oldest {:.0}s", a.as_secs_f64())).unwrap_or_default();
+    let fds: Vec<String> = g.fds.iter().take(8).map(i32::to_string).collect();
+    let fds = match g.fds.len() {
+        0 => String::new(),
+        n if n > 8 => format!(", fds {} ...", fds.join(" ")),
+        _ => format!(", fds {}", fds.join(" ")),
+    };
+    writeln!(out, "  {:<17} {what}{oldest}{fds} -> {}", g.kind.name(), remotes.join(", "))
+}
+
+/// Under a group's first line: the open site and the stack, then the explanation and the fix.
+fn write_group_details(out: &mut impl Write, g: &FindingGroup) -> io::Result<()> {
+    if let Some(site) = &g.site {
+        writeln!(out, "      opened at {site}")?;
+    }
+    writeln!(out, "      {}; fix: {}", g.explanation, g.fix)?;
+    if let Some(stack) = &g.stack {
+        // The system-call plumbing before the program's own frames, and the runtime's start-up
+        // after main, are in the JSON report.
+        let own = stack.to_main();
+        let frames = if own.is_empty() { &stack.frames[..] } else { own };
+        for frame in frames.iter().take(TEXT_FRAMES) {
+            writeln!(out, "        {}", frame.display())?;
+        }
+        if frames.len() > TEXT_FRAMES {
+            writeln!(out, "        ... {} more frames (--json)", frames.len() - TEXT_FRAMES)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_finding(out: &mut impl Write, f: &Finding) -> io::Result<()> {
@@ -232,7 +296,7 @@ fn write_finding(out: &mut impl Write, f: &Finding) -> io::Result<()> {
             )?;
         }
     }
-    writeln!(out, "      {}; fix: {}", f.explanation, f.fix)
+    Ok(())
 }
 
 fn round2(x: f64) -> f64 {
@@ -264,8 +328,22 @@ mod tests {
             fd: Some(3),
             skaddr,
             endpoints: Some(endpoints),
+            stack: None,
         };
-        agg.apply(&record(1, 1, RecordKind::Connect));
+        let stack = crate::stacks::OpenStack {
+            key: (Some(1), None),
+            frames: vec![crate::symbolize::Frame {
+                addr: 0x5555_0000_1000,
+                symbol: Some("db_checkout".to_owned()),
+                file: Some("/src/leaky.c".to_owned()),
+                line: Some(87),
+                module: Some("/usr/bin/leaky".to_owned()),
+            }],
+        };
+        agg.apply(&Record {
+            stack: Some(std::sync::Arc::new(stack)),
+            ..record(1, 1, RecordKind::Connect)
+        });
         agg.apply(&record(
             1,
             1,
@@ -338,6 +416,9 @@ mod tests {
             ("finding", &report["findings"][0]),
             ("finding", &report["findings"][1]),
             ("limits", &report["limits"]),
+            ("group", &report["groups"][0]),
+            ("frame", &report["findings"][0]["stack"][0]),
+            ("remote", &report["groups"][0]["remotes"][0]),
             ("lifetimes", &report["processes"][0]["lifetime_ms"]),
         ];
         for (what, object) in objects {
@@ -350,6 +431,8 @@ mod tests {
         let kinds: Vec<_> =
             report["findings"].as_array().unwrap().iter().map(|f| f["kind"].clone()).collect();
         assert_eq!(kinds, ["close-wait", "time-wait-churn"]);
+        assert_eq!(report["findings"][0]["stack"][0]["symbol"], "db_checkout");
+        assert_eq!(report["groups"].as_array().unwrap().len(), 2);
         assert_eq!(report["events_lost"], 1);
         assert_eq!(report["warnings"].as_array().unwrap().len(), 1, "lost events are explained");
     }
@@ -367,6 +450,7 @@ mod tests {
                 fd: Some(5),
                 skaddr: 1,
                 endpoints: None,
+                stack: None,
             };
             agg.apply(&record);
             let limits = Limits {

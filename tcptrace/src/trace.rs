@@ -13,6 +13,7 @@ use crate::{
     decode::Event,
     output::{Clock, Format, Renderer},
     probes::Probes,
+    stacks::{StackResolver, StacksMode},
     stop::stop_signal,
 };
 
@@ -20,9 +21,10 @@ use crate::{
 const MAX_TRACKED: usize = 1 << 20;
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
-    let options = args.probe.to_options()?;
+    let options = args.probe.to_options(StacksMode::Off)?;
     let mut probes = Probes::load(&options)?;
     let mut stream = probes.events()?;
+    let stacks = probes.stacks(options.stacks)?;
     eprintln!(
         "tcptrace: tracing TCP connections (close hook: {}); Ctrl-C to stop",
         probes.close_hook()
@@ -34,8 +36,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let format = if args.json { Format::Json } else { Format::Text };
     let mut renderer =
         Renderer::new(BufWriter::new(io::stdout()), format, Clock::now(), probes.close_hook());
-    let mut session =
-        Session { conns: Connections::new(MAX_TRACKED), records: Vec::new(), decode_errors: 0 };
+    let mut session = Session {
+        conns: Connections::new(MAX_TRACKED),
+        records: Vec::new(),
+        stacks,
+        decode_errors: 0,
+    };
 
     let mut stop = pin!(stop_signal(args.duration)?);
 
@@ -93,6 +99,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             counters.owner_map_full
         );
     }
+    let unreadable = session.stacks.as_ref().map_or(0, |s| s.unreadable);
+    if counters.stack_failures + unreadable > 0 {
+        eprintln!(
+            "tcptrace: {} stacks not captured (stack map full or a hash collision): those opens show no code path",
+            counters.stack_failures + unreadable
+        );
+    }
     if session.decode_errors > 0 {
         eprintln!("tcptrace: {} malformed events skipped", session.decode_errors);
     }
@@ -108,6 +121,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 struct Session {
     conns: Connections,
     records: Vec<crate::connections::Record>,
+    stacks: Option<StackResolver>,
     decode_errors: u64,
 }
 
@@ -119,6 +133,9 @@ impl Session {
         };
         self.records.clear();
         self.conns.apply(&event, &mut self.records);
+        if let Some(stacks) = &mut self.stacks {
+            stacks.attach(&event, &mut self.records);
+        }
         for record in &self.records {
             renderer.record(record)?;
         }

@@ -35,6 +35,7 @@ fn bad_flags_are_usage_errors_with_status_2() {
         &["leaks", "--min-age", "soon"],
         &["leaks", "--time-wait-rate", "0"],
         &["leaks", "-p", "999999999"],
+        &["leaks", "--stacks", "all"],
         &["top", "--sort", "size"],
         &["top", "--interval", "0s"],
     ] {

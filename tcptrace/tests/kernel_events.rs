@@ -16,10 +16,13 @@ use std::{
 };
 
 use common::*;
-use tcptrace::decode::{
-    EventKind,
-    ReleaseReason::{Close as ByClose, Exit as ByExit},
-    TcpState::{Close, Established, FinWait1, FinWait2, Listen, SynSent},
+use tcptrace::{
+    decode::{
+        Event, EventKind,
+        ReleaseReason::{Close as ByClose, Exit as ByExit},
+        TcpState::{Close, Established, FinWait1, FinWait2, Listen, SynSent},
+    },
+    stacks::StacksMode,
 };
 use tcptrace_common::Filter;
 
@@ -515,4 +518,42 @@ fn a_burst_of_connections_loses_no_state_change() {
     assert!(closes(&h) <= 2 * CONNECTIONS, "no CLOSE is reported twice");
     let counters = h.counters();
     assert_eq!((counters.owner_map_full, counters.ctx_map_full), (0, 0));
+}
+
+/// With stacks on, connect and accept carry the ids of the stacks captured in the opening
+/// thread: the kernel's shows the TCP connect path, the user one this test's own frames.
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn connect_and_accept_carry_their_stacks() {
+    let _serial = no_forks();
+    let listener = listen(LOCALHOST_V4);
+    let port = addr_of(&listener).port();
+    let mut h = Harness::load_with(Filter { port, ..Filter::none() }, StacksMode::Both);
+    let mut stacks = h.stacks();
+    let me = Task::current();
+
+    let _client = connect(addr_of(&listener));
+    let _server = accept(&listener);
+    h.wait_until("a connect and an accept", |h| {
+        let opens = h.events.iter().filter(|e| is_open(e));
+        opens.count() == 2
+    });
+    for event in h.events.iter().filter(|e| is_open(e)) {
+        assert!(event.stacks.user.is_some() && event.stacks.kernel.is_some(), "{event:?}");
+        let stack = stacks.resolve(me.pid, event.stacks).expect("a readable stack");
+        let symbols: Vec<&str> = stack.frames.iter().filter_map(|f| f.symbol.as_deref()).collect();
+        let kernel = stack.frames.iter().filter(|f| f.addr >= 1 << 63).count();
+        assert!(kernel > 0 && kernel < stack.frames.len(), "kernel then user frames: {symbols:?}");
+        if event.kind == EventKind::Connect {
+            assert!(symbols.contains(&"tcp_v4_connect"), "{symbols:?}");
+        }
+        // The program that ran, and the tracing code that called it, are left out.
+        assert!(!symbols.iter().any(|s| s.starts_with("bpf_prog_")), "{symbols:?}");
+    }
+    let counters = h.counters();
+    assert_eq!(counters.stack_failures, 0);
+}
+
+fn is_open(event: &Event) -> bool {
+    matches!(event.kind, EventKind::Connect | EventKind::Accept { .. })
 }

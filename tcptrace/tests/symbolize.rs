@@ -311,6 +311,31 @@ fn exited_process() {
     assert_eq!(frame.display(), format!("{open_conn:#x}"));
 }
 
+/// A process looked up once while alive: its mappings are kept, so addresses first looked up
+/// after it exited (a second stack of a short-lived client) are still found in its files.
+#[test]
+fn addresses_of_a_process_seen_alive_resolve_after_it_exits() {
+    for fixture in [Fixture::C, Fixture::Rust] {
+        let (running, addrs) = fixture.print_addrs();
+        let pid = running.pid();
+        let mut symbolizer = Symbolizer::new();
+        let first = single(symbolizer.user(pid, &[addrs.function("open_conn")]));
+        assert!(first.symbol.is_some_and(|s| s.ends_with("open_conn")));
+        assert!(running.finish().success());
+
+        let frames = symbolizer.user_stack(pid, &[addrs.checkout_return]);
+        let frame = frames.last().expect("a frame");
+        assert!(frame.symbol.as_deref().is_some_and(|s| s.ends_with("db_checkout")), "{frames:#?}");
+        assert_eq!(frame.line, Some(addrs.checkout_call_line), "{frames:#?}");
+        assert_eq!(frame.addr, addrs.checkout_return);
+        assert_eq!(frame.module.as_deref().map(Path::new), Some(fixture.binary()));
+        // Forgotten at exit: nothing is left of it.
+        symbolizer.forget(pid);
+        let gone = symbolizer.user_stack(pid, &[addrs.checkout_return + 0x10]);
+        assert_eq!(gone, [Frame::unknown(addrs.checkout_return + 0x10, None)]);
+    }
+}
+
 #[test]
 fn addrs_are_printed() {
     // The parser of --print-addrs reads every field (a fixture change that breaks the format

@@ -100,7 +100,7 @@ fn test(host_only: bool) -> Result<()> {
 /// compile their fixtures with gcc and rustc; the VM's initramfs holds busybox and the test
 /// binaries only. `leaks` itself runs in the VM (cli_trace), without the inventory, as it would
 /// on such a host.
-const HOST_ONLY_TESTS: &[&str] = &["leaks_scenarios", "inventory", "symbolize"];
+const HOST_ONLY_TESTS: &[&str] = &["leaks_scenarios", "inventory", "symbolize", "stacks"];
 
 /// Test executables of the tcptrace package (unit tests and integration tests), built once.
 fn build_test_binaries() -> Result<Vec<(String, PathBuf)>> {

@@ -1,13 +1,18 @@
 //! TIME_WAIT entries per (process, remote): the churn that exhausts ephemeral ports.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use crate::stacks::OpenStack;
 
 /// Entries toward one remote.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ChurnCounter {
     pub entries: u64,
     pub first_ns: u64,
     pub last_ns: u64,
+    /// The code path that opened the latest of these connections, when stacks are captured:
+    /// a loop opening a connection per iteration has one.
+    pub stack: Option<Arc<OpenStack>>,
 }
 
 impl ChurnCounter {
@@ -30,15 +35,25 @@ pub struct Churn {
 }
 
 impl Churn {
-    pub fn record(&mut self, pid: u32, remote: SocketAddr, ts_ns: u64) {
-        self.counters
-            .entry((pid, remote))
-            .and_modify(|c| {
-                c.entries += 1;
-                c.first_ns = c.first_ns.min(ts_ns);
-                c.last_ns = c.last_ns.max(ts_ns);
-            })
-            .or_insert(ChurnCounter { entries: 1, first_ns: ts_ns, last_ns: ts_ns });
+    pub fn record(
+        &mut self,
+        pid: u32,
+        remote: SocketAddr,
+        ts_ns: u64,
+        stack: Option<Arc<OpenStack>>,
+    ) {
+        let counter = self.counters.entry((pid, remote)).or_insert(ChurnCounter {
+            entries: 0,
+            first_ns: ts_ns,
+            last_ns: ts_ns,
+            stack: None,
+        });
+        counter.entries += 1;
+        counter.first_ns = counter.first_ns.min(ts_ns);
+        counter.last_ns = counter.last_ns.max(ts_ns);
+        if stack.is_some() {
+            counter.stack = stack;
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u32, SocketAddr, &ChurnCounter)> {
@@ -56,7 +71,7 @@ mod tests {
         let remote: SocketAddr = "10.0.0.2:80".parse().unwrap();
         // 101 entries, one every 10 ms, starting late in the trace: 100/s.
         for i in 0..=100u64 {
-            churn.record(7, remote, 5_000_000_000 + i * 10_000_000);
+            churn.record(7, remote, 5_000_000_000 + i * 10_000_000, None);
         }
         let (_, _, c) = churn.iter().next().unwrap();
         assert_eq!(c.entries, 101);
@@ -68,7 +83,7 @@ mod tests {
         let mut churn = Churn::default();
         let remote: SocketAddr = "10.0.0.2:80".parse().unwrap();
         for i in 0..5u64 {
-            churn.record(7, remote, i * 1_000);
+            churn.record(7, remote, i * 1_000, None);
         }
         assert_eq!(churn.iter().next().unwrap().2.rate_per_s(), 5.0);
     }

@@ -159,10 +159,11 @@ impl Aggregator {
                 let known = self.sockets.get(&record.skaddr);
                 let pid = known.and_then(|s| s.pid).or(record.pid);
                 let remote = record.endpoints.map(|e| e.remote).or(known.and_then(|s| s.remote));
+                let stack = known.and_then(|s| s.stack.clone());
                 if let Some(pid) = pid {
                     self.process(pid, None).time_wait_entries += 1;
                     if let Some(remote) = remote {
-                        self.churn.record(pid, remote, ts);
+                        self.churn.record(pid, remote, ts, stack);
                     }
                 }
             }
@@ -229,6 +230,7 @@ impl Aggregator {
         socket.pid = record.pid;
         socket.fd = record.fd;
         socket.released = false;
+        socket.stack.clone_from(&record.stack);
         set_endpoints(&mut socket, record);
         if direction == Direction::Active {
             socket.connect_started_ns = Some(ts);

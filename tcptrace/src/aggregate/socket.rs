@@ -1,10 +1,10 @@
 //! What the aggregator knows about one socket.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use serde::Serialize;
 
-use crate::decode::TcpState;
+use crate::{decode::TcpState, stacks::OpenStack};
 
 /// Where tcptrace learned of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,6 +51,8 @@ pub struct TrackedSocket {
     pub keepalive: Option<bool>,
     /// When connect() was called, until the handshake completes (connect latency).
     pub connect_started_ns: Option<u64>,
+    /// The code path that opened it, when stacks are captured.
+    pub stack: Option<Arc<OpenStack>>,
 }
 
 impl TrackedSocket {
@@ -71,6 +73,7 @@ impl TrackedSocket {
             idle_measured_ns: now_ns,
             keepalive: None,
             connect_started_ns: None,
+            stack: None,
         }
     }
 

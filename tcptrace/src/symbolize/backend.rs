@@ -14,7 +14,7 @@ use blazesym::{
     MaybeDefault, Pid,
     symbolize::{
         Input, Symbolizer as Blazesym, evict,
-        source::{Kernel, Process, Source},
+        source::{Elf, Kernel, Process, Source},
     },
 };
 
@@ -71,6 +71,18 @@ impl Backend {
                 convert::frames(addr, &symbolized)
             })
             .collect()
+    }
+
+    /// The frames of each file offset in the ELF file `path` (an executable or shared object a
+    /// process mapped): for processes that are gone, whose mappings were kept.
+    pub fn file(&mut self, path: &Path, offsets: &[u64]) -> Vec<Option<Frames>> {
+        let source = Source::Elf(Elf::new(path));
+        match self.user.symbolize(&source, Input::FileOffset(offsets)) {
+            Ok(symbolized) => {
+                offsets.iter().zip(&symbolized).map(|(&at, sym)| convert::frames(at, sym)).collect()
+            }
+            Err(_) => vec![None; offsets.len()],
+        }
     }
 
     /// The frames of each kernel address (from /proc/kallsyms); `None` for those nothing

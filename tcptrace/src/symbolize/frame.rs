@@ -10,7 +10,9 @@ use serde::Serialize;
 /// (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Frame {
-    /// The address the caller passed.
+    /// The address the caller passed; JSON has it as a hex string (`"0x7f0c1a2b3c4d"`): as a
+    /// number it would lose precision in JavaScript and jq.
+    #[serde(serialize_with = "hex")]
     pub addr: u64,
     /// The function, demangled (`leaky::db_checkout`, `std::net::tcp::TcpStream::connect`);
     /// `None` when nothing covers the address.
@@ -49,6 +51,10 @@ impl Frame {
             },
         }
     }
+}
+
+fn hex<S: serde::Serializer>(addr: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{addr:#x}"))
 }
 
 /// The last component of a path; the whole string when it has none (`[vdso]`, `/`).
@@ -117,7 +123,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&frame).unwrap(),
             serde_json::json!({
-                "addr": 0x7f0c_1a2b_3c4d_u64,
+                "addr": "0x7f0c1a2b3c4d",
                 "symbol": "open_conn",
                 "file": "/src/leaky.c",
                 "line": 70,

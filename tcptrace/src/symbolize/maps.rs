@@ -1,8 +1,11 @@
-//! Which mapping of a process holds an address, for the addresses nothing resolved.
+//! A process's mappings: which file (and where in it) holds an address. Kept from the first
+//! lookup of a live process, they still place its addresses in files once it has exited.
+
+use std::path::PathBuf;
 
 use procfs::process::{MMapPath, MemoryMaps, Process};
 
-/// A process's mappings, read once for all of a call's unresolved addresses.
+/// A process's mappings, as `/proc/<pid>/maps` listed them when read.
 pub struct Mappings(Option<MemoryMaps>);
 
 impl Mappings {
@@ -15,6 +18,16 @@ impl Mappings {
     /// Whether the maps could be read (the process was there).
     pub fn is_readable(&self) -> bool {
         self.0.is_some()
+    }
+
+    /// The file mapped at `addr` and the offset of `addr` in it; `None` outside file mappings.
+    pub fn file_offset(&self, addr: u64) -> Option<(PathBuf, u64)> {
+        let map =
+            self.0.as_ref()?.iter().find(|map| (map.address.0..map.address.1).contains(&addr))?;
+        match &map.pathname {
+            MMapPath::Path(path) => Some((path.clone(), addr - map.address.0 + map.offset)),
+            _ => None,
+        }
     }
 
     /// The module holding `addr`: a file's path or a pseudo-path (`[vdso]`, `[heap]`,

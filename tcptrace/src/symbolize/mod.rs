@@ -4,7 +4,10 @@
 //! User-space addresses are symbolized while the process lives (its `/proc/<pid>/maps` says
 //! which file each address is in): the caller does it when the open event arrives, and calls
 //! [`Symbolizer::forget`] when the process exits or execs (an exec replaces every mapping under
-//! the same pid). Results are cached by (pid, address), bounded (see `cache`).
+//! the same pid). A process's mappings are kept from its first lookup, so addresses looked up
+//! after it has exited (a second stack still in the ring buffer when the first one took a while)
+//! are found in the files it had mapped. Results are cached by (pid, address), bounded (see
+//! `cache`).
 //!
 //! Lookups go through blazesym: ELF symbols, DWARF line and inline information when present
 //! (in the binary, or a split debug file found by build id or debug link under
@@ -32,8 +35,10 @@ mod frame;
 mod maps;
 
 use std::{
+    collections::HashMap,
     fs::File,
     io::{BufRead, BufReader},
+    path::{Path, PathBuf},
 };
 
 pub use self::frame::Frame;
@@ -48,6 +53,8 @@ pub struct Symbolizer {
     backend: Backend,
     user_cache: FrameCache,
     kernel_cache: FrameCache,
+    /// Each process's mappings, from its first lookup until it is forgotten.
+    mappings: HashMap<u32, Mappings>,
 }
 
 /// The kernel's addresses are cached under this pid (no user process has it).
@@ -74,6 +81,7 @@ impl Symbolizer {
             backend: Backend::new(),
             user_cache: FrameCache::new(addresses),
             kernel_cache: FrameCache::new(addresses),
+            mappings: HashMap::new(),
         }
     }
 
@@ -116,6 +124,7 @@ impl Symbolizer {
     pub fn forget(&mut self, pid: u32) {
         self.user_cache.forget(pid);
         self.backend.forget(pid);
+        self.mappings.remove(&pid);
     }
 
     /// User-space and kernel addresses cached now.
@@ -124,25 +133,56 @@ impl Symbolizer {
     }
 
     fn resolve_user(&mut self, pid: u32, addrs: &[u64], adjust: u64) -> Vec<Frame> {
-        let Self { backend, user_cache, .. } = self;
+        let Self { backend, user_cache, mappings, .. } = self;
+        // Read while the process is surely there: this lookup is about its fresh stack.
+        let mappings = mappings.entry(pid).or_insert_with(|| Mappings::read(pid));
         lookup(user_cache, pid, addrs, adjust, |misses| {
-            let found = backend.user(pid, misses);
-            let mut mappings = None;
+            let mut found = backend.user(pid, misses);
+            let gone = !Path::new(&format!("/proc/{pid}")).exists();
+            if gone && mappings.is_readable() {
+                in_files(backend, mappings, misses, &mut found);
+            }
             let frames = found
                 .into_iter()
                 .zip(misses)
                 .map(|(frames, &addr)| {
-                    frames.unwrap_or_else(|| {
-                        let mappings = mappings.get_or_insert_with(|| Mappings::read(pid));
-                        unknown(addr, mappings.module(addr))
-                    })
+                    frames.unwrap_or_else(|| unknown(addr, mappings.module(addr)))
                 })
                 .collect();
-            // Unresolved addresses of a process that is gone are not worth keeping: its pid
-            // may come back as another process.
-            let alive = mappings.is_none_or(|mappings| mappings.is_readable());
-            (frames, alive)
+            // Unresolved addresses of a process that is gone, and never seen alive, are not
+            // worth keeping: its pid may come back as another process.
+            (frames, !gone || mappings.is_readable())
         })
+    }
+}
+
+/// Fills the unresolved `found` entries of `addrs` from the files `mappings` place them in.
+fn in_files(
+    backend: &mut Backend,
+    mappings: &Mappings,
+    addrs: &[u64],
+    found: &mut [Option<Frames>],
+) {
+    let mut by_file: HashMap<PathBuf, Vec<(usize, u64)>> = HashMap::new();
+    for (i, &addr) in addrs.iter().enumerate() {
+        if found[i].is_none()
+            && let Some((path, offset)) = mappings.file_offset(addr)
+        {
+            by_file.entry(path).or_default().push((i, offset));
+        }
+    }
+    for (path, wanted) in by_file {
+        let offsets: Vec<u64> = wanted.iter().map(|&(_, offset)| offset).collect();
+        let module = path.to_string_lossy().into_owned();
+        for ((i, _), frames) in wanted.into_iter().zip(backend.file(&path, &offsets)) {
+            // As a live lookup gives them: the address itself, and the file as the module.
+            found[i] = frames.map(|frames| {
+                frames
+                    .into_iter()
+                    .map(|frame| Frame { addr: addrs[i], module: Some(module.clone()), ..frame })
+                    .collect()
+            });
+        }
     }
 }
 

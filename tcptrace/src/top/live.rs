@@ -16,6 +16,7 @@ use crate::{
     collector::Collector,
     decode::TcpState,
     findings::{self, Limits},
+    stacks::StacksMode,
     stop::stop_signal,
 };
 
@@ -101,7 +102,7 @@ fn rows(agg: &Aggregator, limits: &Limits) -> Vec<Row> {
 }
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
-    let options = args.probe.to_options()?;
+    let options = args.probe.to_options(StacksMode::Off)?;
     let mut warnings = Vec::new();
     let limits = args.detect.limits(&mut warnings);
     let mut collector = Collector::start(&options, args.detect.capacity()).await?;

@@ -22,6 +22,7 @@ use tcptrace::{
         },
     },
     probes::{Counters, ProbeOptions, Probes},
+    stacks::{StackResolver, StacksMode},
     stream::EventStream,
 };
 use tcptrace_common::Filter;
@@ -170,9 +171,14 @@ fn requested_close_hook() -> CloseHookChoice {
 
 impl Harness {
     pub fn load(filter: Filter) -> Self {
+        Self::load_with(filter, StacksMode::Off)
+    }
+
+    /// Probes that capture `stacks` at connect and accept.
+    pub fn load_with(filter: Filter, stacks: StacksMode) -> Self {
         let port = filter.port;
         let choice = requested_close_hook();
-        let options = ProbeOptions { filter, close_hook: choice, ring_bytes: 1 << 20 };
+        let options = ProbeOptions { filter, close_hook: choice, ring_bytes: 1 << 20, stacks };
         let mut probes =
             Probes::load(&options).unwrap_or_else(|e| panic!("loading the probes: {e:#}"));
         let expected = match choice {
@@ -198,6 +204,11 @@ impl Harness {
     /// Probes that only see connections with `port` on either side.
     pub fn on_port(port: u16) -> Self {
         Self::load(Filter { port, ..Filter::none() })
+    }
+
+    /// The stack map, with a symbolizer (probes loaded with stacks on).
+    pub fn stacks(&mut self) -> StackResolver {
+        self.probes.stacks(StacksMode::Both).expect("the stack map").expect("stacks on")
     }
 
     pub fn hook(&self) -> CloseHook {
@@ -385,6 +396,7 @@ fn show_kind(kind: EventKind) -> String {
             format!("release by={} state={}", reason.name(), opt_state(state))
         }
         EventKind::Exit => "exit".to_owned(),
+        EventKind::Exec => "exec".to_owned(),
     }
 }
 

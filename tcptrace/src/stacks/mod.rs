@@ -1,0 +1,242 @@
+//! The code path that opened a connection: the stacks the kernel captured at connect() and
+//! accept(), symbolized while the process lives, and the "open site" a report groups by.
+//!
+//! `resolver` reads the kernel's stack map and symbolizes (with a cache per process); this file
+//! is the result and how it is named in one line.
+
+mod resolver;
+
+use std::{fmt, str::FromStr};
+
+use serde::{Serialize, Serializer};
+
+pub use self::resolver::StackResolver;
+use crate::symbolize::Frame;
+
+/// `--stacks`: which stacks the kernel captures at connect and accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StacksMode {
+    /// The process's stack: the functions that opened the connection.
+    User,
+    /// The kernel's stack (how the system call got to the socket).
+    Kernel,
+    Both,
+    Off,
+}
+
+impl StacksMode {
+    /// The kernel's `Settings::stacks` bits.
+    pub fn bits(self) -> u32 {
+        use tcptrace_common::{STACKS_KERNEL, STACKS_USER};
+        match self {
+            Self::User => STACKS_USER,
+            Self::Kernel => STACKS_KERNEL,
+            Self::Both => STACKS_USER | STACKS_KERNEL,
+            Self::Off => 0,
+        }
+    }
+}
+
+impl fmt::Display for StacksMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::User => "user",
+            Self::Kernel => "kernel",
+            Self::Both => "both",
+            Self::Off => "off",
+        })
+    }
+}
+
+impl FromStr for StacksMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        <Self as clap::ValueEnum>::from_str(s, false)
+    }
+}
+
+/// The `module` of kernel frames outside any module (the kernel image itself).
+pub const KERNEL_MODULE: &str = "[kernel]";
+
+/// One connection's code path: kernel frames (innermost first), then user frames (innermost
+/// first). Equal ids mean equal addresses, so a report groups by `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenStack {
+    /// The kernel's (user, kernel) stack ids.
+    pub key: (Option<u32>, Option<u32>),
+    pub frames: Vec<Frame>,
+}
+
+impl Serialize for OpenStack {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.frames.serialize(s)
+    }
+}
+
+impl OpenStack {
+    /// The frames of the program's own code: user frames past the system-call plumbing (the C
+    /// library, Rust's std and its runtimes, Go's runtime and net package) that only pass the
+    /// call on. All user frames when every one is plumbing.
+    pub fn own_frames(&self) -> &[Frame] {
+        let user = self
+            .frames
+            .iter()
+            .position(|f| f.module.as_deref() != Some(KERNEL_MODULE) && !is_kernel(f))
+            .unwrap_or(self.frames.len());
+        let user = &self.frames[user..];
+        match user.iter().position(|f| !is_plumbing(f)) {
+            Some(first) => &user[first..],
+            None => user,
+        }
+    }
+
+    /// The own frames up to the program's `main` (C's `main`, Rust's `crate::main`, Go's
+    /// `main.main`): what runs before it is the language runtime's start-up.
+    pub fn to_main(&self) -> &[Frame] {
+        let own = self.own_frames();
+        match own.iter().position(|f| f.symbol.as_deref().is_some_and(is_main)) {
+            Some(main) => &own[..=main],
+            None => own,
+        }
+    }
+
+    /// The open site in one line: the innermost own frame and its caller,
+    /// `db_checkout (leaky.c:61) ← handle_orders (leaky.c:75)`; `None` without user frames.
+    pub fn site(&self) -> Option<String> {
+        let own = self.own_frames();
+        let mut names = own.iter().take(2).map(Frame::display);
+        let first = names.next()?;
+        Some(match names.next() {
+            Some(caller) => format!("{first} ← {caller}"),
+            None => first,
+        })
+    }
+}
+
+fn is_main(symbol: &str) -> bool {
+    symbol == "main" || symbol.ends_with("::main") || symbol.ends_with(".main")
+}
+
+/// Kernel addresses are in the top half of the address space on every 64-bit Linux.
+fn is_kernel(frame: &Frame) -> bool {
+    frame.addr >= 1 << 63
+}
+
+/// Frames that only carry a connect() or accept() to the kernel.
+fn is_plumbing(frame: &Frame) -> bool {
+    const LIBRARIES: &[&str] = &["libc.so", "libc-", "ld-linux", "libpthread", "libstd-"];
+    const NAMESPACES: &[&str] = &[
+        "std::",
+        "core::",
+        "alloc::",
+        "socket2::",
+        "mio::",
+        "tokio::net::",
+        "syscall.",
+        "internal/poll.",
+        "net.",
+        "runtime.",
+        "__libc_",
+        "__GI_",
+    ];
+    let library = frame.module.as_deref().is_some_and(|module| {
+        let name = module.rsplit('/').next().unwrap_or(module);
+        LIBRARIES.iter().any(|lib| name.starts_with(lib))
+    });
+    // `<std::net::TcpStream as ...>::connect` names its namespace after the `<`.
+    let symbol = frame.symbol.as_deref().map(|s| s.trim_start_matches('<'));
+    library || symbol.is_some_and(|s| NAMESPACES.iter().any(|ns| s.starts_with(ns)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(addr: u64, symbol: Option<&str>, module: Option<&str>, line: Option<u32>) -> Frame {
+        Frame {
+            addr,
+            symbol: symbol.map(str::to_owned),
+            file: line.map(|_| "/src/leaky.c".to_owned()),
+            line,
+            module: module.map(str::to_owned),
+        }
+    }
+
+    fn c_stack() -> OpenStack {
+        OpenStack {
+            key: (Some(1), Some(2)),
+            frames: vec![
+                frame(0xffff_ffff_8100_0000, Some("__sys_connect"), Some(KERNEL_MODULE), None),
+                frame(0x7f00_0000_1000, Some("__connect"), Some("/lib/libc.so.6"), None),
+                frame(0x5555_0000_1000, Some("db_checkout"), Some("/tmp/leaky"), Some(61)),
+                frame(0x5555_0000_2000, Some("handle_orders"), Some("/tmp/leaky"), Some(75)),
+                frame(0x5555_0000_3000, Some("main"), Some("/tmp/leaky"), Some(90)),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_site_skips_the_kernel_and_the_c_library() {
+        let stack = c_stack();
+        assert_eq!(stack.own_frames().len(), 3);
+        assert_eq!(
+            stack.site().as_deref(),
+            Some("db_checkout (leaky.c:61) ← handle_orders (leaky.c:75)")
+        );
+    }
+
+    #[test]
+    fn the_runtime_start_up_past_main_is_cut() {
+        let mut stack = c_stack();
+        stack.frames.push(frame(0x7f00_0000_2000, Some("__libc_start_main"), None, None));
+        assert_eq!(stack.to_main().len(), 3);
+        assert_eq!(stack.to_main().last().unwrap().symbol.as_deref(), Some("main"));
+    }
+
+    #[test]
+    fn the_site_skips_rust_std() {
+        let stack = OpenStack {
+            key: (Some(1), None),
+            frames: vec![
+                frame(0x7f00_0000_1000, Some("connect"), Some("/lib/libc.so.6"), None),
+                frame(0x5555_0000_0100, Some("std::net::tcp::TcpStream::connect"), None, None),
+                frame(
+                    0x5555_0000_0200,
+                    Some("<std::net::tcp::TcpStream as std::io::Read>::read"),
+                    None,
+                    None,
+                ),
+                frame(0x5555_0000_1000, Some("leaky::open_conn"), Some("/tmp/leaky"), Some(12)),
+            ],
+        };
+        assert_eq!(stack.site().as_deref(), Some("leaky::open_conn (leaky.c:12)"));
+    }
+
+    #[test]
+    fn a_stack_of_plumbing_only_is_named_by_its_first_user_frame() {
+        let stack = OpenStack {
+            key: (Some(1), None),
+            frames: vec![frame(0x7f00_0000_1000, None, Some("/lib/libc.so.6"), None)],
+        };
+        assert_eq!(stack.site().as_deref(), Some("0x7f0000001000 (libc.so.6)"));
+        let kernel_only =
+            OpenStack { key: (None, Some(2)), frames: c_stack().frames[..1].to_vec() };
+        assert_eq!(kernel_only.site(), None);
+    }
+
+    #[test]
+    fn serializes_as_its_frames() {
+        let value = serde_json::to_value(c_stack()).unwrap();
+        assert_eq!(value.as_array().unwrap().len(), 5);
+        assert_eq!(value[2]["symbol"], "db_checkout");
+        assert_eq!(value[2]["line"], 61);
+    }
+
+    #[test]
+    fn modes_parse_and_set_the_kernel_bits() {
+        assert_eq!("both".parse::<StacksMode>().unwrap().bits(), 3);
+        assert_eq!(StacksMode::Off.bits(), 0);
+        assert!("all".parse::<StacksMode>().is_err());
+    }
+}
