@@ -29,7 +29,9 @@ pub struct Filter {
     pub port: u16,
     /// Non-zero: keep only this address family (`AF_INET` or `AF_INET6`).
     pub family: u16,
-    pub _pad0: u32,
+    /// Non-zero: keep only the processes in the `FOLLOWED` map (`tcptrace run`: the command and
+    /// its descendants); `pids` and `comm` are then unused.
+    pub follow: u32,
 }
 
 const _: () = assert!(size_of::<Filter>() == 64);
@@ -43,13 +45,13 @@ impl Filter {
             comm: [0; 16],
             port: 0,
             family: 0,
-            _pad0: 0,
+            follow: 0,
         }
     }
 
     /// A process filter needs the owner map to attribute softirq state changes.
     pub const fn filters_process(&self) -> bool {
-        self.n_pids != 0 || self.has_comm != 0
+        self.n_pids != 0 || self.has_comm != 0 || self.follow != 0
     }
 }
 
@@ -68,14 +70,16 @@ pub const STACKS_KERNEL: u32 = 1 << 1;
 pub struct Settings {
     /// `STACKS_*` bits.
     pub stacks: u32,
-    pub _pad0: u32,
+    /// Offset of `child_pid` in `sched:sched_process_fork` records (it moved when the comm
+    /// fields became `__data_loc` strings), for `Filter::follow`.
+    pub fork_child_pid: u32,
 }
 
 const _: () = assert!(size_of::<Settings>() == 8);
 
 impl Settings {
     pub const fn none() -> Self {
-        Self { stacks: 0, _pad0: 0 }
+        Self { stacks: 0, fork_child_pid: 0 }
     }
 }
 

@@ -11,7 +11,7 @@ pub const KIND_RELEASE: u8 = 4;
 /// `RawEvent::kind`: the last thread of a process exited.
 pub const KIND_EXIT: u8 = 5;
 /// `RawEvent::kind`: the process called execve() (only with stacks on: its cached symbols are
-/// stale).
+/// stale, and the file it runs names the build id of its stacks). Sent as a `RawExec`.
 pub const KIND_EXEC: u8 = 6;
 
 /// `RawEvent::flags`: the change follows a RST received for this socket (`tcp:tcp_receive_reset`).
@@ -111,10 +111,52 @@ pub const COUNTER_OWNER_MAP_FULL: u32 = 1;
 pub const COUNTER_CTX_MAP_FULL: u32 = 2;
 /// A stack could not be captured (`bpf_get_stackid` failed: map full, or a hash collision).
 pub const COUNTER_STACK_FAILED: u32 = 3;
-pub const COUNTER_COUNT: u32 = 4;
+/// A child of a followed process could not be followed (`FOLLOWED` map full).
+pub const COUNTER_FOLLOW_FULL: u32 = 4;
+pub const COUNTER_COUNT: u32 = 5;
 
 /// `RawEvent::user_stack`/`kernel_stack`: no stack captured.
 pub const STACK_NONE: i32 = -1;
+
+/// Frames of a user stack in the `USER_STACKS` map: the innermost ones (a deeper stack loses
+/// its outermost frames, the runtime's start-up).
+pub const USER_STACK_FRAMES: usize = 64;
+
+/// `BuildIdFrame::status` (`enum bpf_stack_build_id_status`): no frame (the stack ended).
+pub const BUILD_ID_EMPTY: i32 = 0;
+/// `BuildIdFrame::status`: `build_id` and `offset` (in that file) are valid.
+pub const BUILD_ID_VALID: i32 = 1;
+/// `BuildIdFrame::status`: only the instruction address is known (anonymous memory, or the
+/// file's build id could not be read).
+pub const BUILD_ID_IP: i32 = 2;
+
+/// One frame of a `USER_STACKS` value (`struct bpf_stack_build_id`): the kernel resolves each
+/// address to the file it is in when it captures the stack, so the stack means something after
+/// the process is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildIdFrame {
+    pub status: i32,
+    pub build_id: [u8; 20],
+    /// With `BUILD_ID_VALID` the offset in the file, with `BUILD_ID_IP` the address.
+    pub offset_or_ip: u64,
+}
+
+const _: () = assert!(size_of::<BuildIdFrame>() == 32);
+
+/// The length of the path an exec record carries (longer ones are cut).
+pub const EXEC_PATH_LEN: usize = 256;
+
+/// `KIND_EXEC` record: the event, then the path the process exec'd (NUL-terminated, as passed
+/// to execve(): it can be relative to the process's working directory).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RawExec {
+    pub event: RawEvent,
+    pub filename: [u8; EXEC_PATH_LEN],
+}
+
+const _: () = assert!(size_of::<RawExec>() == 104 + EXEC_PATH_LEN);
 
 /// Value of the kernel's owner map, keyed by `skaddr`.
 #[repr(C)]

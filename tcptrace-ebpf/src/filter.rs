@@ -2,16 +2,26 @@
 
 use tcptrace_common::MAX_FILTER_PIDS;
 
-use crate::maps::{FILTER, global};
+use crate::maps::{FILTER, FOLLOWED, global};
 
 #[inline(always)]
 pub fn filters_process() -> bool {
-    global!(FILTER.n_pids) != 0 || global!(FILTER.has_comm) != 0
+    global!(FILTER.n_pids) != 0 || global!(FILTER.has_comm) != 0 || following()
+}
+
+/// `tcptrace run`: only the command and its descendants.
+#[inline(always)]
+pub fn following() -> bool {
+    global!(FILTER.follow) != 0
 }
 
 /// Whether the process `tgid` running `comm` is one the user asked for.
 #[inline(always)]
 pub fn process_matches(tgid: u32, comm: &[u8; 16]) -> bool {
+    if following() {
+        // SAFETY: plain map read.
+        return unsafe { FOLLOWED.get(&tgid) }.is_some();
+    }
     let n_pids = global!(FILTER.n_pids) as usize;
     if n_pids != 0 {
         let mut found = false;

@@ -1,13 +1,16 @@
 //! Maps, load-time globals and the small accessors every hook shares.
 
+use core::{cell::UnsafeCell, ffi::c_void};
+
 use aya_ebpf::{
+    bindings::{BPF_F_STACK_BUILD_ID, bpf_map_def, bpf_map_type::BPF_MAP_TYPE_STACK_TRACE},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tcptrace_common::{
-    CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT, COUNTER_LOST_EVENTS, Filter, KernelOffsets,
-    Owner, RawEvent, Settings,
+    BuildIdFrame, CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT, COUNTER_LOST_EVENTS, Filter,
+    KernelOffsets, Owner, RawEvent, Settings, USER_STACK_FRAMES,
 };
 
 /// Reads a load-time global. The volatile read keeps the compiler from folding the zero
@@ -31,10 +34,48 @@ pub static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 #[unsafe(no_mangle)]
 pub static SETTINGS: Settings = Settings::none();
 
-/// Stacks captured at connect and accept, by id (`RawEvent::user_stack`/`kernel_stack`). Equal
-/// stacks share an id, so the map holds distinct open sites, not opens.
+/// Kernel stacks captured at connect and accept, by id (`RawEvent::kernel_stack`). Equal stacks
+/// share an id, so the map holds distinct open sites, not opens. Size set by user space.
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// A stack-trace map whose values are `BuildIdFrame`s (`BPF_F_STACK_BUILD_ID`), which aya-ebpf's
+/// `StackTrace` does not model (its values are addresses).
+#[repr(transparent)]
+pub struct BuildIdStacks(UnsafeCell<bpf_map_def>);
+
+// SAFETY: only the loader reads the definition; the kernel owns the map.
+unsafe impl Sync for BuildIdStacks {}
+
+impl BuildIdStacks {
+    const fn with_max_entries(max_entries: u32) -> Self {
+        Self(UnsafeCell::new(bpf_map_def {
+            type_: BPF_MAP_TYPE_STACK_TRACE,
+            key_size: size_of::<u32>() as u32,
+            value_size: (size_of::<BuildIdFrame>() * USER_STACK_FRAMES) as u32,
+            max_entries,
+            map_flags: BPF_F_STACK_BUILD_ID as u32,
+            id: 0,
+            pinning: 0,
+        }))
+    }
+
+    pub const fn as_ptr(&self) -> *mut c_void {
+        self.0.get().cast()
+    }
+}
+
+/// User stacks captured at connect and accept, by id (`RawEvent::user_stack`), each frame as
+/// (build id, file offset): they resolve after the process is gone, without its mappings.
+/// Size set by user space.
+#[map]
+pub static USER_STACKS: BuildIdStacks = BuildIdStacks::with_max_entries(8192);
+
+/// The processes `tcptrace run` follows (`Filter::follow`), by tgid, plus the thread ids of
+/// their threads (fork cannot tell a thread from a process) → 1. User space puts the command's
+/// pid in before it execs; forks of a followed task join; exits leave. Size set by user space.
+#[map]
+pub static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
 
 /// All events, in order per CPU. Size set by user space.
 #[map]

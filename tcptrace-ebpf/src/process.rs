@@ -9,13 +9,21 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{helpers::bpf_loop, macros::tracepoint, programs::TracePointContext};
-use tcptrace_common::{CLOSE_HOOK_TRACEPOINT, KIND_EXEC, KIND_EXIT, RELEASE_EXIT};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_loop, bpf_probe_read_kernel_str_bytes},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tcptrace_common::{
+    CLOSE_HOOK_TRACEPOINT, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS, KIND_EXEC, KIND_EXIT,
+    RELEASE_EXIT, RawExec,
+};
 
 use crate::{
-    filter::process_matches,
+    filter::{following, process_matches},
     kernel::{FdTable, current_group_dead},
-    maps::{SETTINGS, close_hook, current_event, emit, global},
+    maps::{EVENTS, FOLLOWED, SETTINGS, close_hook, count, current_event, emit, global},
     release::release_if_last,
 };
 
@@ -24,11 +32,10 @@ const EXIT_SCAN_MAX: u32 = 1 << 16;
 
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
-    if !report_exit() {
-        return 0;
-    }
+    let group_dead = report_exit();
     // After the exit event, as with fentry and kprobe, where exit_files() runs tcp_close().
-    if close_hook() == CLOSE_HOOK_TRACEPOINT
+    if group_dead
+        && close_hook() == CLOSE_HOOK_TRACEPOINT
         && let Ok(mut table) = FdTable::current()
     {
         let n = if table.max_fds() < EXIT_SCAN_MAX { table.max_fds() } else { EXIT_SCAN_MAX };
@@ -37,22 +44,76 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
             bpf_loop(n, release_on_exit as *mut c_void, (&raw mut table).cast::<c_void>(), 0)
         };
     }
+    // Last, so the exit and its releases above still pass the filter.
+    if following() {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        if tid != tgid {
+            let _ = FOLLOWED.remove(&tid);
+        }
+        if group_dead {
+            let _ = FOLLOWED.remove(&tgid);
+        }
+    }
+    0
+}
+
+/// `tcptrace run`: a child of a followed task is followed from its first instruction, before it
+/// can exec or connect. Runs in the parent.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    if !following() {
+        return 0;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: plain map read.
+    if unsafe { FOLLOWED.get(&parent) }.is_none() {
+        return 0;
+    }
+    let offset = global!(SETTINGS.fork_child_pid) as usize;
+    // SAFETY: the offset comes from this kernel's tracepoint format, and the read is checked.
+    if let Ok(child) = unsafe { ctx.read_at::<i32>(offset) }
+        && FOLLOWED.insert(&(child as u32), &1, 0).is_err()
+    {
+        count(COUNTER_FOLLOW_FULL);
+    }
     0
 }
 
 /// An exec replaces every mapping under the same pid: user space drops the symbols it cached
 /// for it. Only stacks need this, so it is only reported with stacks on.
 #[tracepoint]
-pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     if global!(SETTINGS.stacks) == 0 {
         return 0;
     }
     let event = current_event(KIND_EXEC);
-    if process_matches(event.pid, &event.comm) {
-        emit(&event);
+    if !process_matches(event.pid, &event.comm) {
+        return 0;
     }
+    // Written in place: with the path it is too large for the BPF stack.
+    let Some(mut record) = EVENTS.reserve::<RawExec>(0) else {
+        count(COUNTER_LOST_EVENTS);
+        return 0;
+    };
+    let exec = record.as_mut_ptr();
+    // SAFETY: `exec` points at reserved ring memory the size of a RawExec; the filename is
+    // the record's `__data_loc` string (offset in the low 16 bits, from the record start).
+    unsafe {
+        (*exec).event = event;
+        (*exec).filename[0] = 0;
+        if let Ok(loc) = ctx.read_at::<u32>(EXEC_FILENAME_FIELD) {
+            let src = ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize);
+            let _ = bpf_probe_read_kernel_str_bytes(src, &mut (*exec).filename);
+        }
+    }
+    record.submit(0);
     0
 }
+
+/// Offset of `filename` in `sched:sched_process_exec` records: the first field, on every
+/// kernel that has the tracepoint.
+const EXEC_FILENAME_FIELD: usize = 8;
 
 /// Emits the exit event if the whole process is exiting; returns whether it is.
 ///

@@ -11,6 +11,7 @@
 //! (used whenever they are known) and as a classic tracepoint (the no-BTF fallback).
 
 use aya_ebpf::{
+    EbpfContext,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
 };
@@ -159,7 +160,7 @@ fn take_reset(skaddr: u64) -> bool {
 }
 
 #[inline(always)]
-fn on_change<C: StackIdContext>(ctx: &C, change: Change) -> Result<(), i32> {
+fn on_change<C: StackIdContext + EbpfContext>(ctx: &C, change: Change) -> Result<(), i32> {
     let Change { skaddr, old, new, .. } = change;
     // tcp_close_state() "moves" FIN_WAIT2, LAST_ACK, ... to the state they are in: no change.
     if old == new {

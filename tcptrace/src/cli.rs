@@ -1,11 +1,14 @@
 //! Command-line interface. Usage errors exit with status 2 (clap's convention).
 
-use std::time::Duration;
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tcptrace_common::{Filter, MAX_FILTER_PIDS};
 
-use crate::{close_hook::CloseHookChoice, probes::ProbeOptions, stacks::StacksMode, top::SortKey};
+use crate::{
+    close_hook::CloseHookChoice, findings::FindingKind, probes::ProbeOptions, stacks::StacksMode,
+    top::SortKey,
+};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -46,7 +49,34 @@ pub enum Command {
     /// open and release rates, lifetimes and findings
     #[command(after_help = TOP_EXAMPLES)]
     Top(TopArgs),
+    /// Run a command under tracing (it and every descendant) and report its connections when
+    /// the last of them exits; fail (status 3) when a budget is exceeded. For CI
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// Compare two reports of `run --report` (or `leaks --json`): connections, TIME_WAIT
+    /// entries, findings and lifetimes; status 3 when a metric regresses past the threshold
+    #[command(after_help = COMPARE_EXAMPLES)]
+    Compare(CompareArgs),
 }
+
+const RUN_EXAMPLES: &str = "\
+Exit status: the command's own status when it failed (128+N when killed by signal N); otherwise
+3 when a budget is exceeded; otherwise 0 (1: tcptrace failed, 2: bad usage, 127: no such command).
+
+Findings: those of leaks, plus
+  closed-by-exit     a connection the program never closed: its process exited holding it
+
+Examples:
+  tcptrace run --max-leaks 0 -- cargo test
+  tcptrace run --max-closed-by-exit 0 --max close-wait=0 -- pytest -x
+  tcptrace run --max-connections 500 --report run.json --junit tcptrace.xml -- npm test
+  tcptrace run --max-time-wait-rate 50 --stacks off -- ./load-test.sh";
+
+const COMPARE_EXAMPLES: &str = "\
+Examples:
+  tcptrace compare main.json pr.json                          a table of what changed
+  tcptrace compare main.json pr.json --markdown >> comment.md  for a pull-request comment
+  tcptrace compare main.json pr.json --max-regression 25      tolerate up to 25% more";
 
 const LEAKS_EXAMPLES: &str = "\
 Findings:
@@ -139,9 +169,9 @@ pub struct TraceArgs {
 #[derive(Debug, Args)]
 pub struct DetectArgs {
     /// A socket is reported once it has been in its leaking state (CLOSE_WAIT, a dead
-    /// descriptor, opened and unused) this long
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub min_age: Duration,
+    /// descriptor, opened and unused) this long; default 30s (leaks, top), 0s (run)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub min_age: Option<Duration>,
     /// idle-no-keepalive after this long without data
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub idle: Duration,
@@ -192,6 +222,89 @@ pub struct TopArgs {
     pub duration: Option<Duration>,
 }
 
+/// Budgets of `tcptrace run`: over any of them, the run fails with status 3.
+#[derive(Debug, Clone, Default, Args)]
+pub struct BudgetArgs {
+    /// Findings of any kind allowed
+    #[arg(long, value_name = "N")]
+    pub max_leaks: Option<u64>,
+    /// closed-by-exit findings allowed (connections the program never closed)
+    #[arg(long, value_name = "N")]
+    pub max_closed_by_exit: Option<u64>,
+    /// TIME_WAIT entries per second toward one remote allowed, per process
+    #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
+    pub max_time_wait_rate: Option<f64>,
+    /// connect() calls allowed, all processes together
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Findings of one kind allowed, e.g. --max close-wait=0 (repeatable; overrides
+    /// --max-leaks for that kind)
+    #[arg(long = "max", value_name = "KIND=N", value_parser = parse_kind_budget)]
+    pub max_kind: Vec<(FindingKind, u64)>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    #[command(flatten)]
+    pub budgets: BudgetArgs,
+    /// Once the command has exited, wait at most this long for its descendants; the sockets
+    /// of those still running then are reported as they are
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub wait_descendants: Duration,
+    /// Write the JSON report here: the leaks report, plus the command, its status, the
+    /// budgets and per-remote counts
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write a JUnit XML file with one test case per budget
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// The command and its arguments (after `--`)
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The baseline report (the last good run)
+    #[arg(value_name = "BASE.json")]
+    pub base: PathBuf,
+    /// The report to judge
+    #[arg(value_name = "NEW.json")]
+    pub new: PathBuf,
+    /// A metric regresses when it grows more than this many percent (from zero: any growth)
+    #[arg(long, value_name = "PCT", default_value_t = 10.0, value_parser = parse_percent)]
+    pub max_regression: f64,
+    /// Print a markdown table (for a pull-request comment)
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+fn parse_kind_budget(s: &str) -> Result<(FindingKind, u64), String> {
+    let (kind, n) = s.split_once('=').ok_or("expected KIND=N, e.g. close-wait=0")?;
+    let kind = FindingKind::from_name(kind).ok_or_else(|| {
+        format!("unknown finding kind {kind:?}; one of: {}", FindingKind::NAMES.join(", "))
+    })?;
+    let n = n.parse().map_err(|e| format!("{n:?}: {e}"))?;
+    Ok((kind, n))
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let pct: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(pct.is_finite() && pct >= 0.0) {
+        return Err("must be a number of percent, 0 or more".to_owned());
+    }
+    Ok(pct)
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     let rate: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if !(rate.is_finite() && rate > 0.0) {
@@ -225,6 +338,8 @@ pub enum UsageError {
     NoSuchPid(u32),
     #[error("--comm {0:?} is longer than 15 bytes, the kernel's limit for a task name")]
     CommTooLong(String),
+    #[error("run follows its command and every descendant: --pid and --comm do not apply")]
+    RunFollowsItsCommand,
 }
 
 impl FilterArgs {
@@ -263,7 +378,7 @@ mod tests {
     #[test]
     fn leaks_defaults_follow_the_design() {
         let Command::Leaks(args) = parse(&["leaks"]).unwrap().command else { panic!("leaks") };
-        assert_eq!(args.detect.min_age, Duration::from_secs(30));
+        assert_eq!(args.detect.min_age, None);
         assert_eq!(args.detect.idle, Duration::from_secs(600));
         assert_eq!(args.detect.time_wait_rate, None);
         let Command::Top(args) = parse(&["top", "--sort", "close-wait"]).unwrap().command else {

@@ -28,15 +28,22 @@ pub struct Collector {
     /// When tracing started (CLOCK_MONOTONIC ns).
     pub started_ns: u64,
     filter: InventoryFilter,
+    /// Whether sweeps run (not for `run`: its processes are new, and other processes' sockets
+    /// are not its business).
+    inventory: bool,
 }
 
 /// A sweep running on the blocking pool, and when it started.
 type PendingSweep = (JoinHandle<anyhow::Result<Snapshot>>, u64);
 
 impl Collector {
-    /// Loads and attaches the probes, then takes the starting inventory: what exists before
-    /// the first event is known.
-    pub async fn start(options: &ProbeOptions, capacity: usize) -> anyhow::Result<Self> {
+    /// Loads and attaches the probes, then takes the starting inventory (with `inventory`):
+    /// what exists before the first event is known.
+    pub async fn start(
+        options: &ProbeOptions,
+        capacity: usize,
+        inventory: bool,
+    ) -> anyhow::Result<Self> {
         let mut probes = Probes::load(options)?;
         let stream = probes.events()?;
         let stacks = probes.stacks(options.stacks)?;
@@ -54,6 +61,7 @@ impl Collector {
             warnings: Vec::new(),
             started_ns: monotonic_ns(),
             filter: InventoryFilter::new(options.filter),
+            inventory,
         };
         collector.sweep().await?;
         Ok(collector)
@@ -77,6 +85,22 @@ impl Collector {
 
     pub fn agg(&self) -> &Aggregator {
         &self.tracked.agg
+    }
+
+    pub fn agg_mut(&mut self) -> &mut Aggregator {
+        &mut self.tracked.agg
+    }
+
+    /// See `Probes::follow_self_hook`.
+    pub fn follow_self_hook(
+        &self,
+    ) -> anyhow::Result<impl Fn() -> std::io::Result<()> + Send + Sync + 'static> {
+        self.probes.follow_self_hook()
+    }
+
+    /// Whether a followed process still lives.
+    pub fn followed_alive(&self) -> anyhow::Result<bool> {
+        self.probes.followed_alive()
     }
 
     /// Kernel events decoded.
@@ -137,6 +161,9 @@ impl Collector {
 
     /// One sweep, now (at start and at the end).
     pub async fn sweep(&mut self) -> anyhow::Result<()> {
+        if !self.inventory {
+            return Ok(());
+        }
         let (task, taken_ns) = Self::spawn_sweep();
         let snapshot = task.await.context("the inventory task failed")?;
         self.apply_sweep(snapshot, taken_ns)
@@ -161,7 +188,7 @@ impl Collector {
         loop {
             let outcome = tokio::select! {
                 _ = &mut stop => Outcome::Stop,
-                _ = sweeps.tick(), if pending.is_none() => Outcome::StartSweep,
+                _ = sweeps.tick(), if pending.is_none() && self.inventory => Outcome::StartSweep,
                 done = async { (&mut pending.as_mut().expect("guarded").0).await }, if pending.is_some() => {
                     Outcome::SweepDone(done)
                 }

@@ -216,6 +216,7 @@ mod tests {
             endpoints: None,
             owner_lost: false,
             stacks: Default::default(),
+            exec_path: None,
             kind,
         }
     }

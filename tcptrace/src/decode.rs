@@ -1,14 +1,17 @@
 //! Ring-buffer bytes → checked domain events. Pure: no I/O, unit-tested without root.
 
 use std::{
+    ffi::OsStr,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::unix::ffi::OsStrExt as _,
+    path::PathBuf,
 };
 
 use tcptrace_common::{
     FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_ACCEPT, KIND_CONNECT, KIND_EXEC, KIND_EXIT,
     KIND_RELEASE, KIND_STATE, RELEASE_CLOSE, RELEASE_CLOSE_RANGE, RELEASE_DUP, RELEASE_EXIT,
-    RawEvent,
+    RawEvent, RawExec,
 };
 
 const AF_INET: u16 = 2;
@@ -221,6 +224,9 @@ pub struct Event {
     pub owner_lost: bool,
     pub stacks: StackIds,
     pub kind: EventKind,
+    /// For `Exec`: the path passed to execve() (relative to the process's working directory
+    /// when it does not start with `/`).
+    pub exec_path: Option<PathBuf>,
 }
 
 fn ip(family: u16, raw: &[u8; 16]) -> Result<IpAddr, DecodeError> {
@@ -295,6 +301,7 @@ impl TryFrom<&RawEvent> for Event {
             owner_lost: flags & FLAG_OWNER_LOST != 0,
             stacks: StackIds::from_raw(user_stack, kernel_stack),
             kind,
+            exec_path: None,
         })
     }
 }
@@ -309,13 +316,22 @@ impl TryFrom<&[u8]> for Event {
         // SAFETY: the length is checked above; read_unaligned copies, so the ring's alignment
         // does not matter, and RawEvent is plain integers (every bit pattern is valid).
         let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) };
-        Self::try_from(&raw)
+        let mut event = Self::try_from(&raw)?;
+        if event.kind == EventKind::Exec
+            && let Some(path) = bytes.get(size_of::<RawEvent>()..size_of::<RawExec>())
+        {
+            let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+            if end > 0 {
+                event.exec_path = Some(PathBuf::from(OsStr::from_bytes(&path[..end])));
+            }
+        }
+        Ok(event)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tcptrace_common::tcp_state;
+    use tcptrace_common::{EXEC_PATH_LEN, tcp_state};
 
     use super::*;
 
@@ -390,6 +406,23 @@ mod tests {
         raw.kind = KIND_RELEASE;
         raw.reason = 77;
         assert_eq!(Event::try_from(&raw), Err(DecodeError::Reason(77)));
+    }
+
+    #[test]
+    fn an_exec_record_carries_the_path() {
+        let mut exec = RawExec { event: RawEvent::zeroed(), filename: [0; EXEC_PATH_LEN] };
+        exec.event.kind = KIND_EXEC;
+        exec.filename[..9].copy_from_slice(b"./leaky-c");
+        // SAFETY: RawExec is repr(C) plain data without padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const exec).cast::<u8>(), size_of::<RawExec>())
+        };
+        let event = Event::try_from(bytes).expect("decodes");
+        assert_eq!(event.kind, EventKind::Exec);
+        assert_eq!(event.exec_path.as_deref(), Some(std::path::Path::new("./leaky-c")));
+        // Without the path (a short record): still an exec.
+        let event = Event::try_from(&bytes[..size_of::<RawEvent>()]).expect("decodes");
+        assert_eq!((event.kind, event.exec_path), (EventKind::Exec, None));
     }
 
     #[test]

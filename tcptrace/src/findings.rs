@@ -48,16 +48,40 @@ pub enum FindingKind {
     DeadFd,
     IdleNoKeepalive,
     Unclosed,
+    ClosedByExit,
     TimeWaitChurn,
 }
 
 impl FindingKind {
+    pub const ALL: [Self; 6] = [
+        Self::CloseWait,
+        Self::DeadFd,
+        Self::IdleNoKeepalive,
+        Self::Unclosed,
+        Self::ClosedByExit,
+        Self::TimeWaitChurn,
+    ];
+    pub const NAMES: [&'static str; 6] = [
+        Self::CloseWait.name(),
+        Self::DeadFd.name(),
+        Self::IdleNoKeepalive.name(),
+        Self::Unclosed.name(),
+        Self::ClosedByExit.name(),
+        Self::TimeWaitChurn.name(),
+    ];
+
+    /// The kind named `name` (`close-wait`, ...).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Self::CloseWait => "close-wait",
             Self::DeadFd => "dead-fd",
             Self::IdleNoKeepalive => "idle-no-keepalive",
             Self::Unclosed => "unclosed",
+            Self::ClosedByExit => "closed-by-exit",
             Self::TimeWaitChurn => "time-wait-churn",
         }
     }
@@ -73,6 +97,9 @@ impl FindingKind {
             }
             Self::Unclosed => {
                 "opened during the trace and still held, unused, at its end: a client or pool that never closes"
+            }
+            Self::ClosedByExit => {
+                "the process exited still holding the connection: the program never closed it, the kernel did"
             }
             Self::TimeWaitChurn => {
                 "a new connection per request: every close leaves a TIME_WAIT socket holding a local port for 60 s"
@@ -90,6 +117,9 @@ impl FindingKind {
                 "enable SO_KEEPALIVE (e.g. redis tcp-keepalive, TCP_KEEPIDLE) or time out idle connections"
             }
             Self::Unclosed => "close connections when done, or reuse them from a bounded pool",
+            Self::ClosedByExit => {
+                "close connections (and drop clients and pools) before exiting, e.g. in test teardown"
+            }
             Self::TimeWaitChurn => "reuse connections (keep-alive, a connection pool)",
         }
     }
@@ -214,6 +244,28 @@ pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
             stack: counter.stack.clone(),
         });
     }
+    for exited in &agg.exit_releases.kept {
+        let kind = FindingKind::ClosedByExit;
+        findings.push(Finding {
+            kind,
+            pid: exited.pid,
+            comm: comm(exited.pid),
+            fd: exited.fd,
+            local: exited.local,
+            remote: exited.remote,
+            state: exited.state,
+            age: Some(exited.age),
+            idle: None,
+            keepalive: None,
+            source: Origin::Events,
+            count: 1,
+            rate_per_s: None,
+            port_share: None,
+            explanation: kind.explanation(),
+            fix: kind.fix(),
+            stack: exited.stack.clone(),
+        });
+    }
     findings.sort_by_key(|f| (f.pid, f.kind, f.fd, f.remote));
     findings
 }
@@ -278,6 +330,42 @@ mod tests {
 
     fn kinds(agg: &Aggregator, at_s: u64) -> Vec<(FindingKind, u32, Option<i32>)> {
         detect(agg, &limits(), at_s * SEC).iter().map(|f| (f.kind, f.pid, f.fd)).collect()
+    }
+
+    #[test]
+    fn a_connection_released_by_exit_is_closed_by_exit_once_enabled() {
+        let exit = |agg: &mut Aggregator| {
+            agg.apply(&record(5, RecordKind::Release { reason: ReleaseReason::Exit }));
+            agg.apply(&state(5, TcpState::Established, TcpState::FinWait1));
+        };
+        // leaks and top: a process ending with open connections is no finding.
+        let mut agg = connected();
+        exit(&mut agg);
+        assert_eq!(kinds(&agg, 10), []);
+        // run: it is, even once the connection has closed and left the table.
+        let mut agg = Aggregator::new(100);
+        agg.exit_releases.enabled = true;
+        agg.apply(&record(1, RecordKind::Connect));
+        agg.apply(&state(1, TcpState::SynSent, TcpState::Established));
+        exit(&mut agg);
+        agg.apply(&record(
+            6,
+            RecordKind::Close { from: TcpState::FinWait2, reset: false, lifetime_ns: None },
+        ));
+        let found = detect(&agg, &limits(), 10 * SEC);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let f = &found[0];
+        assert_eq!(
+            (f.kind, f.pid, f.fd, f.state),
+            (FindingKind::ClosedByExit, PID, Some(7), TcpState::Established)
+        );
+        assert_eq!(f.age, Some(Duration::from_secs(4)));
+        // A listener released by exit is not one.
+        let mut agg = Aggregator::new(100);
+        agg.exit_releases.enabled = true;
+        agg.apply(&state(1, TcpState::Close, TcpState::Listen));
+        agg.apply(&record(5, RecordKind::Release { reason: ReleaseReason::Exit }));
+        assert_eq!(kinds(&agg, 10), []);
     }
 
     fn inventory(state: TcpState, idle_s: u64, keepalive: bool) -> InventorySocket {

@@ -19,15 +19,19 @@ use crate::{
     stop::stop_signal,
 };
 
+/// `--min-age` of leaks and top.
+pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(30);
+
 impl DetectArgs {
-    /// The limits, with the default TIME_WAIT rate taken from this host's port range.
-    pub fn limits(&self, warnings: &mut Vec<String>) -> Limits {
+    /// The limits, with the default TIME_WAIT rate taken from this host's port range and the
+    /// command's own default `--min-age`.
+    pub fn limits(&self, default_min_age: Duration, warnings: &mut Vec<String>) -> Limits {
         let ephemeral_ports = ephemeral_ports().unwrap_or_else(|e| {
             warnings.push(format!("{e:#}; assuming Linux's default range"));
             DEFAULT_EPHEMERAL_PORTS
         });
         Limits {
-            min_age: self.min_age,
+            min_age: self.min_age.unwrap_or(default_min_age),
             idle: self.idle,
             time_wait_rate: self
                 .time_wait_rate
@@ -44,8 +48,8 @@ impl DetectArgs {
 pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
     let options = args.probe.to_options(StacksMode::User)?;
     let mut warnings = Vec::new();
-    let limits = args.detect.limits(&mut warnings);
-    let mut collector = Collector::start(&options, args.detect.capacity()).await?;
+    let limits = args.detect.limits(DEFAULT_MIN_AGE, &mut warnings);
+    let mut collector = Collector::start(&options, args.detect.capacity(), true).await?;
     eprintln!(
         "tcptrace: tracing TCP connections (close hook: {}); looking for leaks {}",
         collector.close_hook(),

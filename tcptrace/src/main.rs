@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tcptrace::{
     cli::{Cli, Command, UsageError},
-    leaks, privileges,
+    compare, leaks, privileges,
     stacks::StacksMode,
     top, trace,
 };
@@ -21,7 +21,8 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        // Statuses are 0..=255 by construction (the command's own, or ours).
+        Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
         Err(e) if e.downcast_ref::<UsageError>().is_some() => {
             eprintln!("tcptrace: error: {e:#}");
             ExitCode::from(EXIT_USAGE)
@@ -33,20 +34,29 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// The command's exit status.
+async fn run(cli: Cli) -> anyhow::Result<i32> {
     // Bad flags first: they are the user's to fix whatever the privileges.
     let probe = match &cli.command {
         Command::Trace(args) => &args.probe,
         Command::Leaks(args) => &args.probe,
         Command::Top(args) => &args.probe,
+        Command::Run(args) => {
+            args.check()?;
+            &args.probe
+        }
+        // Reads two files: no kernel, no privileges.
+        Command::Compare(args) => return compare::run(args),
     };
     probe.to_options(StacksMode::Off)?;
     if let Some(missing) = privileges::missing() {
         anyhow::bail!(missing);
     }
     match cli.command {
-        Command::Trace(args) => trace::run(args).await,
-        Command::Leaks(args) => leaks::run(args).await,
-        Command::Top(args) => top::run(args).await,
+        Command::Trace(args) => trace::run(args).await.map(|()| 0),
+        Command::Leaks(args) => leaks::run(args).await.map(|()| 0),
+        Command::Top(args) => top::run(args).await.map(|()| 0),
+        Command::Run(args) => tcptrace::run::run(args).await,
+        Command::Compare(_) => unreachable!("handled above"),
     }
 }

@@ -1,20 +1,25 @@
 //! Loads the kernel programs, configures them and attaches them: the only module that talks to
 //! the BPF syscall.
 
-use std::os::fd::AsFd as _;
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{FEntry, KProbe, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
-    CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_LOST_EVENTS, COUNTER_OWNER_MAP_FULL,
-    COUNTER_STACK_FAILED, Filter, KernelOffsets, Settings,
+    CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS,
+    COUNTER_OWNER_MAP_FULL, COUNTER_STACK_FAILED, Filter, KernelOffsets, STACKS_KERNEL,
+    STACKS_USER, Settings,
 };
 
 use crate::{
+    bpf_sys,
     btf_offsets::{KernelBtf, OffsetError},
     close_hook::{CloseHook, CloseHookChoice},
     prog_stats::recursion_misses,
@@ -41,6 +46,7 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("sys_enter_close_range", "syscalls", "sys_enter_close_range", false),
     ("sched_process_exit", "sched", "sched_process_exit", true),
     ("sched_process_exec", "sched", "sched_process_exec", false),
+    ("sched_process_fork", "sched", "sched_process_fork", true),
 ];
 
 /// (program, tracepoint, classic fallback program). Raw tracepoints read the `struct sock` with
@@ -60,10 +66,15 @@ pub struct ProbeOptions {
     pub stacks: StacksMode,
 }
 
-/// Distinct stacks the kernel's stack map holds: 127 frames of 8 bytes each, so 16 MiB of
-/// kernel memory (bcc's tools use the same size). Distinct open sites are few; a full map, or
-/// a new stack whose hash bucket is taken, is a counted failure.
-const STACK_MAP_ENTRIES: u32 = 16_384;
+/// Distinct user stacks the kernel's `USER_STACKS` map holds: 64 frames of 32 bytes (build id
+/// and offset) each, so 16 MiB of kernel memory. Distinct open sites are few; a full map, or a
+/// new stack whose hash bucket is taken, is a counted failure.
+const USER_STACK_ENTRIES: u32 = 8_192;
+/// Distinct kernel stacks `STACKS` holds: 127 addresses each, 16 MiB (bcc's tools' size).
+const KERNEL_STACK_ENTRIES: u32 = 16_384;
+
+/// Processes and threads `tcptrace run` can follow at once.
+const FOLLOWED_ENTRIES: u32 = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -81,6 +92,8 @@ pub struct Counters {
     pub ctx_map_full: u64,
     /// Stacks the kernel could not capture (see `STACK_MAP_ENTRIES`).
     pub stack_failures: u64,
+    /// Children of followed processes that could not be followed (map full).
+    pub follow_full: u64,
 }
 
 pub struct Probes {
@@ -147,13 +160,23 @@ impl Probes {
             }
         };
 
-        let settings = Settings { stacks: options.stacks.bits(), ..Settings::none() };
+        let following = options.filter.follow != 0;
+        let fork_child_pid = if following {
+            tracefs::field_offset("sched", "sched_process_fork", "child_pid")?
+        } else {
+            0
+        };
+        let settings = Settings { stacks: options.stacks.bits(), fork_child_pid };
+        let user_stacks = settings.stacks & STACKS_USER != 0;
+        let kernel_stacks = settings.stacks & STACKS_KERNEL != 0;
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER", &options.filter, true)
             .override_global("OFFSETS", &offsets, true)
             .override_global("SETTINGS", &settings, true)
             .map_max_entries("EVENTS", options.ring_bytes)
-            .map_max_entries("STACKS", if settings.stacks == 0 { 1 } else { STACK_MAP_ENTRIES })
+            .map_max_entries("USER_STACKS", if user_stacks { USER_STACK_ENTRIES } else { 1 })
+            .map_max_entries("STACKS", if kernel_stacks { KERNEL_STACK_ENTRIES } else { 1 })
+            .map_max_entries("FOLLOWED", if following { FOLLOWED_ENTRIES } else { 1 })
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the BPF object: {}", reason(&e)))?;
 
@@ -180,7 +203,8 @@ impl Probes {
             }
         }
         for &(program, category, name, required) in TRACEPOINTS {
-            if raw_attached.contains(&program) {
+            // Forks only matter to a followed process tree.
+            if raw_attached.contains(&program) || (program == "sched_process_fork" && !following) {
                 continue;
             }
             match attach_tracepoint(&mut ebpf, program, category, name) {
@@ -208,13 +232,55 @@ impl Probes {
         EventStream::new(ring).context("registering the ring buffer with tokio")
     }
 
-    /// The stack map and a symbolizer for it; `None` with `--stacks off`.
+    /// The stack maps `mode` fills and a symbolizer for them; `None` with `--stacks off`.
     pub fn stacks(&mut self, mode: StacksMode) -> anyhow::Result<Option<StackResolver>> {
-        if mode == StacksMode::Off {
+        let bits = mode.bits();
+        if bits == 0 {
             return Ok(None);
         }
-        let map = self.ebpf.take_map("STACKS").context("stack map already taken")?;
-        Ok(Some(StackResolver::new(StackTraceMap::try_from(map)?)))
+        let user = if bits & STACKS_USER != 0 {
+            match self.ebpf.take_map("USER_STACKS").context("user stack map already taken")? {
+                aya::maps::Map::StackTraceMap(data) => Some(data),
+                _ => anyhow::bail!("USER_STACKS is not a stack map"),
+            }
+        } else {
+            None
+        };
+        let kernel = if bits & STACKS_KERNEL != 0 {
+            let map = self.ebpf.take_map("STACKS").context("kernel stack map already taken")?;
+            Some(StackTraceMap::try_from(map)?)
+        } else {
+            None
+        };
+        Ok(Some(StackResolver::new(user, kernel)))
+    }
+
+    /// Follows process `pid` (`Filter::follow`): it and every descendant it forks from now on.
+    pub fn follow(&mut self, pid: u32) -> anyhow::Result<()> {
+        let mut followed: HashMap<_, u32, u32> =
+            HashMap::try_from(self.ebpf.map_mut("FOLLOWED").context("map FOLLOWED missing")?)?;
+        followed.insert(pid, 1, 0).context("adding the command to the followed processes")
+    }
+
+    /// A function for a forked child to call before it execs (`CommandExt::pre_exec`): it adds
+    /// its own pid to the followed processes, so the command is followed from its first
+    /// instruction. It only makes the `bpf()` system call, which is async-signal-safe.
+    pub fn follow_self_hook(
+        &self,
+    ) -> anyhow::Result<impl Fn() -> io::Result<()> + Send + Sync + 'static> {
+        let map = self.ebpf.map("FOLLOWED").context("map FOLLOWED missing")?;
+        let aya::maps::Map::HashMap(data) = map else {
+            anyhow::bail!("map FOLLOWED is not a hash map");
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        Ok(move || bpf_sys::add_self(fd))
+    }
+
+    /// Whether any followed process (or thread) is still alive.
+    pub fn followed_alive(&self) -> anyhow::Result<bool> {
+        let followed: HashMap<_, u32, u32> =
+            HashMap::try_from(self.ebpf.map("FOLLOWED").context("map FOLLOWED missing")?)?;
+        Ok(followed.keys().next().is_some())
     }
 
     pub fn counters(&self) -> anyhow::Result<Counters> {
@@ -238,6 +304,7 @@ impl Probes {
             owner_map_full: sum(COUNTER_OWNER_MAP_FULL)?,
             ctx_map_full: sum(COUNTER_CTX_MAP_FULL)?,
             stack_failures: sum(COUNTER_STACK_FAILED)?,
+            follow_full: sum(COUNTER_FOLLOW_FULL)?,
         })
     }
 }

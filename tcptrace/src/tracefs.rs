@@ -61,6 +61,15 @@ pub fn check_inet_sock_set_state() -> anyhow::Result<()> {
         .with_context(|| format!("sock:inet_sock_set_state has an unexpected layout ({path})"))
 }
 
+/// The offset of the 4-byte field `field` in the records of tracepoint `category:name`.
+pub fn field_offset(category: &str, name: &str, field: &str) -> anyhow::Result<u32> {
+    let path = format!("{}/{category}/{name}/format", events_dir());
+    let format = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    find_field(&format, field)
+        .and_then(|(offset, size)| (size == 4).then_some(offset))
+        .with_context(|| format!("{category}:{name} has no 4-byte field {field} ({path})"))
+}
+
 /// Whether tracepoint `category:name` exists on this kernel.
 pub fn has_tracepoint(category: &str, name: &str) -> bool {
     Path::new(events_dir()).join(category).join(name).is_dir()
@@ -68,18 +77,25 @@ pub fn has_tracepoint(category: &str, name: &str) -> bool {
 
 fn check_format(format: &str, expected: &[(&str, usize, usize)]) -> anyhow::Result<()> {
     for &(name, offset, size) in expected {
-        let line = format
-            .lines()
-            .find(|l| l.split(';').next().is_some_and(|decl| field_name(decl) == Some(name)))
-            .with_context(|| format!("no field {name}"))?;
-        let value = |key: &str| {
-            line.split(';').find_map(|part| part.trim().strip_prefix(key)?.parse::<usize>().ok())
-        };
-        if value("offset:") != Some(offset) || value("size:") != Some(size) {
+        let line = field_line(format, name).with_context(|| format!("no field {name}"))?;
+        if find_field(format, name) != Some((offset as u32, size as u32)) {
             bail!("field {name}: expected offset {offset} size {size}, found `{}`", line.trim());
         }
     }
     Ok(())
+}
+
+fn field_line<'a>(format: &'a str, name: &str) -> Option<&'a str> {
+    format.lines().find(|l| l.split(';').next().is_some_and(|decl| field_name(decl) == Some(name)))
+}
+
+/// The (offset, size) of field `name`.
+fn find_field(format: &str, name: &str) -> Option<(u32, u32)> {
+    let line = field_line(format, name)?;
+    let value = |key: &str| {
+        line.split(';').find_map(|part| part.trim().strip_prefix(key)?.parse::<u32>().ok())
+    };
+    Some((value("offset:")?, value("size:")?))
 }
 
 /// `field:__u8 saddr[4]` → `saddr`.
@@ -110,6 +126,12 @@ mod tests {
         let err = check_format(FORMAT, &[("oldstate", 20, 4)]).unwrap_err();
         assert!(err.to_string().contains("oldstate"), "{err}");
         assert!(check_format(FORMAT, &[("newstate", 20, 4)]).is_err());
+    }
+
+    #[test]
+    fn finds_a_field_by_name() {
+        assert_eq!(find_field(FORMAT, "oldstate"), Some((16, 4)));
+        assert_eq!(find_field(FORMAT, "newstate"), None);
     }
 
     #[test]

@@ -557,3 +557,38 @@ fn connect_and_accept_carry_their_stacks() {
 fn is_open(event: &Event) -> bool {
     matches!(event.kind, EventKind::Connect | EventKind::Accept { .. })
 }
+
+/// `tcptrace run`'s filter: the processes followed, and the children they fork from then on,
+/// each until it exits; nothing else.
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn a_followed_process_and_what_it_forks_are_traced_and_nothing_else() {
+    let _serial = forks();
+    let listener = listen(LOCALHOST_V4);
+    let port = addr_of(&listener).port();
+    // Forked before this process is followed: never followed.
+    let outsider = ClientChild::fork(c"tt-outsider", addr_of(&listener), Ending::Exit);
+    let outsider_pid = outsider.task().pid;
+    let mut h = Harness::load(Filter { port, follow: 1, ..Filter::none() });
+    assert!(!h.followed_alive());
+    h.follow(std::process::id());
+    let insider = ClientChild::fork(c"tt-insider", addr_of(&listener), Ending::Exit);
+    let child = insider.task();
+
+    let (insider_sock, fd) = insider.connect("client (followed child)");
+    let _insider_server = accept(&listener);
+    h.expect_socket(&insider_sock, &active_open(&child, fd));
+    let (_, _) = outsider.connect("client (outsider)");
+    let _outsider_server = accept(&listener);
+    insider.finish();
+    outsider.finish();
+    h.wait_until("the followed child's exit", |h| {
+        h.events.iter().any(|e| e.kind == EventKind::Exit && e.pid == child.pid)
+    });
+    // Softirq state changes run in whatever task they interrupt: the owner is what counts.
+    h.expect_none("events of the process that is not followed", |e| {
+        e.owner_pid == Some(outsider_pid) || (e.kind == EventKind::Connect && e.pid == outsider_pid)
+    });
+    // The child left at its exit; this process is still followed.
+    assert!(h.followed_alive());
+}

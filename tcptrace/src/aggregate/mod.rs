@@ -8,7 +8,9 @@
 //! sockets beyond it are not tracked and counted in `evicted`, which every report shows.
 
 mod churn;
+mod exits;
 mod process;
+mod remotes;
 mod socket;
 
 use std::{
@@ -17,12 +19,14 @@ use std::{
 };
 
 pub use churn::{Churn, ChurnCounter};
+pub use exits::{ExitRelease, ExitReleases};
 pub use process::{Percentiles, ProcessStats};
+pub use remotes::{RemoteStats, Remotes};
 pub use socket::{Direction, Origin, TrackedSocket};
 
 use crate::{
     connections::{Record, RecordKind},
-    decode::TcpState,
+    decode::{ReleaseReason, TcpState},
     inventory::{InventorySocket, Snapshot},
 };
 
@@ -37,6 +41,8 @@ pub struct Aggregator {
     inventory_by_tuple: HashMap<Tuple, u64>,
     pub processes: HashMap<u32, ProcessStats>,
     pub churn: Churn,
+    pub remotes: Remotes,
+    pub exit_releases: ExitReleases,
     capacity: usize,
     /// Sockets not tracked because the table was full.
     pub evicted: u64,
@@ -51,6 +57,8 @@ impl Aggregator {
             inventory_by_tuple: HashMap::new(),
             processes: HashMap::new(),
             churn: Churn::default(),
+            remotes: Remotes::default(),
+            exit_releases: ExitReleases::default(),
             capacity,
             evicted: 0,
             sweeps: 0,
@@ -160,6 +168,9 @@ impl Aggregator {
                 let pid = known.and_then(|s| s.pid).or(record.pid);
                 let remote = record.endpoints.map(|e| e.remote).or(known.and_then(|s| s.remote));
                 let stack = known.and_then(|s| s.stack.clone());
+                if let Some(remote) = remote {
+                    self.remotes.time_wait(remote);
+                }
                 if let Some(pid) = pid {
                     self.process(pid, None).time_wait_entries += 1;
                     if let Some(remote) = remote {
@@ -184,7 +195,7 @@ impl Aggregator {
                     self.process(pid, None).record_lifetime(lifetime);
                 }
             }
-            RecordKind::Release { .. } => {
+            RecordKind::Release { reason } => {
                 let Some(socket) = self.socket(record, || None) else {
                     // Never seen open and not in the inventory: count the release only.
                     if let Some(pid) = record.pid {
@@ -194,8 +205,14 @@ impl Aggregator {
                 };
                 socket.released = true;
                 set_endpoints(socket, record);
+                let by_exit = (reason == ReleaseReason::Exit).then(|| socket.clone());
                 if socket.state == TcpState::Close {
                     self.sockets.remove(&record.skaddr);
+                }
+                if let Some(exited) = by_exit
+                    && let Some(pid) = record.pid.or(exited.pid)
+                {
+                    self.exit_releases.record(&exited, pid, record.fd, ts);
                 }
                 if let Some(pid) = record.pid {
                     self.process(pid, record.comm.as_deref()).released += 1;
@@ -234,6 +251,9 @@ impl Aggregator {
         set_endpoints(&mut socket, record);
         if direction == Direction::Active {
             socket.connect_started_ns = Some(ts);
+            if let Some(remote) = socket.remote {
+                self.remotes.connect(remote);
+            }
         }
         self.sockets.insert(record.skaddr, socket);
         if let Some(pid) = record.pid

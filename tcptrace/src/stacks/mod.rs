@@ -4,6 +4,7 @@
 //! `resolver` reads the kernel's stack map and symbolizes (with a cache per process); this file
 //! is the result and how it is named in one line.
 
+mod build_ids;
 mod resolver;
 
 use std::{fmt, str::FromStr};

@@ -1,53 +1,89 @@
-//! Stack ids from the ring buffer to symbolized stacks, at the moment the open event arrives:
-//! the process is alive then (an exit would take `/proc/<pid>/maps` with it), so stacks of
-//! processes that exit before the report still name their functions.
+//! Stack ids from the ring buffer to symbolized stacks, when the open event is read.
 //!
-//! The kernel map is never cleared during a run and `bpf_get_stackid` runs without
-//! `BPF_F_REUSE_STACKID`, so an id means the same addresses for the whole run: a symbolized
-//! stack can be cached by (pid, ids). A new stack whose hash bucket is taken is not captured,
-//! and counted (`Counters::stack_failures`); clearing the map while events are in flight would
-//! instead give some of them another stack's frames.
+//! User stacks come from the kernel as (build id, file offset) per frame (`USER_STACKS`, see
+//! the kernel crate's `maps`): the kernel resolved each address to its file while the process
+//! ran, so a process that has exited, even one that lived for a millisecond, still gets its
+//! functions named, from the file `build_ids` finds for the id. A frame the kernel could not
+//! place in a file (JIT code, an unreadable build id) is an address, symbolized against the
+//! live process (or the mappings kept from its first lookup). Kernel stacks are addresses
+//! (`STACKS`), symbolized from kallsyms.
+//!
+//! The maps are never cleared and `bpf_get_stackid` runs without `BPF_F_REUSE_STACKID`, so an
+//! id means the same frames for the whole run: raw stacks are cached by id and symbolized ones
+//! by (pid, ids), with pid 0 when every frame is in a file (the same stack of any process of
+//! that program). A new stack whose hash bucket is taken is not captured, and counted
+//! (`Counters::stack_failures`); clearing the maps while events are in flight would instead
+//! give some of them another stack's frames.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use aya::maps::{MapData, StackTraceMap};
+use tcptrace_common::{BUILD_ID_IP, BUILD_ID_VALID, BuildIdFrame, USER_STACK_FRAMES};
 
-use super::{KERNEL_MODULE, OpenStack};
+use super::{
+    KERNEL_MODULE, OpenStack,
+    build_ids::{BuildId, BuildIds},
+};
 use crate::{
+    bpf_sys,
     connections::{Record, RecordKind},
     decode::{Event, EventKind, StackIds},
     symbolize::{Frame, Symbolizer},
 };
 
-/// Symbolized stacks kept across all processes; past this the cache starts over (the stacks
-/// already handed out stay with their sockets).
+/// Symbolized stacks kept; past this the cache starts over (the stacks already handed out
+/// stay with their sockets).
 const MAX_CACHED_STACKS: usize = 8192;
 
+/// One user frame as the kernel captured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawFrame {
+    InFile { build_id: BuildId, offset: u64 },
+    Address(u64),
+}
+
 pub struct StackResolver {
-    map: StackTraceMap<MapData>,
+    /// `USER_STACKS` (build-id frames), when user stacks are captured.
+    user_map: Option<MapData>,
+    /// `STACKS` (addresses), when kernel stacks are captured.
+    kernel_map: Option<StackTraceMap<MapData>>,
     symbolizer: Symbolizer,
-    by_pid: HashMap<u32, HashMap<StackIds, Arc<OpenStack>>>,
-    cached: usize,
+    build_ids: BuildIds,
+    raw_user: HashMap<u32, Arc<[RawFrame]>>,
+    stacks: HashMap<(u32, StackIds), Arc<OpenStack>>,
     /// Stack ids whose map entry could not be read.
     pub unreadable: u64,
 }
 
 impl StackResolver {
-    pub fn new(map: StackTraceMap<MapData>) -> Self {
+    pub fn new(user_map: Option<MapData>, kernel_map: Option<StackTraceMap<MapData>>) -> Self {
         Self {
-            map,
+            user_map,
+            kernel_map,
             symbolizer: Symbolizer::new(),
-            by_pid: HashMap::new(),
-            cached: 0,
+            build_ids: BuildIds::new(),
+            raw_user: HashMap::new(),
+            stacks: HashMap::new(),
             unreadable: 0,
         }
     }
 
     /// Gives the connect or accept `records` that `event` produced the stack it carries, and
-    /// drops what is cached for a process that exits or execs.
+    /// learns from exec and exit what symbolizing later stacks needs.
     pub fn attach(&mut self, event: &Event, records: &mut [Record]) {
         match event.kind {
-            EventKind::Exit | EventKind::Exec => self.forget(event.pid),
+            EventKind::Exit => self.symbolizer.forget(event.pid),
+            EventKind::Exec => {
+                if let Some(path) = &event.exec_path {
+                    self.build_ids.learn_exec(event.pid, path);
+                }
+                self.symbolizer.remember(event.pid);
+            }
             EventKind::Connect | EventKind::Accept { .. } => {
                 if event.stacks == StackIds::default() {
                     return;
@@ -64,21 +100,18 @@ impl StackResolver {
         }
     }
 
-    fn forget(&mut self, pid: u32) {
-        if let Some(stacks) = self.by_pid.remove(&pid) {
-            self.cached -= stacks.len();
-        }
-        self.symbolizer.forget(pid);
-    }
-
     /// The symbolized stacks `ids` name, captured in process `pid`; `None` when neither can be
     /// read.
     pub fn resolve(&mut self, pid: u32, ids: StackIds) -> Option<Arc<OpenStack>> {
-        if let Some(stack) = self.by_pid.get(&pid).and_then(|stacks| stacks.get(&ids)) {
+        let user = ids.user.and_then(|id| self.user_frames(id));
+        let by_address =
+            user.as_ref().is_some_and(|u| u.iter().any(|f| matches!(f, RawFrame::Address(_))));
+        let key = (if by_address { pid } else { 0 }, ids);
+        if let Some(stack) = self.stacks.get(&key) {
             return Some(Arc::clone(stack));
         }
         let mut frames = Vec::new();
-        if let Some(addrs) = ids.kernel.and_then(|id| self.addresses(id)) {
+        if let Some(addrs) = ids.kernel.and_then(|id| self.kernel_addresses(id)) {
             let kernel = self.symbolizer.kernel(&addrs);
             // The innermost frames are tcptrace's own program and the tracing glue that ran it.
             let traced = kernel.iter().position(|f| !is_tracing_glue(f)).unwrap_or(kernel.len());
@@ -87,24 +120,96 @@ impl StackResolver {
                 ..frame
             }));
         }
-        if let Some(addrs) = ids.user.and_then(|id| self.addresses(id)) {
-            frames.extend(self.symbolizer.user_stack(pid, &addrs));
+        if let Some(user) = &user {
+            frames.extend(self.user_stack(pid, user));
         }
         if frames.is_empty() {
             return None;
         }
         let stack = Arc::new(OpenStack { key: (ids.user, ids.kernel), frames });
-        if self.cached >= MAX_CACHED_STACKS {
-            self.by_pid.clear();
-            self.cached = 0;
+        if self.stacks.len() >= MAX_CACHED_STACKS {
+            self.stacks.clear();
         }
-        self.by_pid.entry(pid).or_default().insert(ids, Arc::clone(&stack));
-        self.cached += 1;
+        self.stacks.insert(key, Arc::clone(&stack));
         Some(stack)
     }
 
-    fn addresses(&mut self, id: u32) -> Option<Vec<u64>> {
-        match self.map.get(&id, 0) {
+    /// Symbolizes user frames, innermost first; consecutive frames of one file in one lookup.
+    fn user_stack(&mut self, pid: u32, raw: &[RawFrame]) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut i = 0;
+        while i < raw.len() {
+            match raw[i] {
+                RawFrame::InFile { build_id, .. } => {
+                    let run: Vec<u64> = raw[i..]
+                        .iter()
+                        .map_while(|f| match *f {
+                            RawFrame::InFile { build_id: id, offset } if id == build_id => {
+                                Some(offset)
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    i += run.len();
+                    frames.extend(self.in_file(pid, &build_id, &run));
+                }
+                RawFrame::Address(addr) => {
+                    frames.extend(self.symbolizer.user_stack(pid, &[addr]));
+                    i += 1;
+                }
+            }
+        }
+        frames
+    }
+
+    fn in_file(&mut self, pid: u32, build_id: &BuildId, offsets: &[u64]) -> Vec<Frame> {
+        if self.build_ids.path(build_id).is_none() {
+            // A file this process mapped after its exec (a library), or one seen for the first
+            // time: its mappings name it, if it still runs.
+            self.build_ids.learn_process(pid);
+        }
+        match self.build_ids.path(build_id).map(PathBuf::from) {
+            Some(path) => self.symbolizer.file_stack(&path, offsets),
+            None => offsets.iter().map(|&offset| Frame::unknown(offset, None)).collect(),
+        }
+    }
+
+    fn user_frames(&mut self, id: u32) -> Option<Arc<[RawFrame]>> {
+        if let Some(raw) = self.raw_user.get(&id) {
+            return Some(Arc::clone(raw));
+        }
+        let map = self.user_map.as_ref()?;
+        let mut value = vec![0u8; size_of::<BuildIdFrame>() * USER_STACK_FRAMES];
+        let fd = map.fd().as_fd().as_raw_fd();
+        if !matches!(bpf_sys::lookup(fd, id, &mut value), Ok(true)) {
+            self.unreadable += 1;
+            return None;
+        }
+        let raw: Arc<[RawFrame]> = value
+            .chunks_exact(size_of::<BuildIdFrame>())
+            .map_while(|chunk| {
+                // SAFETY: a chunk is exactly one BuildIdFrame of plain integers; read_unaligned
+                // copies it out of the byte buffer.
+                let frame =
+                    unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<BuildIdFrame>()) };
+                match frame.status {
+                    BUILD_ID_VALID => Some(RawFrame::InFile {
+                        build_id: frame.build_id,
+                        offset: frame.offset_or_ip,
+                    }),
+                    BUILD_ID_IP => Some(RawFrame::Address(frame.offset_or_ip)),
+                    // BUILD_ID_EMPTY: the stack ended.
+                    _ => None,
+                }
+            })
+            .collect();
+        self.raw_user.insert(id, Arc::clone(&raw));
+        Some(raw)
+    }
+
+    fn kernel_addresses(&mut self, id: u32) -> Option<Vec<u64>> {
+        let map = self.kernel_map.as_ref()?;
+        match map.get(&id, 0) {
             Ok(trace) => Some(trace.frames().iter().map(|frame| frame.ip).collect()),
             Err(_) => {
                 self.unreadable += 1;

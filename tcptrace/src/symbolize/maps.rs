@@ -15,9 +15,10 @@ impl Mappings {
         Self(maps)
     }
 
-    /// Whether the maps could be read (the process was there).
+    /// Whether the maps could be read and list something: the process was there, and not a
+    /// zombie (whose maps are empty).
     pub fn is_readable(&self) -> bool {
-        self.0.is_some()
+        self.0.as_ref().is_some_and(|maps| !maps.0.is_empty())
     }
 
     /// The file mapped at `addr` and the offset of `addr` in it; `None` outside file mappings.

@@ -35,7 +35,7 @@ mod frame;
 mod maps;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     fs::File,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -103,6 +103,27 @@ impl Symbolizer {
         self.resolve_user(pid, addrs, 1)
     }
 
+    /// Symbolizes a stack's frames the kernel placed in file `path` (by build id): each offset
+    /// is a return address's, looked up one byte earlier as in [`Symbolizer::user_stack`].
+    /// Frames keep the offsets as `addr` and have `path` as their module; an offset nothing
+    /// covers gives a frame without a symbol. Needs no process: the file is all there is.
+    pub fn file_stack(&mut self, path: &Path, offsets: &[u64]) -> Vec<Frame> {
+        let lookups: Vec<u64> = offsets.iter().map(|offset| offset.saturating_sub(1)).collect();
+        let module = path.to_string_lossy().into_owned();
+        self.backend
+            .file(path, &lookups)
+            .into_iter()
+            .zip(offsets)
+            .flat_map(|(frames, &offset)| {
+                let frames = frames.unwrap_or_else(|| unknown(offset, None));
+                frames.into_iter().map({
+                    let module = module.clone();
+                    move |frame| Frame { addr: offset, module: Some(module.clone()), ..frame }
+                })
+            })
+            .collect()
+    }
+
     /// Symbolizes kernel addresses, from /proc/kallsyms (which shows them to root only:
     /// otherwise every frame has `symbol: None`). Never fails.
     pub fn kernel(&mut self, addrs: &[u64]) -> Vec<Frame> {
@@ -127,6 +148,15 @@ impl Symbolizer {
         self.mappings.remove(&pid);
     }
 
+    /// Reads process `pid`'s mappings now, replacing what was known of it: call it when the
+    /// process has just exec'd. Its executable is mapped by then (its libraries may not be
+    /// yet), so a process that opens a connection and exits before its open event is read
+    /// still has its own code symbolized.
+    pub fn remember(&mut self, pid: u32) {
+        self.forget(pid);
+        self.mappings.insert(pid, Mappings::read(pid));
+    }
+
     /// User-space and kernel addresses cached now.
     pub fn cached_addresses(&self) -> usize {
         self.user_cache.len() + self.kernel_cache.len()
@@ -134,11 +164,22 @@ impl Symbolizer {
 
     fn resolve_user(&mut self, pid: u32, addrs: &[u64], adjust: u64) -> Vec<Frame> {
         let Self { backend, user_cache, mappings, .. } = self;
-        // Read while the process is surely there: this lookup is about its fresh stack.
-        let mappings = mappings.entry(pid).or_insert_with(|| Mappings::read(pid));
+        // Read while the process is surely there: this lookup is about its fresh stack. Read
+        // again if it is, as the mappings kept may be from its exec, before its libraries.
+        let fresh = Mappings::read(pid);
+        let fresh_readable = fresh.is_readable();
+        let mappings = match mappings.entry(pid) {
+            Entry::Occupied(mut kept) => {
+                if fresh_readable {
+                    kept.insert(fresh);
+                }
+                kept.into_mut()
+            }
+            Entry::Vacant(slot) => slot.insert(fresh),
+        };
+        let gone = !fresh_readable;
         lookup(user_cache, pid, addrs, adjust, |misses| {
-            let mut found = backend.user(pid, misses);
-            let gone = !Path::new(&format!("/proc/{pid}")).exists();
+            let mut found = if gone { vec![None; misses.len()] } else { backend.user(pid, misses) };
             if gone && mappings.is_readable() {
                 in_files(backend, mappings, misses, &mut found);
             }

@@ -104,8 +104,8 @@ fn rows(agg: &Aggregator, limits: &Limits) -> Vec<Row> {
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let options = args.probe.to_options(StacksMode::Off)?;
     let mut warnings = Vec::new();
-    let limits = args.detect.limits(&mut warnings);
-    let mut collector = Collector::start(&options, args.detect.capacity()).await?;
+    let limits = args.detect.limits(crate::leaks::DEFAULT_MIN_AGE, &mut warnings);
+    let mut collector = Collector::start(&options, args.detect.capacity(), true).await?;
     eprintln!("tcptrace: tracing TCP connections (close hook: {})", collector.close_hook());
     for note in collector.notes().iter().chain(&warnings) {
         eprintln!("tcptrace: note: {note}");

@@ -211,6 +211,15 @@ impl Harness {
         self.probes.stacks(StacksMode::Both).expect("the stack map").expect("stacks on")
     }
 
+    /// Follows process `pid` and what it forks (probes loaded with `Filter::follow`).
+    pub fn follow(&mut self, pid: u32) {
+        self.probes.follow(pid).expect("following");
+    }
+
+    pub fn followed_alive(&self) -> bool {
+        self.probes.followed_alive().expect("reading the followed processes")
+    }
+
     pub fn hook(&self) -> CloseHook {
         self.probes.close_hook()
     }
@@ -332,7 +341,7 @@ impl Harness {
     }
 
     /// Fails, listing them, if any events match `stray`.
-    fn expect_none(&self, what: &str, stray: impl Fn(&Event) -> bool) {
+    pub fn expect_none(&self, what: &str, stray: impl Fn(&Event) -> bool) {
         let found: Vec<String> =
             self.events.iter().filter(|e| stray(e)).map(|e| format!("  {}\n", show(e))).collect();
         assert!(found.is_empty(), "{what}:\n{}\nall events:\n{}", found.concat(), self.dump());
