@@ -23,7 +23,7 @@ use crate::{
     filter::{addr_matches, filters_process, process_matches},
     kernel::{AF_INET, IPPROTO_TCP, SockInfo},
     maps::{CONNECT_FD, LAST_RESET, OWNERS, current_event, emit, remember_owner},
-    stacks::capture,
+    stacks::{KernelStack, capture},
 };
 
 #[tracepoint]
@@ -188,7 +188,7 @@ fn on_change<C: StackIdContext + EbpfContext>(ctx: &C, change: Change) -> Result
         }
         if new == SYN_SENT {
             event.kind = KIND_CONNECT;
-            capture(ctx, &mut event);
+            capture(ctx, &mut event, KernelStack::Meaningful);
             // SAFETY: plain map read.
             event.fd = unsafe { CONNECT_FD.get(event.tid) }.copied().unwrap_or(-1);
         }

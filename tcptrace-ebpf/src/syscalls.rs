@@ -21,7 +21,7 @@ use crate::{
     kernel::{FdTable, SockInfo, socket_sock},
     maps::{CONNECT_FD, close_hook, count, current_event, emit, offsets_valid, remember_owner},
     release::release_if_last,
-    stacks::capture,
+    stacks::{KernelStack, capture},
 };
 
 /// include/uapi/linux/close_range.h: only marks descriptors close-on-exec.
@@ -80,7 +80,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     }
     event.fd = ret as i32;
     event.owner_pid = event.pid;
-    capture(ctx, &mut event);
+    capture(ctx, &mut event, KernelStack::Pointless);
     if !offsets_valid() {
         // Without BTF the descriptor cannot be tied to its sock: report what is known.
         emit(&event);

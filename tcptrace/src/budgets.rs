@@ -106,6 +106,10 @@ fn time_wait_verdict(max: f64, agg: &Aggregator) -> Verdict {
     let mut measured: f64 = 0.0;
     let mut offenders = Vec::new();
     for (pid, remote, counter) in agg.churn.iter() {
+        // As for the churn finding: one entry is no rate.
+        if counter.entries < 2 {
+            continue;
+        }
         let rate = counter.rate_per_s();
         measured = measured.max(rate);
         if rate > max {
@@ -182,9 +186,7 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use super::*;
-    use crate::{
-        aggregate::Origin, decode::TcpState, groups::group, stacks::OpenStack, symbolize::Frame,
-    };
+    use crate::{decode::TcpState, groups::group, stacks::OpenStack, symbolize::Frame};
 
     fn finding(pid: u32, kind: FindingKind, function: Option<&str>) -> Finding {
         let stack = function.map(|function| {
@@ -200,23 +202,11 @@ mod tests {
             })
         });
         Finding {
-            kind,
-            pid,
-            comm: format!("app{pid}"),
             fd: Some(3),
-            local: None,
             remote: Some("10.0.0.5:5432".parse().unwrap()),
-            state: TcpState::Established,
             age: Some(Duration::from_secs(1)),
-            idle: None,
-            keepalive: None,
-            source: Origin::Events,
-            count: 1,
-            rate_per_s: None,
-            port_share: None,
-            explanation: kind.explanation(),
-            fix: kind.fix(),
             stack,
+            ..Finding::new(kind, pid, format!("app{pid}"), TcpState::Established)
         }
     }
 

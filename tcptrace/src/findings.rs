@@ -188,6 +188,31 @@ fn socket_finding(s: &TrackedSocket, limits: &Limits, now_ns: u64) -> Option<Fin
     }
 }
 
+impl Finding {
+    /// A finding of one socket of `pid` in `state`, before its details are filled in.
+    pub fn new(kind: FindingKind, pid: u32, comm: String, state: TcpState) -> Self {
+        Self {
+            kind,
+            pid,
+            comm,
+            fd: None,
+            local: None,
+            remote: None,
+            state,
+            age: None,
+            idle: None,
+            keepalive: None,
+            source: Origin::Events,
+            count: 1,
+            rate_per_s: None,
+            port_share: None,
+            explanation: kind.explanation(),
+            fix: kind.fix(),
+            stack: None,
+        }
+    }
+}
+
 /// Every finding at `now_ns`, sorted by pid, kind and descriptor.
 pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
     let comm = |pid: u32| agg.processes.get(&pid).map(|p| p.comm.clone()).unwrap_or_default();
@@ -197,23 +222,15 @@ pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
             let kind = socket_finding(s, limits, now_ns)?;
             let pid = s.pid?;
             Some(Finding {
-                kind,
-                pid,
-                comm: comm(pid),
                 fd: s.fd,
                 local: s.local,
                 remote: s.remote,
-                state: s.state,
                 age: Some(s.age_at(now_ns)),
                 idle: s.idle_at(now_ns),
                 keepalive: s.keepalive,
                 source: s.origin,
-                count: 1,
-                rate_per_s: None,
-                port_share: None,
-                explanation: kind.explanation(),
-                fix: kind.fix(),
                 stack: s.stack.clone(),
+                ..Finding::new(kind, pid, comm(pid), s.state)
             })
         })
         .collect();
@@ -222,48 +239,25 @@ pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
         if counter.entries < 2 || rate < limits.time_wait_rate {
             continue;
         }
-        let kind = FindingKind::TimeWaitChurn;
         let share = (rate * TIME_WAIT_SECS / f64::from(limits.ephemeral_ports.max(1))).min(1.0);
         findings.push(Finding {
-            kind,
-            pid,
-            comm: comm(pid),
-            fd: None,
-            local: None,
             remote: Some(remote),
-            state: TcpState::TimeWait,
-            age: None,
-            idle: None,
-            keepalive: None,
-            source: Origin::Events,
             count: counter.entries,
             rate_per_s: Some((rate * 100.0).round() / 100.0),
             port_share: Some((share * 10_000.0).round() / 10_000.0),
-            explanation: kind.explanation(),
-            fix: kind.fix(),
             stack: counter.stack.clone(),
+            ..Finding::new(FindingKind::TimeWaitChurn, pid, comm(pid), TcpState::TimeWait)
         });
     }
     for exited in &agg.exit_releases.kept {
         let kind = FindingKind::ClosedByExit;
         findings.push(Finding {
-            kind,
-            pid: exited.pid,
-            comm: comm(exited.pid),
             fd: exited.fd,
             local: exited.local,
             remote: exited.remote,
-            state: exited.state,
             age: Some(exited.age),
-            idle: None,
-            keepalive: None,
-            source: Origin::Events,
-            count: 1,
-            rate_per_s: None,
-            port_share: None,
-            explanation: kind.explanation(),
-            fix: kind.fix(),
             stack: exited.stack.clone(),
+            ..Finding::new(kind, exited.pid, comm(exited.pid), exited.state)
         });
     }
     findings.sort_by_key(|f| (f.pid, f.kind, f.fd, f.remote));

@@ -107,7 +107,7 @@ pub fn group(findings: &[Finding]) -> Vec<FindingGroup> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{aggregate::Origin, decode::TcpState, symbolize::Frame};
+    use crate::{decode::TcpState, symbolize::Frame};
 
     fn stack(user_id: u32, function: &str) -> Arc<OpenStack> {
         Arc::new(OpenStack {
@@ -123,25 +123,12 @@ mod tests {
     }
 
     fn finding(fd: i32, remote: &str, age_s: u64, stack: Option<Arc<OpenStack>>) -> Finding {
-        let kind = FindingKind::Unclosed;
         Finding {
-            kind,
-            pid: 7,
-            comm: "leaky".to_owned(),
             fd: Some(fd),
-            local: None,
             remote: Some(remote.parse().unwrap()),
-            state: TcpState::Established,
             age: Some(Duration::from_secs(age_s)),
-            idle: None,
-            keepalive: None,
-            source: Origin::Events,
-            count: 1,
-            rate_per_s: None,
-            port_share: None,
-            explanation: kind.explanation(),
-            fix: kind.fix(),
             stack,
+            ..Finding::new(FindingKind::Unclosed, 7, "leaky".to_owned(), TcpState::Established)
         }
     }
 

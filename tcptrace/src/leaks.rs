@@ -45,6 +45,43 @@ impl DetectArgs {
     }
 }
 
+/// Takes the last events and sweep, then the findings and the report. Whatever fails here
+/// becomes a warning in the report: what was collected is never lost.
+pub async fn final_report(
+    collector: &mut Collector,
+    limits: Limits,
+    mut warnings: Vec<String>,
+) -> Report {
+    if let Err(e) = collector.finish().await {
+        warnings.push(format!("the final sweep failed ({e:#}): idle times are from the last one"));
+    }
+    let found = findings::detect(collector.agg(), &limits, monotonic_ns());
+    warnings.extend(collector.warnings.iter().cloned());
+    if collector.decode_errors() > 0 {
+        warnings.push(format!("{} malformed events skipped", collector.decode_errors()));
+    }
+    let counters = collector.counters().unwrap_or_else(|e| {
+        warnings.push(format!("kernel counters unreadable ({e:#}): losses may be unreported"));
+        Counters::default()
+    });
+    let counters = Counters {
+        stack_failures: counters.stack_failures + collector.unreadable_stacks(),
+        ..counters
+    };
+    Report::build(
+        collector.agg(),
+        found,
+        limits,
+        &RunInfo {
+            close_hook: collector.close_hook(),
+            duration: collector.elapsed(),
+            events: collector.events(),
+            counters,
+        },
+        warnings,
+    )
+}
+
 pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
     let options = args.probe.to_options(StacksMode::User)?;
     let mut warnings = Vec::new();
@@ -83,38 +120,7 @@ pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
     if status {
         eprint!("\r\x1b[K");
     }
-    // Whatever happens next, what was collected is reported.
-    let finish = collector.finish().await;
-    if let Err(e) = &finish {
-        warnings.push(format!("the final sweep failed ({e:#}): idle times are from the last one"));
-    }
-    let now = monotonic_ns();
-    let found = findings::detect(collector.agg(), &limits, now);
-    warnings.extend(collector.warnings.iter().cloned());
-    if collector.decode_errors() > 0 {
-        warnings.push(format!("{} malformed events skipped", collector.decode_errors()));
-    }
-    // The report is printed whatever happens to the counters: what was collected is not lost.
-    let counters = collector.counters().unwrap_or_else(|e| {
-        warnings.push(format!("kernel counters unreadable ({e:#}): losses may be unreported"));
-        Default::default()
-    });
-    let counters = Counters {
-        stack_failures: counters.stack_failures + collector.unreadable_stacks(),
-        ..counters
-    };
-    let report = Report::build(
-        collector.agg(),
-        found,
-        limits,
-        &RunInfo {
-            close_hook: collector.close_hook(),
-            duration: collector.elapsed(),
-            events: collector.events(),
-            counters,
-        },
-        warnings,
-    );
+    let report = final_report(&mut collector, limits, warnings).await;
     let mut out = io::stdout().lock();
     let written = if args.json { report.write_json(&mut out) } else { report.write_text(&mut out) };
     match written.and_then(|()| out.flush()) {

@@ -92,6 +92,19 @@ impl Report {
                 counters.stack_failures
             ));
         }
+        if counters.follow_full > 0 {
+            warnings.push(format!(
+                "{} descendants were not followed (followed-process map full)",
+                counters.follow_full
+            ));
+        }
+        if agg.exit_releases.dropped > 0 {
+            warnings.push(format!(
+                "{} closed-by-exit sockets beyond the first {} were not kept",
+                agg.exit_releases.dropped,
+                agg.exit_releases.kept.len()
+            ));
+        }
         if counters.owner_map_full > 0 {
             warnings.push(format!(
                 "{} sockets opened while the kernel owner map was full: their owner may be unknown",

@@ -22,11 +22,8 @@ use tokio::{
 use crate::{
     budgets::{self, Measured},
     cli::{RunArgs, UsageError},
-    clock::monotonic_ns,
     collector::Collector,
-    findings,
-    probes::Counters,
-    report::{Report, RunInfo},
+    leaks::final_report,
     run_report::{CommandStatus, RemoteReport, RunReport},
     stacks::StacksMode,
 };
@@ -118,15 +115,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             Ok(exited_at.elapsed() < wait_descendants)
         })
         .await;
-    forwarding.abort();
     if let Err(e) = &traced {
         warnings.push(format!("tracing stopped early ({e:#}): the report covers what was seen"));
     }
     let status = match status {
         Some(status) => status,
-        // Tracing failed before the command ended: it still runs; report what is known.
-        None => ExitStatus::from_raw(0),
+        // Tracing failed before the command ended: its outcome still decides the job.
+        None => exited_rx
+            .await
+            .context("lost track of the command")?
+            .context("waiting for the command")?,
     };
+    forwarding.abort();
     let still_running = collector.followed_alive().unwrap_or(false);
     if still_running {
         warnings.push(format!(
@@ -135,38 +135,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         ));
     }
 
-    collector.finish().await?;
-    let found = findings::detect(collector.agg(), &limits, monotonic_ns());
-    let counters = collector.counters().unwrap_or_else(|e| {
-        warnings.push(format!("kernel counters unreadable ({e:#}): losses may be unreported"));
-        Counters::default()
-    });
-    if counters.follow_full > 0 {
-        warnings.push(format!(
-            "{} descendants were not followed (followed-process map full)",
-            counters.follow_full
-        ));
-    }
-    let exits = &collector.agg().exit_releases;
-    if exits.dropped > 0 {
-        warnings.push(format!("{} closed-by-exit sockets beyond the first kept", exits.dropped));
-    }
-    let counters = Counters {
-        stack_failures: counters.stack_failures + collector.unreadable_stacks(),
-        ..counters
-    };
-    let report = Report::build(
-        collector.agg(),
-        found,
-        limits,
-        &RunInfo {
-            close_hook: collector.close_hook(),
-            duration: collector.elapsed(),
-            events: collector.events(),
-            counters,
-        },
-        warnings,
-    );
+    let report = final_report(&mut collector, limits, warnings).await;
     let measured =
         Measured { findings: &report.findings, groups: &report.groups, agg: collector.agg() };
     let verdicts = budgets::check(&args.budgets, &measured);

@@ -6,8 +6,7 @@ mod fixtures;
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Read},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
@@ -15,27 +14,12 @@ use std::{
     time::Duration,
 };
 
-use fixtures::{Fixture, line_of};
+use fixtures::{Fixture, line_of, server};
 use serde_json::Value;
 
 const TCPTRACE: &str = env!("CARGO_BIN_EXE_tcptrace");
 /// `tcptrace run`'s status when a budget is exceeded.
 const EXIT_BUDGET: i32 = 3;
-
-/// A loopback server that accepts every connection and holds it until the client closes.
-fn server() -> u16 {
-    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let port = listener.local_addr().expect("listener address").port();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            thread::spawn(move || {
-                let _ = conn.read_to_end(&mut Vec::new());
-            });
-        }
-    });
-    port
-}
 
 /// A directory of this test's own for report files.
 fn scratch(test: &str) -> PathBuf {
@@ -153,6 +137,7 @@ fn a_leaking_command_exceeds_its_budget_and_names_the_code_path() {
     assert!(run.stderr.contains("budget max-closed-by-exit: EXCEEDED: 4 > 0"), "{}", run.stderr);
     assert!(run.stderr.contains(&format!("opened at {site}")), "{}", run.stderr);
     assert!(run.junit.contains(r#"tests="2" failures="1""#), "{}", run.junit);
+    every_field_is_documented(r);
     assert!(
         run.junit.contains(
             r#"<testcase classname="tcptrace.budgets" name="max-closed-by-exit"><failure"#
@@ -299,4 +284,29 @@ fn a_command_that_does_not_exist_is_127() {
     assert_eq!(out.status.code(), Some(127));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot run `/nonexistent/cmd`"), "{stderr}");
+}
+
+/// Every field of the run report (beyond the leaks report's, which report.rs checks) is named
+/// in README's `run` section.
+fn every_field_is_documented(report: &Value) {
+    let readme = include_str!("../../README.md");
+    let section = readme.split("## `tcptrace run` (CI)").nth(1).expect("README has a run section");
+    let objects = [
+        ("report", report),
+        ("command_status", &report["command_status"]),
+        ("budget", &report["budgets"][0]),
+        ("offender", &report["budgets"][0]["offenders"][0]),
+        ("remote", &report["remotes"][0]),
+    ];
+    for (what, object) in objects {
+        let object =
+            object.as_object().unwrap_or_else(|| panic!("{what} is an object: {report:#}"));
+        for key in object.keys() {
+            let documented = section.contains(&format!("`{key}`"))
+                || section.contains(&format!("`{key}[]`"))
+                || readme.contains(&format!("| `{key}` |"))
+                || readme.contains(&format!("| `{key}[]` |"));
+            assert!(documented, "{what} field `{key}` is not documented in README");
+        }
+    }
 }

@@ -12,8 +12,7 @@
 mod fixtures;
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
@@ -21,25 +20,10 @@ use std::{
     time::Duration,
 };
 
-use fixtures::{Fixture, line_of};
+use fixtures::{Fixture, line_of, server};
 use serde_json::Value;
 
 const TCPTRACE: &str = env!("CARGO_BIN_EXE_tcptrace");
-
-/// A loopback server that accepts every connection and holds it until the client closes.
-fn server() -> u16 {
-    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let port = listener.local_addr().expect("listener address").port();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            thread::spawn(move || {
-                let _ = conn.read_to_end(&mut Vec::new());
-            });
-        }
-    });
-    port
-}
 
 /// Starts tcptrace and waits until it traces.
 fn start(args: &[&str]) -> Child {
