@@ -73,13 +73,20 @@ pub struct Settings {
     /// Offset of `child_pid` in `sched:sched_process_fork` records (it moved when the comm
     /// fields became `__data_loc` strings), for `Filter::follow`.
     pub fork_child_pid: u32,
+    /// Non-zero: every program returns at once (`cargo xtask bench`'s floor: the cost of the
+    /// hooks themselves, with nothing done in them).
+    pub floor: u32,
+    /// Wake the reader once this many bytes wait in the ring buffer; below, it finds them at
+    /// its next poll (user space polls every few milliseconds). A wakeup per event would cost
+    /// it a context switch per event. 0: wake for every event.
+    pub wakeup_bytes: u32,
 }
 
-const _: () = assert!(size_of::<Settings>() == 8);
+const _: () = assert!(size_of::<Settings>() == 16);
 
 impl Settings {
     pub const fn none() -> Self {
-        Self { stacks: 0, fork_child_pid: 0 }
+        Self { stacks: 0, fork_child_pid: 0, floor: 0, wakeup_bytes: 0 }
     }
 }
 

@@ -3,7 +3,10 @@
 use core::{cell::UnsafeCell, ffi::c_void};
 
 use aya_ebpf::{
-    bindings::{BPF_F_STACK_BUILD_ID, bpf_map_def, bpf_map_type::BPF_MAP_TYPE_STACK_TRACE},
+    bindings::{
+        BPF_F_STACK_BUILD_ID, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        bpf_map_def, bpf_map_type::BPF_MAP_TYPE_STACK_TRACE,
+    },
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -33,6 +36,12 @@ pub static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 /// Set by user space at load time (`--stacks`).
 #[unsafe(no_mangle)]
 pub static SETTINGS: Settings = Settings::none();
+
+/// `cargo xtask bench`'s floor: the programs are attached and do nothing.
+#[inline(always)]
+pub fn floor() -> bool {
+    global!(SETTINGS.floor) != 0
+}
 
 /// Kernel stacks captured at connect and accept, by id (`RawEvent::kernel_stack`). Equal stacks
 /// share an id, so the map holds distinct open sites, not opens. Size set by user space.
@@ -139,8 +148,20 @@ pub fn current_event(kind: u8) -> RawEvent {
 /// Copies the event into the ring buffer, or counts it as lost: never silently dropped.
 #[inline(always)]
 pub fn emit(event: &RawEvent) {
-    if EVENTS.output::<RawEvent>(event, 0).is_err() {
+    if EVENTS.output::<RawEvent>(event, wakeup()).is_err() {
         count(COUNTER_LOST_EVENTS);
+    }
+}
+
+/// The flags of a ring-buffer submission: wake the reader only when enough is waiting
+/// (`Settings::wakeup_bytes`).
+#[inline(always)]
+pub fn wakeup() -> u64 {
+    let threshold = u64::from(global!(SETTINGS.wakeup_bytes));
+    if threshold == 0 || EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= threshold {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 

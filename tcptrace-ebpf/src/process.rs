@@ -23,7 +23,9 @@ use tcptrace_common::{
 use crate::{
     filter::{following, process_matches},
     kernel::{FdTable, current_group_dead},
-    maps::{EVENTS, FOLLOWED, SETTINGS, close_hook, count, current_event, emit, global},
+    maps::{
+        EVENTS, FOLLOWED, SETTINGS, close_hook, count, current_event, emit, floor, global, wakeup,
+    },
     release::release_if_last,
 };
 
@@ -32,6 +34,9 @@ const EXIT_SCAN_MAX: u32 = 1 << 16;
 
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let group_dead = report_exit();
     // After the exit event, as with fentry and kprobe, where exit_files() runs tcp_close().
     if group_dead
@@ -62,6 +67,9 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 /// can exec or connect. Runs in the parent.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     if !following() {
         return 0;
     }
@@ -84,6 +92,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 /// for it. Only stacks need this, so it is only reported with stacks on.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     if global!(SETTINGS.stacks) == 0 {
         return 0;
     }
@@ -107,7 +118,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             let _ = bpf_probe_read_kernel_str_bytes(src, &mut (*exec).filename);
         }
     }
-    record.submit(0);
+    record.submit(wakeup());
     0
 }
 

@@ -22,12 +22,15 @@ use tcptrace_common::{
 use crate::{
     filter::{addr_matches, filters_process, process_matches},
     kernel::{AF_INET, IPPROTO_TCP, SockInfo},
-    maps::{CONNECT_FD, LAST_RESET, OWNERS, current_event, emit, remember_owner},
+    maps::{CONNECT_FD, LAST_RESET, OWNERS, current_event, emit, floor, remember_owner},
     stacks::{KernelStack, capture},
 };
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     if let Ok(Some(change)) = Change::from_tracepoint(&ctx) {
         let _ = on_change(&ctx, change);
     }
@@ -41,6 +44,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// only skipped when it re-enters itself, and the kernel counts that in `recursion_misses`.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    if floor() {
+        return 0;
+    }
     let sk: u64 = ctx.arg(0);
     let old: u64 = ctx.arg(1);
     let new: u64 = ctx.arg(2);
@@ -52,6 +58,9 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     // SAFETY: offset from the tracepoint format (module docs).
     if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(8) } {
         mark_reset(skaddr);
@@ -62,6 +71,9 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 /// `TP_PROTO(struct sock *sk)`; see `inet_sock_set_state_raw` for why raw is preferred.
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn tcp_receive_reset_raw(ctx: RawTracePointContext) -> i32 {
+    if floor() {
+        return 0;
+    }
     mark_reset(ctx.arg(0));
     0
 }

@@ -19,7 +19,9 @@ use tcptrace_common::{
 use crate::{
     filter::{addr_matches, process_matches},
     kernel::{FdTable, SockInfo, socket_sock},
-    maps::{CONNECT_FD, close_hook, count, current_event, emit, offsets_valid, remember_owner},
+    maps::{
+        CONNECT_FD, close_hook, count, current_event, emit, floor, offsets_valid, remember_owner,
+    },
     release::release_if_last,
     stacks::{KernelStack, capture},
 };
@@ -42,6 +44,9 @@ fn current_tid() -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     if let Ok(fd) = arg(&ctx, 0)
         && CONNECT_FD.insert(current_tid(), fd as i32, 0).is_err()
     {
@@ -52,18 +57,27 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_connect(_ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let _ = CONNECT_FD.remove(current_tid());
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let _ = try_accept(&ctx);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let _ = try_accept(&ctx);
     0
 }
@@ -116,6 +130,9 @@ fn tracepoint_releases() -> bool {
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     if tracepoint_releases()
         && let (Ok(fd), Ok(table)) = (arg(&ctx, 0), FdTable::current())
     {
@@ -136,6 +153,9 @@ fn on_dup(ctx: &TracePointContext) -> Result<(), i32> {
 
 #[tracepoint]
 pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     if tracepoint_releases() {
         let _ = on_dup(&ctx);
     }
@@ -144,6 +164,9 @@ pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     if tracepoint_releases() {
         let _ = on_dup(&ctx);
     }
@@ -152,6 +175,9 @@ pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     if tracepoint_releases() {
         let _ = on_close_range(&ctx);
     }

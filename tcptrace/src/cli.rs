@@ -139,6 +139,9 @@ pub struct ProbeArgs {
     /// trace and top
     #[arg(long, value_name = "WHICH", num_args = 0..=1, default_missing_value = "user")]
     pub stacks: Option<StacksMode>,
+    /// Benchmarks only: attach every program, but have each return at once
+    #[arg(long, hide = true)]
+    pub bench_floor: bool,
 }
 
 impl ProbeArgs {
@@ -149,6 +152,7 @@ impl ProbeArgs {
             close_hook: self.close_hook,
             ring_bytes: self.ring_size << 20,
             stacks: self.stacks.unwrap_or(stacks),
+            floor: self.bench_floor,
         })
     }
 }

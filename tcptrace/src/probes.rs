@@ -64,6 +64,8 @@ pub struct ProbeOptions {
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
     pub stacks: StacksMode,
+    /// Attach every program but make each return at once (`cargo xtask bench`'s floor).
+    pub floor: bool,
 }
 
 /// Distinct user stacks the kernel's `USER_STACKS` map holds: 64 frames of 32 bytes (build id
@@ -166,7 +168,12 @@ impl Probes {
         } else {
             0
         };
-        let settings = Settings { stacks: options.stacks.bits(), fork_child_pid };
+        let settings = Settings {
+            stacks: options.stacks.bits(),
+            fork_child_pid,
+            floor: u32::from(options.floor),
+            wakeup_bytes: options.ring_bytes / 4,
+        };
         let user_stacks = settings.stacks & STACKS_USER != 0;
         let kernel_stacks = settings.stacks & STACKS_KERNEL != 0;
         let mut ebpf = EbpfLoader::new()

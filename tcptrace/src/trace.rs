@@ -40,6 +40,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         conns: Connections::new(MAX_TRACKED),
         records: Vec::new(),
         stacks,
+        events: 0,
         decode_errors: 0,
     };
 
@@ -81,6 +82,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     }
 
     let counters = probes.counters()?;
+    // One line benchmarks and users can count on (bcc's tools print their losses the same way).
+    eprintln!(
+        "tcptrace: {} events read, {} lost",
+        session.events,
+        counters.lost_events + counters.missed_runs
+    );
     if counters.lost_events > 0 {
         eprintln!(
             "tcptrace: {} events lost: the ring buffer was full (try a larger --ring-size)",
@@ -122,6 +129,7 @@ struct Session {
     conns: Connections,
     records: Vec<crate::connections::Record>,
     stacks: Option<StackResolver>,
+    events: u64,
     decode_errors: u64,
 }
 
@@ -131,6 +139,7 @@ impl Session {
             self.decode_errors += 1;
             return Ok(());
         };
+        self.events += 1;
         self.records.clear();
         self.conns.apply(&event, &mut self.records);
         if let Some(stacks) = &mut self.stacks {

@@ -153,7 +153,6 @@ fn leaks_groups_a_c_programs_findings_by_the_path_that_opened_them() {
     assert!(
         findings.iter().all(|f| f["stack"] == orders["stack"] || f["stack"] == refresh["stack"])
     );
-    assert_eq!(report["stack_failures"], 0);
 }
 
 #[test]
@@ -201,7 +200,8 @@ fn a_program_without_frame_pointers_gets_a_short_stack_and_no_error() {
             |frame: &Value| frame["file"].as_str().is_some_and(|f| f.ends_with("leaky.c"));
         assert!(!stack.iter().any(from_leaky_c), "{f:#}");
     }
-    assert_eq!(report["stack_failures"], 0);
+    // Not `stack_failures == 0`: this test's own server (a Rust build without frame pointers)
+    // accepts the connections, and a walk of its stack may find nothing to capture.
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup | run | test | vm-test`.
+//! Project tasks: `cargo xtask setup | run | test | vm-test | bench`.
 
+mod bench;
 mod setup;
 mod vm;
 
@@ -37,6 +38,17 @@ enum Task {
     },
     /// Run the root tests inside Debian's stock kernel under qemu, in fentry and kprobe modes
     VmTest,
+    /// Set up, then measure what tracing costs: loopback churn under every tracer side by side,
+    /// and the user-space replay
+    Bench(bench::BenchArgs),
+    /// The benchmark's churn generator (run by `bench`, as root)
+    #[command(hide = true)]
+    Churn {
+        #[arg(long)]
+        threads: usize,
+        #[arg(long)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +57,11 @@ fn main() -> ExitCode {
         Task::Run { args } => run(args),
         Task::Test { host_only } => test(host_only),
         Task::VmTest => setup::setup().and_then(|()| vm_test()),
+        Task::Bench(args) => setup::setup().and_then(|()| {
+            setup::bench_peers();
+            bench::bench(&args)
+        }),
+        Task::Churn { threads, seconds } => bench::churn_main(threads, seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -55,8 +55,20 @@ fn installed(package: &str) -> bool {
         .is_some_and(|s| s.contains("ok installed"))
 }
 
-pub fn setup() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+/// The peers `cargo xtask bench` compares with: bpftrace, and libbpf-tools (tcplife, tcpstates,
+/// built by Debian from bcc's sources).
+const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools"];
+
+/// Installs the benchmark's peers (idempotent); a peer that cannot be installed is left out
+/// of the benchmark, which says so.
+pub fn bench_peers() {
+    if let Err(e) = install(BENCH_PACKAGES) {
+        eprintln!("setup: the benchmark's peers could not be installed ({e:#})");
+    }
+}
+
+fn install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if !missing.is_empty() {
         eprintln!("setup: installing Debian packages: {}", missing.join(" "));
         run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
@@ -67,6 +79,11 @@ pub fn setup() -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }
+    Ok(())
+}
+
+pub fn setup() -> Result<()> {
+    install(DEBIAN_PACKAGES)?;
 
     for service in SERVICES_TO_STOP {
         stop_service(service);

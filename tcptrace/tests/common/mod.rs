@@ -178,7 +178,8 @@ impl Harness {
     pub fn load_with(filter: Filter, stacks: StacksMode) -> Self {
         let port = filter.port;
         let choice = requested_close_hook();
-        let options = ProbeOptions { filter, close_hook: choice, ring_bytes: 1 << 20, stacks };
+        let options =
+            ProbeOptions { filter, close_hook: choice, ring_bytes: 1 << 20, stacks, floor: false };
         let mut probes =
             Probes::load(&options).unwrap_or_else(|e| panic!("loading the probes: {e:#}"));
         let expected = match choice {

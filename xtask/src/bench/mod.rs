@@ -1,0 +1,195 @@
+//! `cargo xtask bench`: what tracing costs, measured side by side in one run.
+//!
+//! Churn: every configuration (no tracer, the floor, tcptrace's commands, the peers) runs the
+//! same loopback workload, round after round, interleaved so that drift (thermal, other load)
+//! spreads over all of them; each line gives min/median/max of the connection rate, the median
+//! as a ratio of the untraced one, what the tracer delivered and lost, its CPU time and peak RSS.
+//! Replay: tcptrace's user space alone on a generated event stream (`tcptrace/examples/replay`).
+
+mod churn;
+mod tracers;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+pub use churn::churn;
+use clap::Args;
+use tracers::{Tracer, TracerCost};
+
+use crate::{cargo, run_checked, workspace_root};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Rounds of every configuration (interleaved)
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds of churn per configuration and round
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Client threads of the churn generator (as many server threads)
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// A few seconds of everything, to check that the benchmark runs (CI); no figures to trust
+    #[arg(long)]
+    smoke: bool,
+    /// Only the configurations whose name contains one of these words (the baseline always
+    /// runs), e.g. --only tcptrace,tcplife
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// One configuration's run in one round.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    rate: f64,
+    cost: TracerCost,
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    let (rounds, seconds) = if args.smoke { (1, 1) } else { (args.rounds.max(1), args.seconds) };
+    run_checked(cargo().args(["build", "--release", "-p", "tcptrace", "--bins", "--examples"]))?;
+    let root = workspace_root();
+    let tcptrace = root.join("target/release/tcptrace");
+
+    replay(&root.join("target/release/examples/replay"), args.smoke)?;
+
+    let mut configs: Vec<Tracer> = Vec::new();
+    let wanted = |tracer: Tracer| {
+        tracer == Tracer::Baseline
+            || args.only.is_empty()
+            || args.only.iter().any(|word| tracer.name().contains(word.as_str()))
+    };
+    for tracer in Tracer::ALL.into_iter().filter(|&t| wanted(t)) {
+        // A configuration that cannot start here (a peer not installed) is said once and left out.
+        match tracers::start(tracer, &tcptrace) {
+            Ok(running) => {
+                if let Some(running) = running {
+                    running.stop()?;
+                }
+                configs.push(tracer);
+            }
+            Err(e) => println!("bench: {} left out: {e:#}", tracer.name()),
+        }
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
+    for round in 1..=rounds {
+        for (i, &tracer) in configs.iter().enumerate() {
+            let sample = measure(tracer, &tcptrace, args.threads, seconds)
+                .with_context(|| format!("round {round}, {}", tracer.name()))?;
+            eprintln!(
+                "bench: round {round}/{rounds} {:<30} {:>9.0} conn/s",
+                tracer.name(),
+                sample.rate
+            );
+            samples[i].push(sample);
+        }
+    }
+    print_table(&configs, &samples, args.threads, seconds, rounds);
+    Ok(())
+}
+
+fn measure(tracer: Tracer, tcptrace: &Path, threads: usize, seconds: u64) -> Result<Sample> {
+    let running = tracers::start(tracer, tcptrace)?;
+    let churned = run_churn(threads, seconds);
+    let cost = match running {
+        Some(running) => running.stop()?,
+        None => TracerCost::default(),
+    };
+    let (connections, secs) = churned?;
+    Ok(Sample { rate: connections as f64 / secs, cost })
+}
+
+/// The generator in a process of its own (its own network namespace, its own CPU accounting).
+fn run_churn(threads: usize, seconds: u64) -> Result<(u64, f64)> {
+    let exe = std::env::current_exe().context("the xtask binary")?;
+    let out = Command::new(exe)
+        .args(["churn", "--threads", &threads.to_string(), "--seconds", &seconds.to_string()])
+        .output()
+        .context("running the churn generator")?;
+    if !out.status.success() {
+        bail!("the churn generator failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value: serde_json::Value = serde_json::from_str(text.trim())
+        .with_context(|| format!("the churn generator printed {text:?}"))?;
+    let connections = value["connections"].as_u64().context("no connections")?;
+    let seconds = value["seconds"].as_f64().context("no seconds")?;
+    Ok((connections, seconds))
+}
+
+/// `xtask churn`: the generator's process.
+pub fn churn_main(threads: usize, seconds: u64) -> Result<()> {
+    let churned = churn(threads, Duration::from_secs(seconds))?;
+    println!(
+        "{}",
+        serde_json::json!({"connections": churned.connections, "seconds": churned.seconds})
+    );
+    Ok(())
+}
+
+fn replay(binary: &Path, smoke: bool) -> Result<()> {
+    let mut cmd = Command::new(binary);
+    if smoke {
+        cmd.arg("--smoke");
+    }
+    let status = cmd.status().with_context(|| format!("running {}", binary.display()))?;
+    if !status.success() {
+        bail!("the replay benchmark failed ({status})");
+    }
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+}
+
+fn print_table(
+    configs: &[Tracer],
+    samples: &[Vec<Sample>],
+    threads: usize,
+    seconds: u64,
+    rounds: usize,
+) {
+    println!();
+    println!(
+        "Loopback churn: {threads} client threads (connect, 1 byte each way, close), {seconds} s per run, {rounds} rounds interleaved"
+    );
+    println!(
+        "| tracer | conn/s median (min–max) | vs none | events/s delivered | lost | tracer CPU s/s | tracer peak RSS MiB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let baseline = samples
+        .first()
+        .map(|s| median(&mut s.iter().map(|x| x.rate).collect::<Vec<_>>()))
+        .unwrap_or(f64::NAN);
+    for (tracer, samples) in configs.iter().zip(samples) {
+        let mut rates: Vec<f64> = samples.iter().map(|s| s.rate).collect();
+        let med = median(&mut rates);
+        let (min, max) = (rates[0], rates[rates.len() - 1]);
+        let per_s = |x: u64| x as f64 / seconds as f64;
+        let events = samples.iter().filter_map(|s| s.cost.events).map(per_s).collect::<Vec<_>>();
+        let events = if events.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.0}", median(&mut events.clone()))
+        };
+        let lost = if samples.iter().all(|s| s.cost.lost.is_none()) {
+            "-".to_owned()
+        } else {
+            samples.iter().filter_map(|s| s.cost.lost).sum::<u64>().to_string()
+        };
+        let traced = *tracer != Tracer::Baseline;
+        let cpu =
+            median(&mut samples.iter().map(|s| s.cost.cpu_s / seconds as f64).collect::<Vec<_>>());
+        let rss = samples.iter().map(|s| s.cost.max_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        println!(
+            "| {} | {med:.0} ({min:.0}–{max:.0}) | {:.1}% | {events} | {lost} | {} | {} |",
+            tracer.name(),
+            med / baseline * 100.0,
+            if traced { format!("{cpu:.2}") } else { "-".to_owned() },
+            if traced { format!("{rss:.1}") } else { "-".to_owned() },
+        );
+    }
+}

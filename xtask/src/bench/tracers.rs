@@ -1,0 +1,253 @@
+//! The configurations a benchmark round measures: no tracer, the floor, tcptrace's commands and
+//! the peers (bpftrace, libbpf-tools) where they are installed. Each is started as a process,
+//! stopped with SIGINT, and read for the events it delivered and lost.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracer {
+    /// No tracer: the rate every other one is a ratio of.
+    Baseline,
+    /// tcptrace's programs on every hook it uses, each returning at once.
+    Floor,
+    /// `tcptrace trace > /dev/null`.
+    Trace,
+    /// `tcptrace leaks`.
+    Leaks,
+    /// bpftrace counting state changes in the kernel.
+    BpftraceCount,
+    /// bpftrace printing every state change.
+    BpftracePrintf,
+    /// libbpf-tools `tcplife`.
+    Tcplife,
+    /// libbpf-tools `tcpstates`.
+    Tcpstates,
+}
+
+impl Tracer {
+    pub const ALL: [Self; 8] = [
+        Self::Baseline,
+        Self::Floor,
+        Self::Trace,
+        Self::Leaks,
+        Self::BpftraceCount,
+        Self::BpftracePrintf,
+        Self::Tcplife,
+        Self::Tcpstates,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "none (baseline)",
+            Self::Floor => "floor: tcptrace hooks, empty",
+            Self::Trace => "tcptrace trace > /dev/null",
+            Self::Leaks => "tcptrace leaks",
+            Self::BpftraceCount => "bpftrace, count in kernel",
+            Self::BpftracePrintf => "bpftrace, printf per change",
+            Self::Tcplife => "libbpf-tools tcplife",
+            Self::Tcpstates => "libbpf-tools tcpstates",
+        }
+    }
+
+    /// The command that starts it, or why it cannot run here.
+    fn command(self, tcptrace: &Path) -> Result<Option<Command>> {
+        let tcptrace_cmd = |args: &[&str]| {
+            let mut cmd = Command::new(tcptrace);
+            cmd.args(args);
+            cmd
+        };
+        Ok(Some(match self {
+            Self::Baseline => return Ok(None),
+            Self::Floor => tcptrace_cmd(&["trace", "--bench-floor"]),
+            Self::Trace => tcptrace_cmd(&["trace"]),
+            Self::Leaks => tcptrace_cmd(&["leaks", "--json", "--stacks", "off"]),
+            Self::BpftraceCount => {
+                let mut cmd = Command::new(installed("bpftrace")?);
+                cmd.args(["-e", "tracepoint:sock:inet_sock_set_state { @[args->oldstate, args->newstate] = count(); }"]);
+                cmd
+            }
+            Self::BpftracePrintf => {
+                let mut cmd = Command::new(installed("bpftrace")?);
+                cmd.args(["-e", r#"tracepoint:sock:inet_sock_set_state { printf("%d %d %d %d\n", pid, args->sport, args->oldstate, args->newstate); }"#]);
+                cmd
+            }
+            Self::Tcplife => Command::new(libbpf_tool("tcplife")?),
+            Self::Tcpstates => Command::new(libbpf_tool("tcpstates")?),
+        }))
+    }
+
+    /// A line on stderr that says the tracer is attached.
+    fn ready_marker(self) -> Option<&'static str> {
+        match self {
+            Self::Floor | Self::Trace | Self::Leaks => Some("tcptrace: tracing"),
+            _ => None,
+        }
+    }
+
+    /// How long it takes to attach, for those that say nothing on stderr: bpftrace compiles
+    /// its script with LLVM first.
+    fn attach_time(self) -> Duration {
+        match self {
+            Self::BpftraceCount | Self::BpftracePrintf => Duration::from_secs(4),
+            _ => Duration::from_secs(2),
+        }
+    }
+}
+
+/// Where the binary is, or an error saying it is not installed.
+fn installed(name: &str) -> Result<PathBuf> {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
+        let path = Path::new(dir).join(name);
+        if path.exists() {
+            return Ok(path);
+        }
+    }
+    bail!("{name} is not installed")
+}
+
+/// Debian's libbpf-tools installs each tool under its own name, or with a `bpf-` prefix.
+fn libbpf_tool(name: &str) -> Result<PathBuf> {
+    installed(name).or_else(|_| installed(&format!("bpf-{name}")))
+}
+
+/// A tracer running while the workload runs.
+pub struct Running {
+    tracer: Tracer,
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    stdout: Option<mpsc::Receiver<String>>,
+}
+
+/// What a tracer said and cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracerCost {
+    pub events: Option<u64>,
+    pub lost: Option<u64>,
+    /// User and system CPU time of the tracer.
+    pub cpu_s: f64,
+    /// Peak resident set size, KiB.
+    pub max_rss_kib: u64,
+}
+
+/// Starts `tracer` and waits until it is attached; `None` for the baseline.
+pub fn start(tracer: Tracer, tcptrace: &Path) -> Result<Option<Running>> {
+    let Some(mut cmd) = tracer.command(tcptrace)? else { return Ok(None) };
+    // Output that only the tracer's cost matters for goes to /dev/null, as a user would send it.
+    let keep_stdout = matches!(tracer, Tracer::Leaks | Tracer::BpftraceCount);
+    cmd.stdin(Stdio::null())
+        .stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() })
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", tracer.name()))?;
+    let stderr = lines(child.stderr.take().expect("piped stderr"));
+    let stdout = child.stdout.take().map(lines);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    match tracer.ready_marker() {
+        Some(marker) => loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match stderr.recv_timeout(left) {
+                Ok(line) if line.contains(marker) => break,
+                Ok(_) => {}
+                Err(_) => bail!("{} did not start (no `{marker}` line)", tracer.name()),
+            }
+        },
+        None => thread::sleep(tracer.attach_time()),
+    }
+    if let Ok(Some(status)) = child.try_wait() {
+        bail!("{} exited at start ({status})", tracer.name());
+    }
+    Ok(Some(Running { tracer, child, stderr, stdout }))
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl Running {
+    /// Stops the tracer (SIGINT, as a user's Ctrl-C) and reads what it delivered and cost.
+    pub fn stop(mut self) -> Result<TracerCost> {
+        let pid = libc::pid_t::try_from(self.child.id()).context("pid")?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let (status, usage) = wait4(pid)?;
+        // The reader threads end at the pipes' end of file.
+        let stderr: Vec<String> = self.stderr.iter().collect();
+        let stdout: Vec<String> =
+            self.stdout.take().map(|rx| rx.iter().collect()).unwrap_or_default();
+        let _ = self.child.wait();
+        if status != 0 && !matches!(self.tracer, Tracer::BpftraceCount | Tracer::BpftracePrintf) {
+            bail!("{} failed (status {status}): {}", self.tracer.name(), stderr.join("\n"));
+        }
+        let (events, lost) = delivered(self.tracer, &stdout, &stderr);
+        let cpu = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        Ok(TracerCost {
+            events,
+            lost,
+            cpu_s: cpu(usage.ru_utime) + cpu(usage.ru_stime),
+            max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        })
+    }
+}
+
+/// waitpid with the child's resource usage (CPU time, peak RSS).
+fn wait4(pid: libc::pid_t) -> Result<(i32, libc::rusage)> {
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child with valid out-pointers.
+    let ret = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if ret != pid {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 };
+    Ok((code, usage))
+}
+
+/// (events delivered, events lost) as the tracer reports them, where it does.
+fn delivered(tracer: Tracer, stdout: &[String], stderr: &[String]) -> (Option<u64>, Option<u64>) {
+    let number_after = |lines: &[String], prefix: &str| {
+        lines.iter().find_map(|l| l.strip_prefix(prefix)?.split_whitespace().next()?.parse().ok())
+    };
+    match tracer {
+        Tracer::Floor | Tracer::Trace => {
+            // "tcptrace: N events read, M lost"
+            let Some(line) = stderr.iter().find(|l| l.contains(" events read, ")) else {
+                return (None, None);
+            };
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = |i: usize| words.get(i).and_then(|w| w.parse().ok());
+            (at(1), at(4))
+        }
+        Tracer::Leaks => {
+            let report: serde_json::Value =
+                serde_json::from_str(&stdout.join("\n")).unwrap_or_default();
+            (report["events"].as_u64(), report["events_lost"].as_u64())
+        }
+        Tracer::BpftraceCount => {
+            // "@[1, 2]: 1234" per state pair.
+            let sum = stdout
+                .iter()
+                .filter_map(|l| l.rsplit_once("]: ")?.1.trim().parse::<u64>().ok())
+                .sum();
+            (Some(sum), number_after(stderr, "Lost ").or(Some(0)))
+        }
+        Tracer::BpftracePrintf => (None, number_after(stderr, "Lost ").or(Some(0))),
+        Tracer::Baseline | Tracer::Tcplife | Tracer::Tcpstates => (None, None),
+    }
+}
