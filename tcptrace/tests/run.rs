@@ -6,15 +6,13 @@ mod fixtures;
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::mpsc,
     thread,
     time::Duration,
 };
 
-use fixtures::{Fixture, line_of, server};
+use fixtures::{Fixture, line_of, server, start_tcptrace};
 use serde_json::Value;
 
 const TCPTRACE: &str = env!("CARGO_BIN_EXE_tcptrace");
@@ -180,23 +178,8 @@ fn forked_workers_are_followed_and_their_leaks_are_theirs() {
 fn sigterm_goes_to_the_command_and_the_report_is_still_made() {
     let dir = scratch("signal");
     let report = dir.join("report.json");
-    let mut child = Command::new(TCPTRACE)
-        .args(["run", "--report"])
-        .arg(&report)
-        .args(["--", "sleep", "30"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tcptrace");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let first = rx.recv_timeout(Duration::from_secs(30)).expect("tcptrace said nothing");
-    assert!(first.starts_with("tcptrace: tracing `sleep 30`"), "{first}");
+    let report_arg = report.to_str().expect("a UTF-8 path");
+    let (mut child, rx) = start_tcptrace(&["run", "--report", report_arg, "--", "sleep", "30"]);
     // The command is spawned right after that line.
     thread::sleep(Duration::from_millis(500));
     // SAFETY: signalling our own child.

@@ -12,38 +12,16 @@
 mod fixtures;
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
-    thread,
-    time::Duration,
+    process::{Child, Output},
 };
 
-use fixtures::{Fixture, line_of, server};
+use fixtures::{Fixture, line_of, server, start_tcptrace};
 use serde_json::Value;
-
-const TCPTRACE: &str = env!("CARGO_BIN_EXE_tcptrace");
 
 /// Starts tcptrace and waits until it traces.
 fn start(args: &[&str]) -> Child {
-    let mut child = Command::new(TCPTRACE)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tcptrace");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let first = rx.recv_timeout(Duration::from_secs(30)).expect("tcptrace said nothing");
-    assert!(first.starts_with("tcptrace: tracing"), "tcptrace did not start: {first}");
-    child
+    start_tcptrace(args).0
 }
 
 fn finish(child: Child) -> String {
