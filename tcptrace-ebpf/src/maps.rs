@@ -43,6 +43,12 @@ pub fn floor() -> bool {
     global!(SETTINGS.floor) != 0
 }
 
+/// Whether only the state changes an aggregating reader uses are sent (`Settings::lean`).
+#[inline(always)]
+pub fn lean() -> bool {
+    global!(SETTINGS.lean) != 0
+}
+
 /// Kernel stacks captured at connect and accept, by id (`RawEvent::kernel_stack`). Equal stacks
 /// share an id, so the map holds distinct open sites, not opens. Size set by user space.
 #[map]

@@ -22,7 +22,7 @@ use tcptrace_common::{
 use crate::{
     filter::{addr_matches, filters_process, process_matches},
     kernel::{AF_INET, IPPROTO_TCP, SockInfo},
-    maps::{CONNECT_FD, LAST_RESET, OWNERS, current_event, emit, floor, remember_owner},
+    maps::{CONNECT_FD, LAST_RESET, OWNERS, current_event, emit, floor, lean, remember_owner},
     stacks::{KernelStack, capture},
 };
 
@@ -221,6 +221,17 @@ fn on_change<C: StackIdContext + EbpfContext>(ctx: &C, change: Change) -> Result
         },
         None if filters_process() => return Ok(()),
         None => {}
+    }
+    if lean() && new != CLOSE {
+        let unused = match owner {
+            // SAFETY: as above.
+            Some(owner) => unsafe { (*owner).released != 0 },
+            // A listener's child: accept() reports it with its state and addresses.
+            None => old == LISTEN || (old == SYN_RECV && new == ESTABLISHED),
+        };
+        if unused {
+            return Ok(());
+        }
     }
 
     emit(&event);

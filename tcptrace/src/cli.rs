@@ -6,7 +6,10 @@ use clap::{Args, Parser, Subcommand};
 use tcptrace_common::{Filter, MAX_FILTER_PIDS};
 
 use crate::{
-    close_hook::CloseHookChoice, findings::FindingKind, probes::ProbeOptions, stacks::StacksMode,
+    close_hook::CloseHookChoice,
+    findings::FindingKind,
+    probes::{Changes, ProbeOptions},
+    stacks::StacksMode,
     top::SortKey,
 };
 
@@ -145,14 +148,20 @@ pub struct ProbeArgs {
 }
 
 impl ProbeArgs {
-    /// The kernel side's options; `stacks` is the command's default for `--stacks`.
-    pub fn to_options(&self, stacks: StacksMode) -> Result<ProbeOptions, UsageError> {
+    /// The kernel side's options; `stacks` is the command's default for `--stacks`, `changes`
+    /// what it does with state changes.
+    pub fn to_options(
+        &self,
+        stacks: StacksMode,
+        changes: Changes,
+    ) -> Result<ProbeOptions, UsageError> {
         Ok(ProbeOptions {
             filter: self.filter.to_filter()?,
             close_hook: self.close_hook,
             ring_bytes: self.ring_size << 20,
             stacks: self.stacks.unwrap_or(stacks),
             floor: self.bench_floor,
+            changes,
         })
     }
 }

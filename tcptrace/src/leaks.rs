@@ -13,7 +13,7 @@ use crate::{
     collector::Collector,
     findings::{self, Limits},
     ports::{DEFAULT_EPHEMERAL_PORTS, ephemeral_ports},
-    probes::Counters,
+    probes::{Changes, Counters},
     report::{Report, RunInfo},
     stacks::StacksMode,
     stop::stop_signal,
@@ -83,7 +83,7 @@ pub async fn final_report(
 }
 
 pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
-    let options = args.probe.to_options(StacksMode::User)?;
+    let options = args.probe.to_options(StacksMode::User, Changes::Lifecycle)?;
     let mut warnings = Vec::new();
     let limits = args.detect.limits(DEFAULT_MIN_AGE, &mut warnings);
     let mut collector = Collector::start(&options, args.detect.capacity(), true).await?;

@@ -4,6 +4,7 @@ use clap::Parser as _;
 use tcptrace::{
     cli::{Cli, Command, UsageError},
     compare, leaks, privileges,
+    probes::Changes,
     stacks::StacksMode,
     top, trace,
 };
@@ -48,7 +49,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         // Reads two files: no kernel, no privileges.
         Command::Compare(args) => return compare::run(args),
     };
-    probe.to_options(StacksMode::Off)?;
+    probe.to_options(StacksMode::Off, Changes::All)?;
     if let Some(missing) = privileges::missing() {
         anyhow::bail!(missing);
     }

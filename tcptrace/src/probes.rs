@@ -66,6 +66,16 @@ pub struct ProbeOptions {
     pub stacks: StacksMode,
     /// Attach every program but make each return at once (`cargo xtask bench`'s floor).
     pub floor: bool,
+    pub changes: Changes,
+}
+
+/// Which TCP state changes the kernel sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changes {
+    /// Every one (`trace` prints them).
+    All,
+    /// Only those the aggregator uses (`leaks`, `top`, `run`): see `Settings::lean`.
+    Lifecycle,
 }
 
 /// Distinct user stacks the kernel's `USER_STACKS` map holds: 64 frames of 32 bytes (build id
@@ -173,6 +183,7 @@ impl Probes {
             fork_child_pid,
             floor: u32::from(options.floor),
             wakeup_bytes: options.ring_bytes / 4,
+            lean: u32::from(options.changes == Changes::Lifecycle),
         };
         let user_stacks = settings.stacks & STACKS_USER != 0;
         let kernel_stacks = settings.stacks & STACKS_KERNEL != 0;

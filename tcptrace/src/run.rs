@@ -24,6 +24,7 @@ use crate::{
     cli::{RunArgs, UsageError},
     collector::Collector,
     leaks::final_report,
+    probes::Changes,
     run_report::{CommandStatus, RemoteReport, RunReport},
     stacks::StacksMode,
 };
@@ -49,7 +50,7 @@ impl RunArgs {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     args.check()?;
-    let mut options = args.probe.to_options(StacksMode::User)?;
+    let mut options = args.probe.to_options(StacksMode::User, Changes::Lifecycle)?;
     options.filter.follow = 1;
     let mut warnings = Vec::new();
     let limits = args.detect.limits(Duration::ZERO, &mut warnings);

@@ -12,7 +12,7 @@ use crate::{
     connections::Connections,
     decode::Event,
     output::{Clock, Format, Renderer},
-    probes::Probes,
+    probes::{Changes, Probes},
     stacks::{StackResolver, StacksMode},
     stop::stop_signal,
 };
@@ -21,7 +21,7 @@ use crate::{
 const MAX_TRACKED: usize = 1 << 20;
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
-    let options = args.probe.to_options(StacksMode::Off)?;
+    let options = args.probe.to_options(StacksMode::Off, Changes::All)?;
     let mut probes = Probes::load(&options)?;
     let mut stream = probes.events()?;
     let stacks = probes.stacks(options.stacks)?;

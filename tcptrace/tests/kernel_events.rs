@@ -21,8 +21,9 @@ use tcptrace::{
     decode::{
         Event, EventKind,
         ReleaseReason::{Close as ByClose, Exit as ByExit},
-        TcpState::{Close, Established, FinWait1, FinWait2, Listen, SynSent},
+        TcpState::{Close, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynSent},
     },
+    probes::Changes,
     stacks::StacksMode,
 };
 use tcptrace_common::Filter;
@@ -124,6 +125,48 @@ fn client_closes_first() {
 fn server_closes_first() {
     let _serial = no_forks();
     open_and_close(LOCALHOST_V4, false);
+}
+
+/// `leaks`, `top` and `run` aggregate: the kernel leaves out the state changes they do not use
+/// (a released socket's, but its CLOSE; a listener child's handshake, before accept()), and
+/// keeps every other one, with its owner.
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn lifecycle_changes_leave_out_what_aggregation_does_not_use() {
+    let _serial = no_forks();
+    let listener = listen(LOCALHOST_V4);
+    let filter = Filter { port: addr_of(&listener).port(), ..Filter::none() };
+    let mut h = Harness::load_options(filter, StacksMode::Off, Changes::Lifecycle);
+    let me = Task::current();
+    let client = connect(addr_of(&listener));
+    let server = accept(&listener);
+    let (client_fd, server_fd) = (client.as_raw_fd(), server.as_raw_fd());
+    let client_sock = Sock::client_stream("client", &me, &client);
+    let server_sock = Sock::server_stream("server", &server);
+    let (client_owner, server_owner) = (me.owns(client_fd), me.owns(server_fd));
+
+    drop(client);
+    read_eof(&server);
+    drop(server);
+    h.expect_socket(
+        &client_sock,
+        &[
+            connect_event(&me, client_fd),
+            change(SynSent, Established, client_owner),
+            release_event(&me, ByClose, Established, client_fd),
+            change(FinWait2, Close, client_owner),
+        ],
+    );
+    h.expect_socket(
+        &server_sock,
+        &[
+            accept_event(&me, server_fd),
+            change(Established, CloseWait, server_owner),
+            release_event(&me, ByClose, CloseWait, server_fd),
+            change(LastAck, Close, server_owner),
+        ],
+    );
+    h.expect_nothing_lost();
 }
 
 #[test]

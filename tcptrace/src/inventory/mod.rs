@@ -3,8 +3,8 @@
 //!
 //! One walk over /proc maps socket inodes to the (pid, fd) pairs holding them and finds every
 //! network namespace a process is in; named namespaces under /run/netns are added; then one
-//! NETLINK_SOCK_DIAG dump per namespace lists its TCP sockets (IPv4 and IPv6, every state) with
-//! `tcp_info`, and the two are joined on the inode.
+//! NETLINK_SOCK_DIAG dump per namespace lists its TCP sockets (IPv4 and IPv6, every state but
+//! TIME_WAIT, which no process holds) with `tcp_info`, and the two are joined on the inode.
 //!
 //! Files, one reason to change each: `proc_fds` (the /proc walk), `netns` (finding and entering
 //! namespaces), `sock_diag` (the netlink dump), `tcp_info` and `keepalive` (pure readings of
@@ -97,9 +97,9 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
 }
 
-/// Every TCP socket (IPv4 and IPv6, all states) in every network namespace reachable through
-/// `/proc/*/ns/net` and `/run/netns/*` (deduplicated by namespace inode; the caller's own
-/// included), joined with the descriptors in `/proc/*/fd`.
+/// Every TCP socket a process can hold (IPv4 and IPv6, every state but TIME_WAIT) in every
+/// network namespace reachable through `/proc/*/ns/net` and `/run/netns/*` (deduplicated by
+/// namespace inode; the caller's own included), joined with the descriptors in `/proc/*/fd`.
 ///
 /// Fails only if /proc cannot be listed or the caller's own namespace cannot be dumped;
 /// everything else it could not see is in `warnings`.

@@ -16,6 +16,7 @@ use crate::{
     collector::Collector,
     decode::TcpState,
     findings::{self, Limits},
+    probes::Changes,
     stacks::StacksMode,
     stop::stop_signal,
 };
@@ -102,7 +103,7 @@ fn rows(agg: &Aggregator, limits: &Limits) -> Vec<Row> {
 }
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
-    let options = args.probe.to_options(StacksMode::Off)?;
+    let options = args.probe.to_options(StacksMode::Off, Changes::Lifecycle)?;
     let mut warnings = Vec::new();
     let limits = args.detect.limits(crate::leaks::DEFAULT_MIN_AGE, &mut warnings);
     let mut collector = Collector::start(&options, args.detect.capacity(), true).await?;

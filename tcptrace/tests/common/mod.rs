@@ -21,7 +21,7 @@ use tcptrace::{
             self, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynRecv, SynSent,
         },
     },
-    probes::{Counters, ProbeOptions, Probes},
+    probes::{Changes, Counters, ProbeOptions, Probes},
     stacks::{StackResolver, StacksMode},
     stream::EventStream,
 };
@@ -176,10 +176,21 @@ impl Harness {
 
     /// Probes that capture `stacks` at connect and accept.
     pub fn load_with(filter: Filter, stacks: StacksMode) -> Self {
+        Self::load_options(filter, stacks, Changes::All)
+    }
+
+    /// Probes that send the state changes `changes` asks for.
+    pub fn load_options(filter: Filter, stacks: StacksMode, changes: Changes) -> Self {
         let port = filter.port;
         let choice = requested_close_hook();
-        let options =
-            ProbeOptions { filter, close_hook: choice, ring_bytes: 1 << 20, stacks, floor: false };
+        let options = ProbeOptions {
+            filter,
+            close_hook: choice,
+            ring_bytes: 1 << 20,
+            stacks,
+            floor: false,
+            changes,
+        };
         let mut probes =
             Probes::load(&options).unwrap_or_else(|e| panic!("loading the probes: {e:#}"));
         let expected = match choice {

@@ -21,8 +21,10 @@ pub enum Tracer {
     Floor,
     /// `tcptrace trace > /dev/null`.
     Trace,
-    /// `tcptrace leaks`.
+    /// `tcptrace leaks`, as a user runs it (user stacks at every open).
     Leaks,
+    /// `tcptrace leaks --stacks off`.
+    LeaksNoStacks,
     /// bpftrace counting state changes in the kernel.
     BpftraceCount,
     /// bpftrace printing every state change.
@@ -34,11 +36,12 @@ pub enum Tracer {
 }
 
 impl Tracer {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Baseline,
         Self::Floor,
         Self::Trace,
         Self::Leaks,
+        Self::LeaksNoStacks,
         Self::BpftraceCount,
         Self::BpftracePrintf,
         Self::Tcplife,
@@ -51,6 +54,7 @@ impl Tracer {
             Self::Floor => "floor: tcptrace hooks, empty",
             Self::Trace => "tcptrace trace > /dev/null",
             Self::Leaks => "tcptrace leaks",
+            Self::LeaksNoStacks => "tcptrace leaks --stacks off",
             Self::BpftraceCount => "bpftrace, count in kernel",
             Self::BpftracePrintf => "bpftrace, printf per change",
             Self::Tcplife => "libbpf-tools tcplife",
@@ -69,7 +73,8 @@ impl Tracer {
             Self::Baseline => return Ok(None),
             Self::Floor => tcptrace_cmd(&["trace", "--bench-floor"]),
             Self::Trace => tcptrace_cmd(&["trace"]),
-            Self::Leaks => tcptrace_cmd(&["leaks", "--json", "--stacks", "off"]),
+            Self::Leaks => tcptrace_cmd(&["leaks", "--json"]),
+            Self::LeaksNoStacks => tcptrace_cmd(&["leaks", "--json", "--stacks", "off"]),
             Self::BpftraceCount => {
                 let mut cmd = Command::new(installed("bpftrace")?);
                 cmd.args(["-e", "tracepoint:sock:inet_sock_set_state { @[args->oldstate, args->newstate] = count(); }"]);
@@ -88,7 +93,9 @@ impl Tracer {
     /// A line on stderr that says the tracer is attached.
     fn ready_marker(self) -> Option<&'static str> {
         match self {
-            Self::Floor | Self::Trace | Self::Leaks => Some("tcptrace: tracing"),
+            Self::Floor | Self::Trace | Self::Leaks | Self::LeaksNoStacks => {
+                Some("tcptrace: tracing")
+            }
             _ => None,
         }
     }
@@ -142,7 +149,8 @@ pub struct TracerCost {
 pub fn start(tracer: Tracer, tcptrace: &Path) -> Result<Option<Running>> {
     let Some(mut cmd) = tracer.command(tcptrace)? else { return Ok(None) };
     // Output that only the tracer's cost matters for goes to /dev/null, as a user would send it.
-    let keep_stdout = matches!(tracer, Tracer::Leaks | Tracer::BpftraceCount);
+    let keep_stdout =
+        matches!(tracer, Tracer::Leaks | Tracer::LeaksNoStacks | Tracer::BpftraceCount);
     cmd.stdin(Stdio::null())
         .stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::piped());
@@ -234,7 +242,7 @@ fn delivered(tracer: Tracer, stdout: &[String], stderr: &[String]) -> (Option<u6
             let at = |i: usize| words.get(i).and_then(|w| w.parse().ok());
             (at(1), at(4))
         }
-        Tracer::Leaks => {
+        Tracer::Leaks | Tracer::LeaksNoStacks => {
             let report: serde_json::Value =
                 serde_json::from_str(&stdout.join("\n")).unwrap_or_default();
             (report["events"].as_u64(), report["events_lost"].as_u64())
