@@ -86,6 +86,8 @@ pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
     let options = args.probe.to_options(StacksMode::User, Changes::Lifecycle)?;
     let mut warnings = Vec::new();
     let limits = args.detect.limits(DEFAULT_MIN_AGE, &mut warnings);
+    // Before the banner: a Ctrl-C from then on ends the run with its report.
+    let stop = stop_signal(args.duration)?;
     let mut collector = Collector::start(&options, args.detect.capacity(), true).await?;
     eprintln!(
         "tcptrace: tracing TCP connections (close hook: {}); looking for leaks {}",
@@ -100,7 +102,6 @@ pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
     }
 
     let status = io::stderr().is_terminal();
-    let stop = stop_signal(args.duration)?;
     collector
         .run(stop, args.detect.sweep, Duration::from_secs(1), |c| {
             if status {

@@ -22,6 +22,8 @@ const MAX_TRACKED: usize = 1 << 20;
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let options = args.probe.to_options(StacksMode::Off, Changes::All)?;
+    // Before the banner: a Ctrl-C from then on ends the trace cleanly.
+    let mut stop = pin!(stop_signal(args.duration)?);
     let mut probes = Probes::load(&options)?;
     let mut stream = probes.events()?;
     let stacks = probes.stacks(options.stacks)?;
@@ -43,8 +45,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         events: 0,
         decode_errors: 0,
     };
-
-    let mut stop = pin!(stop_signal(args.duration)?);
 
     let result: io::Result<()> = async {
         renderer.header()?;

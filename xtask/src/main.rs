@@ -41,6 +41,9 @@ enum Task {
     /// Set up, then measure what tracing costs: loopback churn under every tracer side by side,
     /// and the user-space replay
     Bench(bench::BenchArgs),
+    /// The benchmark's rounds alone, without building (what `bench --vm` runs in the VM)
+    #[command(hide = true)]
+    BenchRounds(bench::RoundsOnly),
     /// The benchmark's churn generator (run by `bench`, as root)
     #[command(hide = true)]
     Churn {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             setup::bench_peers();
             bench::bench(&args)
         }),
+        Task::BenchRounds(args) => bench::run_rounds(&args.rounds, &args.tcptrace),
         Task::Churn { threads, seconds } => bench::churn_main(threads, seconds),
     };
     match result {

@@ -106,12 +106,13 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let options = args.probe.to_options(StacksMode::Off, Changes::Lifecycle)?;
     let mut warnings = Vec::new();
     let limits = args.detect.limits(crate::leaks::DEFAULT_MIN_AGE, &mut warnings);
+    // Before the banner: a Ctrl-C from then on ends the run with its report.
+    let stop = stop_signal(args.duration)?;
     let mut collector = Collector::start(&options, args.detect.capacity(), true).await?;
     eprintln!("tcptrace: tracing TCP connections (close hook: {})", collector.close_hook());
     for note in collector.notes().iter().chain(&warnings) {
         eprintln!("tcptrace: note: {note}");
     }
-    let stop = stop_signal(args.duration)?;
     let mut rates = Rates::default();
     let mut sort = Sort::from(args.sort);
 

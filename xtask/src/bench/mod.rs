@@ -18,8 +18,32 @@ use tracers::{Tracer, TracerCost};
 
 use crate::{cargo, run_checked, workspace_root};
 
+/// `xtask bench-rounds`: the rounds alone (what the VM runs).
+#[derive(Debug, Args)]
+pub struct RoundsOnly {
+    #[command(flatten)]
+    pub rounds: RoundArgs,
+    /// The tcptrace binary to measure
+    #[arg(long)]
+    pub tcptrace: std::path::PathBuf,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    rounds: RoundArgs,
+    /// A few seconds of everything, to check that the benchmark runs (CI); no figures to trust
+    #[arg(long)]
+    smoke: bool,
+    /// Also measure inside Debian's stock kernel under qemu (fentry close hook; bpftrace is
+    /// left out there)
+    #[arg(long)]
+    vm: bool,
+}
+
+/// What the rounds measure: shared by the host run and the one inside the VM.
+#[derive(Debug, Clone, Args)]
+pub struct RoundArgs {
     /// Rounds of every configuration (interleaved)
     #[arg(long, default_value_t = 5)]
     rounds: usize,
@@ -29,14 +53,15 @@ pub struct BenchArgs {
     /// Client threads of the churn generator (as many server threads)
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// A few seconds of everything, to check that the benchmark runs (CI); no figures to trust
-    #[arg(long)]
-    smoke: bool,
     /// Only the configurations whose name contains one of these words (the baseline always
     /// runs), e.g. --only tcptrace,tcplife
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
+
+/// Configurations the VM tier leaves out: bpftrace's LLVM libraries would make the initramfs
+/// hundreds of megabytes.
+const NOT_IN_VM: &[&str] = &["bpftrace"];
 
 /// One configuration's run in one round.
 #[derive(Debug, Clone, Copy)]
@@ -46,13 +71,24 @@ struct Sample {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    let (rounds, seconds) = if args.smoke { (1, 1) } else { (args.rounds.max(1), args.seconds) };
+    let mut rounds = args.rounds.clone();
+    if args.smoke {
+        (rounds.rounds, rounds.seconds) = (1, 1);
+    }
     run_checked(cargo().args(["build", "--release", "-p", "tcptrace", "--bins", "--examples"]))?;
     let root = workspace_root();
     let tcptrace = root.join("target/release/tcptrace");
 
     replay(&root.join("target/release/examples/replay"), args.smoke)?;
+    run_rounds(&rounds, &tcptrace)?;
+    if args.vm {
+        vm_rounds(&rounds, &tcptrace)?;
+    }
+    Ok(())
+}
 
+/// Every wanted configuration that can start here, round after round, then the table.
+pub fn run_rounds(args: &RoundArgs, tcptrace: &Path) -> Result<()> {
     let mut configs: Vec<Tracer> = Vec::new();
     let wanted = |tracer: Tracer| {
         tracer == Tracer::Baseline
@@ -61,7 +97,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     };
     for tracer in Tracer::ALL.into_iter().filter(|&t| wanted(t)) {
         // A configuration that cannot start here (a peer not installed) is said once and left out.
-        match tracers::start(tracer, &tcptrace) {
+        match tracers::start(tracer, tcptrace) {
             Ok(running) => {
                 if let Some(running) = running {
                     running.stop()?;
@@ -71,10 +107,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             Err(e) => println!("bench: {} left out: {e:#}", tracer.name()),
         }
     }
+    let (rounds, seconds) = (args.rounds.max(1), args.seconds);
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
     for round in 1..=rounds {
         for (i, &tracer) in configs.iter().enumerate() {
-            let sample = measure(tracer, &tcptrace, args.threads, seconds)
+            let sample = measure(tracer, tcptrace, args.threads, seconds)
                 .with_context(|| format!("round {round}, {}", tracer.name()))?;
             eprintln!(
                 "bench: round {round}/{rounds} {:<30} {:>9.0} conn/s",
@@ -86,6 +123,53 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     print_table(&configs, &samples, args.threads, seconds, rounds);
     Ok(())
+}
+
+/// The same rounds inside Debian's stock kernel under qemu: this xtask binary runs them there
+/// (`xtask bench-rounds`), with tcptrace and libbpf-tools placed at their host paths. The
+/// emulated CPU is slow, so rates are far below the host's; the ratios are what compare.
+fn vm_rounds(args: &RoundArgs, tcptrace: &Path) -> Result<()> {
+    let kernel = crate::vm::prepare_kernel(&crate::vm::default_cache_dir())?;
+    let xtask = std::env::current_exe().context("the xtask binary")?;
+    let mut only: Vec<String> = if args.only.is_empty() {
+        Tracer::ALL.iter().map(|t| t.name().to_owned()).collect()
+    } else {
+        args.only.clone()
+    };
+    only.retain(|word| !NOT_IN_VM.iter().any(|left_out| word.contains(left_out)));
+    let mut extra = vec![tcptrace.to_path_buf()];
+    extra.extend(tracers::libbpf_tools());
+    let command = crate::vm::VmCommand {
+        name: "bench".to_owned(),
+        program: xtask,
+        args: vec![
+            "bench-rounds".to_owned(),
+            format!("--tcptrace={}", tcptrace.display()),
+            format!("--rounds={}", args.rounds),
+            format!("--seconds={}", args.seconds),
+            format!("--threads={}", args.threads),
+            format!("--only={}", only.join(",")),
+        ],
+        env: Vec::new(),
+    };
+    // Loading and attaching is slow under emulation: allow a minute per run.
+    let runs = (args.rounds.max(1) + 1) * Tracer::ALL.len();
+    let timeout = Duration::from_secs(120 + runs as u64 * (args.seconds + 60));
+    let outcomes = crate::vm::run(&kernel, &[command], &extra, timeout)?;
+    let outcome = outcomes.first().context("the VM ran nothing")?;
+    println!();
+    println!("In the VM (Debian's stock kernel under qemu TCG, close hook fentry):");
+    for line in outcome.output.lines() {
+        if line.starts_with('|') || line.starts_with("Loopback churn") || line.starts_with("bench:")
+        {
+            println!("{line}");
+        }
+    }
+    match outcome.exit_code {
+        Some(0) => Ok(()),
+        Some(code) => bail!("the benchmark in the VM exited with {code}"),
+        None => bail!("the benchmark in the VM did not finish (panic, hang or timeout)"),
+    }
 }
 
 fn measure(tracer: Tracer, tcptrace: &Path, threads: usize, seconds: u64) -> Result<Sample> {

@@ -121,6 +121,11 @@ fn installed(name: &str) -> Result<PathBuf> {
     bail!("{name} is not installed")
 }
 
+/// The libbpf-tools binaries the benchmark runs, where installed (for the VM's initramfs).
+pub fn libbpf_tools() -> Vec<PathBuf> {
+    ["tcplife", "tcpstates"].into_iter().filter_map(|name| libbpf_tool(name).ok()).collect()
+}
+
 /// Debian's libbpf-tools installs each tool under its own name, or with a `bpf-` prefix.
 fn libbpf_tool(name: &str) -> Result<PathBuf> {
     installed(name).or_else(|_| installed(&format!("bpf-{name}")))
