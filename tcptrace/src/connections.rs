@@ -2,10 +2,15 @@
 //! reads — who owns each state change, when TIME_WAIT was entered, and each connection's
 //! lifetime at close. Pure: unit-tested without root.
 
-use std::{collections::HashMap, sync::Arc};
+mod comms;
+
+use std::sync::Arc;
+
+use comms::Comms;
+use foldhash::HashMap;
 
 use crate::{
-    decode::{Endpoints, Event, EventKind, ReleaseReason, TcpState},
+    decode::{Comm, Endpoints, Event, EventKind, ReleaseReason, TcpState},
     stacks::OpenStack,
 };
 
@@ -41,7 +46,8 @@ pub struct Record {
     pub kind: RecordKind,
     pub pid: Option<u32>,
     pub tid: Option<u32>,
-    pub comm: Option<String>,
+    /// As the kernel keeps it (no allocation per event); `Comm::as_str` for text.
+    pub comm: Option<Comm>,
     pub fd: Option<i32>,
     pub skaddr: u64,
     pub endpoints: Option<Endpoints>,
@@ -49,22 +55,54 @@ pub struct Record {
     pub stack: Option<Arc<OpenStack>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Owner {
     pid: u32,
-    comm: String,
+    comm: Comm,
     fd: Option<i32>,
 }
 
-#[derive(Debug, Default)]
+/// One tracked socket in 24 bytes, its options as sentinels: with a million sockets open, every
+/// byte here costs about two (the table doubles its buckets as it grows).
+#[derive(Debug, Clone, Copy)]
 struct Conn {
-    /// None when the socket existed before tracing started.
-    opened_ns: Option<u64>,
-    owner: Option<Owner>,
+    /// `NO_TIME` when the socket existed before tracing started.
+    opened_ns: u64,
+    /// `NO_PID` until an owner is known.
+    pid: u32,
+    /// `NO_FD` when unknown (the kernel's descriptors are never negative).
+    fd: i32,
+    /// The owner's task name, in `Comms`.
+    comm: u32,
+}
+
+const NO_TIME: u64 = u64::MAX;
+/// Above PID_MAX_LIMIT (2^22): never a real pid.
+const NO_PID: u32 = u32::MAX;
+const NO_FD: i32 = -1;
+
+impl Conn {
+    fn unowned(opened_ns: Option<u64>) -> Self {
+        // `comm` means nothing without a pid.
+        Self { opened_ns: opened_ns.unwrap_or(NO_TIME), pid: NO_PID, fd: NO_FD, comm: 0 }
+    }
+
+    fn opened_ns(self) -> Option<u64> {
+        (self.opened_ns != NO_TIME).then_some(self.opened_ns)
+    }
+
+    fn owner(self, comms: &Comms) -> Option<Owner> {
+        (self.pid != NO_PID).then(|| Owner {
+            pid: self.pid,
+            comm: comms.get(self.comm),
+            fd: (self.fd != NO_FD).then_some(self.fd),
+        })
+    }
 }
 
 pub struct Connections {
     conns: HashMap<u64, Conn>,
+    comms: Comms,
     /// Live connections per owning process, so exits of unrelated processes stay quiet.
     owned: HashMap<u32, usize>,
     capacity: usize,
@@ -74,7 +112,13 @@ pub struct Connections {
 
 impl Connections {
     pub fn new(capacity: usize) -> Self {
-        Self { conns: HashMap::new(), owned: HashMap::new(), capacity, untracked: 0 }
+        Self {
+            conns: HashMap::default(),
+            comms: Comms::default(),
+            owned: HashMap::default(),
+            capacity,
+            untracked: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -85,23 +129,40 @@ impl Connections {
         self.conns.is_empty()
     }
 
-    fn conn(&mut self, skaddr: u64, opened_ns: Option<u64>) -> Option<&mut Conn> {
-        if !self.conns.contains_key(&skaddr) && self.conns.len() >= self.capacity {
+    /// Whether `skaddr` is tracked or there is room for it; counts it untracked otherwise.
+    fn room_for(&mut self, skaddr: u64) -> bool {
+        let room = self.conns.len() < self.capacity || self.conns.contains_key(&skaddr);
+        if !room {
             self.untracked += 1;
+        }
+        room
+    }
+
+    /// The owner of a socket, which is tracked from here on when there is room.
+    fn owner(&mut self, skaddr: u64, opened_ns: Option<u64>) -> Option<Owner> {
+        if !self.room_for(skaddr) {
             return None;
         }
-        Some(self.conns.entry(skaddr).or_insert_with(|| Conn { opened_ns, owner: None }))
+        self.conns.entry(skaddr).or_insert(Conn::unowned(opened_ns)).owner(&self.comms)
     }
 
     fn set_owner(&mut self, skaddr: u64, opened_ns: u64, owner: Owner) {
-        let pid = owner.pid;
-        let Some(conn) = self.conn(skaddr, Some(opened_ns)) else { return };
-        conn.opened_ns.get_or_insert(opened_ns);
-        let previous = conn.owner.replace(owner).map(|o| o.pid);
-        if let Some(previous) = previous {
-            self.disown(previous);
+        if !self.room_for(skaddr) {
+            return;
         }
-        *self.owned.entry(pid).or_default() += 1;
+        let conn = self.conns.entry(skaddr).or_insert(Conn::unowned(Some(opened_ns)));
+        if conn.opened_ns == NO_TIME {
+            conn.opened_ns = opened_ns;
+        }
+        let previous = (conn.pid != NO_PID).then_some((conn.pid, conn.comm));
+        conn.pid = owner.pid;
+        conn.fd = owner.fd.unwrap_or(NO_FD);
+        conn.comm = self.comms.acquire(owner.comm);
+        if let Some((pid, comm)) = previous {
+            self.comms.release(comm);
+            self.disown(pid);
+        }
+        *self.owned.entry(owner.pid).or_default() += 1;
     }
 
     fn disown(&mut self, pid: u32) {
@@ -115,8 +176,9 @@ impl Connections {
 
     fn remove(&mut self, skaddr: u64) -> Option<Conn> {
         let conn = self.conns.remove(&skaddr)?;
-        if let Some(owner) = &conn.owner {
-            self.disown(owner.pid);
+        if conn.pid != NO_PID {
+            self.comms.release(conn.comm);
+            self.disown(conn.pid);
         }
         Some(conn)
     }
@@ -128,13 +190,13 @@ impl Connections {
             kind: RecordKind::Connect,
             pid: Some(event.pid),
             tid: Some(event.tid),
-            comm: Some(event.comm.to_string()),
+            comm: Some(event.comm),
             fd: event.fd,
             skaddr: event.skaddr,
             endpoints: event.endpoints,
             stack: None,
         };
-        let opener = || Owner { pid: event.pid, comm: event.comm.to_string(), fd: event.fd };
+        let opener = || Owner { pid: event.pid, comm: event.comm, fd: event.fd };
         match event.kind {
             EventKind::Connect => {
                 self.set_owner(event.skaddr, event.ts_ns, opener());
@@ -166,12 +228,12 @@ impl Connections {
             EventKind::State { old, new, reset } => {
                 // The passive child is created (LISTEN -> SYN_RECV) when the handshake completes.
                 let created = (old == TcpState::Listen).then_some(event.ts_ns);
-                let owner = self.conn(event.skaddr, created).and_then(|c| c.owner.clone());
+                let owner = self.owner(event.skaddr, created);
                 // State changes run in softirq context: show the owner, not the interrupted task.
                 let attributed = Record {
                     pid: owner.as_ref().map(|o| o.pid).or(event.owner_pid),
                     tid: None,
-                    comm: owner.as_ref().map(|o| o.comm.clone()),
+                    comm: owner.as_ref().map(|o| o.comm),
                     fd: owner.as_ref().and_then(|o| o.fd).or(event.fd),
                     ..current
                 };
@@ -187,7 +249,7 @@ impl Connections {
                     });
                 }
                 let lifetime_ns =
-                    conn.and_then(|c| c.opened_ns).map(|opened| event.ts_ns.saturating_sub(opened));
+                    conn.and_then(Conn::opened_ns).map(|opened| event.ts_ns.saturating_sub(opened));
                 out.push(Record {
                     kind: RecordKind::Close { from: old, reset, lifetime_ns },
                     ..attributed
@@ -264,7 +326,7 @@ mod tests {
         // Softirq changes are shown with the owner (pid 10, fd 5), not the interrupted pid 999.
         assert!(out.iter().all(|r| r.pid == Some(10)));
         assert_eq!(out[1].fd, Some(5));
-        assert_eq!(out[1].comm.as_deref(), Some("cli"));
+        assert_eq!(out[1].comm.as_ref().map(Comm::as_str).as_deref(), Some("cli"));
     }
 
     #[test]

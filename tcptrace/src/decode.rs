@@ -153,6 +153,16 @@ impl Comm {
     }
 }
 
+/// A name given in user space (tests, filters): its first 16 bytes, as the kernel would keep.
+impl From<&str> for Comm {
+    fn from(name: &str) -> Self {
+        let mut raw = [0u8; 16];
+        let len = name.len().min(raw.len());
+        raw[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self(raw)
+    }
+}
+
 impl fmt::Display for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.as_str())

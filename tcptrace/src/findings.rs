@@ -170,14 +170,14 @@ fn socket_finding(s: &TrackedSocket, limits: &Limits, now_ns: u64) -> Option<Fin
         TcpState::CloseWait if in_state >= limits.min_age => Some(FindingKind::CloseWait),
         TcpState::Close if in_state >= limits.min_age => Some(FindingKind::DeadFd),
         TcpState::Established
-            if s.keepalive == Some(false) && idle.is_some_and(|i| i >= limits.idle) =>
+            if s.keepalive() == Some(false) && idle.is_some_and(|i| i >= limits.idle) =>
         {
             Some(FindingKind::IdleNoKeepalive)
         }
         // Only clients: a server holding a connection is the client's choice. An idle time
         // that is known must show the connection unused; a pool in use is not a leak.
         TcpState::Established
-            if s.origin == Origin::Events
+            if s.origin() == Origin::Events
                 && s.direction == Direction::Active
                 && s.age_at(now_ns) >= limits.min_age
                 && idle.is_none_or(|i| i >= limits.min_age) =>
@@ -220,15 +220,15 @@ pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
         .sockets()
         .filter_map(|s| {
             let kind = socket_finding(s, limits, now_ns)?;
-            let pid = s.pid?;
+            let pid = s.pid()?;
             Some(Finding {
-                fd: s.fd,
-                local: s.local,
-                remote: s.remote,
+                fd: s.fd(),
+                local: s.local(),
+                remote: s.remote(),
                 age: Some(s.age_at(now_ns)),
                 idle: s.idle_at(now_ns),
-                keepalive: s.keepalive,
-                source: s.origin,
+                keepalive: s.keepalive(),
+                source: s.origin(),
                 stack: s.stack.clone(),
                 ..Finding::new(kind, pid, comm(pid), s.state)
             })
@@ -271,7 +271,7 @@ mod tests {
     use super::*;
     use crate::{
         connections::{Record, RecordKind},
-        decode::{Endpoints, ReleaseReason},
+        decode::{Comm, Endpoints, ReleaseReason},
         inventory::{FdOwner, InventorySocket, Snapshot},
     };
 
@@ -302,7 +302,7 @@ mod tests {
             kind,
             pid: Some(PID),
             tid: Some(PID),
-            comm: Some("client".to_owned()),
+            comm: Some(Comm::from("client")),
             fd: Some(7),
             skaddr: SK,
             endpoints: Some(endpoints()),

@@ -4,6 +4,7 @@
 //! field, `null` where it does not apply, so consumers never branch on presence.
 
 use std::{
+    borrow::Cow,
     io::{self, Write},
     net::SocketAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -14,6 +15,7 @@ use serde::Serialize;
 use crate::{
     close_hook::CloseHook,
     connections::{Record, RecordKind},
+    decode::Comm,
     stacks::OpenStack,
 };
 
@@ -88,7 +90,7 @@ struct JsonRecord<'a> {
     event: &'static str,
     pid: Option<u32>,
     tid: Option<u32>,
-    comm: Option<&'a str>,
+    comm: Option<Cow<'a, str>>,
     fd: Option<i32>,
     family: Option<&'static str>,
     laddr: Option<String>,
@@ -159,7 +161,7 @@ impl<W: Write> Renderer<W> {
             "{:<15} {:>7} {:<16} {:>4} {:<22} {:<22} {:<24} {}",
             local_time(self.clock.wall(r.ts_ns)),
             r.pid.map_or_else(dash, |p| p.to_string()),
-            r.comm.as_deref().unwrap_or("-"),
+            r.comm.as_ref().map(Comm::as_str).as_deref().unwrap_or("-"),
             r.fd.map_or_else(dash, |f| f.to_string()),
             endpoint(r.endpoints.map(|e| e.local)),
             endpoint(r.endpoints.map(|e| e.remote)),
@@ -187,7 +189,7 @@ impl<W: Write> Renderer<W> {
             event: event_name(&r.kind),
             pid: r.pid,
             tid: r.tid,
-            comm: r.comm.as_deref(),
+            comm: r.comm.as_ref().map(Comm::as_str),
             fd: r.fd,
             family: r.endpoints.map(|e| if e.local.is_ipv4() { "ipv4" } else { "ipv6" }),
             laddr: r.endpoints.map(|e| e.local.ip().to_string()),
@@ -228,7 +230,7 @@ mod tests {
             kind,
             pid: Some(42),
             tid: Some(43),
-            comm: Some("curl".to_owned()),
+            comm: Some(Comm::from("curl")),
             fd: Some(3),
             skaddr: 0xffff_8880_0000_1000,
             endpoints: Some(Endpoints {

@@ -321,7 +321,7 @@ mod tests {
     use super::*;
     use crate::{
         connections::{Record, RecordKind},
-        decode::{Endpoints, TcpState},
+        decode::{Comm, Endpoints, TcpState},
         findings::detect,
     };
 
@@ -337,7 +337,7 @@ mod tests {
             kind,
             pid: Some(7),
             tid: Some(7),
-            comm: Some("client".to_owned()),
+            comm: Some(Comm::from("client")),
             fd: Some(3),
             skaddr,
             endpoints: Some(endpoints),
@@ -459,7 +459,7 @@ mod tests {
                 kind: RecordKind::Connect,
                 pid: Some(9),
                 tid: Some(9),
-                comm: Some("leaky".to_owned()),
+                comm: Some(Comm::from("leaky")),
                 fd: Some(5),
                 skaddr: 1,
                 endpoints: None,

@@ -45,9 +45,9 @@ impl ExitReleases {
         }
         self.kept.push(ExitRelease {
             pid,
-            fd: fd.or(socket.fd),
-            local: socket.local,
-            remote: socket.remote,
+            fd: fd.or(socket.fd()),
+            local: socket.local(),
+            remote: socket.remote(),
             state: socket.state,
             age: socket.age_at(ts_ns),
             stack: socket.stack.clone(),

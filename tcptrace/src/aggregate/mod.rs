@@ -14,19 +14,21 @@ mod remotes;
 mod socket;
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     net::SocketAddr,
 };
 
 pub use churn::{Churn, ChurnCounter};
 pub use exits::{ExitRelease, ExitReleases};
+use foldhash::HashMap as FastMap;
 pub use process::{Percentiles, ProcessStats};
 pub use remotes::{RemoteStats, Remotes};
 pub use socket::{Direction, Origin, TrackedSocket};
 
 use crate::{
     connections::{Record, RecordKind},
-    decode::{ReleaseReason, TcpState},
+    decode::{Comm, ReleaseReason, TcpState},
     inventory::{InventorySocket, Snapshot},
 };
 
@@ -34,12 +36,12 @@ type Tuple = (SocketAddr, SocketAddr);
 
 pub struct Aggregator {
     /// Sockets known from events, by kernel address.
-    sockets: HashMap<u64, TrackedSocket>,
+    sockets: FastMap<u64, TrackedSocket>,
     /// Sockets only the inventory knows (they existed before tracing), by inode, until an
     /// event names their kernel address.
-    inventory_only: HashMap<u64, TrackedSocket>,
-    inventory_by_tuple: HashMap<Tuple, u64>,
-    pub processes: HashMap<u32, ProcessStats>,
+    inventory_only: FastMap<u64, TrackedSocket>,
+    inventory_by_tuple: FastMap<Tuple, u64>,
+    pub processes: FastMap<u32, ProcessStats>,
     pub churn: Churn,
     pub remotes: Remotes,
     pub exit_releases: ExitReleases,
@@ -52,10 +54,10 @@ pub struct Aggregator {
 impl Aggregator {
     pub fn new(capacity: usize) -> Self {
         Self {
-            sockets: HashMap::new(),
-            inventory_only: HashMap::new(),
-            inventory_by_tuple: HashMap::new(),
-            processes: HashMap::new(),
+            sockets: FastMap::default(),
+            inventory_only: FastMap::default(),
+            inventory_by_tuple: FastMap::default(),
+            processes: FastMap::default(),
             churn: Churn::default(),
             remotes: Remotes::default(),
             exit_releases: ExitReleases::default(),
@@ -78,7 +80,7 @@ impl Aggregator {
     pub fn held_by_process(&self) -> HashMap<u32, HashMap<TcpState, u64>> {
         let mut held: HashMap<u32, HashMap<TcpState, u64>> = HashMap::new();
         for socket in self.sockets().filter(|s| s.held()) {
-            if let Some(pid) = socket.pid {
+            if let Some(pid) = socket.pid() {
                 *held.entry(pid).or_default().entry(socket.state).or_default() += 1;
             }
         }
@@ -150,23 +152,23 @@ impl Aggregator {
                 let Some(socket) = self.socket(record, created) else { return };
                 socket.set_state(new, ts);
                 set_endpoints(socket, record);
-                if socket.pid.is_none() {
-                    socket.pid = record.pid;
-                    socket.fd = record.fd;
+                if socket.pid().is_none() {
+                    socket.set_pid(record.pid);
+                    socket.set_fd(record.fd);
                 }
                 let latency = (old == TcpState::SynSent && new == TcpState::Established)
-                    .then(|| socket.connect_started_ns.take())
+                    .then(|| socket.take_connect_started_ns())
                     .flatten()
                     .map(|started| ts.saturating_sub(started));
-                let pid = socket.pid;
+                let pid = socket.pid();
                 if let (Some(latency), Some(pid)) = (latency, pid) {
                     self.process(pid, None).record_connect_latency(latency);
                 }
             }
             RecordKind::TimeWait { .. } => {
                 let known = self.sockets.get(&record.skaddr);
-                let pid = known.and_then(|s| s.pid).or(record.pid);
-                let remote = record.endpoints.map(|e| e.remote).or(known.and_then(|s| s.remote));
+                let pid = known.and_then(TrackedSocket::pid).or(record.pid);
+                let remote = record.endpoints.map(|e| e.remote).or(known.and_then(|s| s.remote()));
                 let stack = known.and_then(|s| s.stack.clone());
                 if let Some(remote) = remote {
                     self.remotes.time_wait(remote);
@@ -182,7 +184,7 @@ impl Aggregator {
                 let pid = match self.sockets.get_mut(&record.skaddr) {
                     Some(socket) => {
                         socket.set_state(TcpState::Close, ts);
-                        let (pid, released) = (socket.pid, socket.released);
+                        let (pid, released) = (socket.pid(), socket.released());
                         if released {
                             self.sockets.remove(&record.skaddr);
                         }
@@ -199,23 +201,23 @@ impl Aggregator {
                 let Some(socket) = self.socket(record, || None) else {
                     // Never seen open and not in the inventory: count the release only.
                     if let Some(pid) = record.pid {
-                        self.process(pid, record.comm.as_deref()).released += 1;
+                        self.process(pid, comm(record).as_deref()).released += 1;
                     }
                     return;
                 };
-                socket.released = true;
+                socket.set_released(true);
                 set_endpoints(socket, record);
                 let by_exit = (reason == ReleaseReason::Exit).then(|| socket.clone());
                 if socket.state == TcpState::Close {
                     self.sockets.remove(&record.skaddr);
                 }
                 if let Some(exited) = by_exit
-                    && let Some(pid) = record.pid.or(exited.pid)
+                    && let Some(pid) = record.pid.or(exited.pid())
                 {
                     self.exit_releases.record(&exited, pid, record.fd, ts);
                 }
                 if let Some(pid) = record.pid {
-                    self.process(pid, record.comm.as_deref()).released += 1;
+                    self.process(pid, comm(record).as_deref()).released += 1;
                 }
             }
             RecordKind::Exit => {
@@ -244,14 +246,15 @@ impl Aggregator {
             }
             _ => TrackedSocket::new(Origin::Events, direction, state, ts),
         };
-        socket.pid = record.pid;
-        socket.fd = record.fd;
-        socket.released = false;
+        socket.set_pid(record.pid);
+        socket.set_fd(record.fd);
+        socket.set_released(false);
         socket.stack.clone_from(&record.stack);
         set_endpoints(&mut socket, record);
         if direction == Direction::Active {
-            socket.connect_started_ns = Some(ts);
-            if let Some(remote) = socket.remote {
+            // A new socket (see above): connect() was called at its first sight.
+            socket.start_connect();
+            if let Some(remote) = socket.remote() {
                 self.remotes.connect(remote);
             }
         }
@@ -259,7 +262,7 @@ impl Aggregator {
         if let Some(pid) = record.pid
             && direction != Direction::Listen
         {
-            self.process(pid, record.comm.as_deref()).opened += 1;
+            self.process(pid, comm(record).as_deref()).opened += 1;
         }
     }
 
@@ -277,14 +280,14 @@ impl Aggregator {
             .collect();
         let mut matched: HashSet<u64> = HashSet::new();
         for socket in self.sockets.values_mut() {
-            let (Some(local), Some(remote)) = (socket.local, socket.remote) else { continue };
+            let (Some(local), Some(remote)) = (socket.local(), socket.remote()) else { continue };
             if let Some(found) = by_tuple.get(&(local, remote)) {
                 refresh(socket, found, now_ns);
-                if socket.pid.is_none()
+                if socket.pid().is_none()
                     && let Some(owner) = found.owners.first()
                 {
-                    socket.pid = Some(owner.pid);
-                    socket.fd = Some(owner.fd);
+                    socket.set_pid(Some(owner.pid));
+                    socket.set_fd(Some(owner.fd));
                 }
                 matched.insert(found.inode);
             }
@@ -304,14 +307,14 @@ impl Aggregator {
                 }
                 let mut socket =
                     TrackedSocket::new(Origin::Inventory, Direction::Unknown, found.state, now_ns);
-                socket.local = Some(found.local);
-                socket.remote = Some(found.remote);
+                socket.set_local(found.local);
+                socket.set_remote(found.remote);
                 self.inventory_only.insert(found.inode, socket);
                 self.inventory_by_tuple.insert((found.local, found.remote), found.inode);
             }
             let socket = self.inventory_only.get_mut(&found.inode).expect("inserted above");
-            socket.pid = Some(owner.pid);
-            socket.fd = Some(owner.fd);
+            socket.set_pid(Some(owner.pid));
+            socket.set_fd(Some(owner.fd));
             socket.set_state(found.state, now_ns);
             refresh(socket, found, now_ns);
             let comm = owner.comm.clone();
@@ -324,12 +327,11 @@ impl Aggregator {
 }
 
 fn refresh(socket: &mut TrackedSocket, found: &InventorySocket, now_ns: u64) {
-    if found.idle.is_some() {
-        socket.idle = found.idle;
-        socket.idle_measured_ns = now_ns;
+    if let Some(idle) = found.idle {
+        socket.set_idle(idle, now_ns);
     }
     if found.keepalive.is_some() {
-        socket.keepalive = found.keepalive;
+        socket.set_keepalive(found.keepalive);
     }
 }
 
@@ -337,10 +339,15 @@ fn refresh(socket: &mut TrackedSocket, found: &InventorySocket, now_ns: u64) {
 fn set_endpoints(socket: &mut TrackedSocket, record: &Record) {
     if let Some(e) = record.endpoints {
         if e.local.port() != 0 {
-            socket.local = Some(e.local);
+            socket.set_local(e.local);
         }
         if e.remote.port() != 0 {
-            socket.remote = Some(e.remote);
+            socket.set_remote(e.remote);
         }
     }
+}
+
+/// The record's task name as text (borrowed: no allocation for a valid UTF-8 name).
+fn comm(record: &Record) -> Option<Cow<'_, str>> {
+    record.comm.as_ref().map(Comm::as_str)
 }
