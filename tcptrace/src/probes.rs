@@ -49,6 +49,11 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("sched_process_fork", "sched", "sched_process_fork", true),
 ];
 
+/// The programs that derive releases from descriptor syscalls: only attached in tracepoint
+/// mode. With fentry or kprobe they would run on every close(2) of the host to do nothing.
+const RELEASE_TRACEPOINTS: &[&str] =
+    &["sys_enter_close", "sys_enter_dup2", "sys_enter_dup3", "sys_enter_close_range"];
+
 /// (program, tracepoint, classic fallback program). Raw tracepoints read the `struct sock` with
 /// BTF offsets, and unlike classic tracepoint programs they are not skipped while another BPF
 /// program runs on the CPU (see the kernel crate's `state` module).
@@ -222,7 +227,10 @@ impl Probes {
         }
         for &(program, category, name, required) in TRACEPOINTS {
             // Forks only matter to a followed process tree.
-            if raw_attached.contains(&program) || (program == "sched_process_fork" && !following) {
+            if raw_attached.contains(&program)
+                || (program == "sched_process_fork" && !following)
+                || (RELEASE_TRACEPOINTS.contains(&program) && close_hook != CloseHook::Tracepoint)
+            {
                 continue;
             }
             match attach_tracepoint(&mut ebpf, program, category, name) {
