@@ -137,6 +137,17 @@ pub fn offsets_valid() -> bool {
     global!(OFFSETS.valid) != 0
 }
 
+/// An event stamped with the current time only: for hooks where the current task is whatever
+/// a softirq interrupted.
+#[inline(always)]
+pub fn stamped_event(kind: u8) -> RawEvent {
+    let mut event = RawEvent::zeroed();
+    // SAFETY: helper with no preconditions.
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    event.kind = kind;
+    event
+}
+
 /// An event stamped with the current time, task and comm.
 #[inline(always)]
 pub fn current_event(kind: u8) -> RawEvent {

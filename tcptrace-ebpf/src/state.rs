@@ -10,19 +10,24 @@
 //! Each hook exists twice: as a raw tracepoint reading the `struct sock` through BTF offsets
 //! (used whenever they are known) and as a classic tracepoint (the no-BTF fallback).
 
+use core::ptr;
+
 use aya_ebpf::{
     EbpfContext,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use tcptrace_common::{
-    FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_CONNECT, KIND_STATE, tcp_state::*,
+    FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_CONNECT, KIND_STATE, Owner, tcp_state::*,
 };
 
 use crate::{
     filter::{addr_matches, filters_process, process_matches},
     kernel::{AF_INET, IPPROTO_TCP, SockInfo},
-    maps::{CONNECT_FD, LAST_RESET, OWNERS, current_event, emit, floor, lean, remember_owner},
+    maps::{
+        CONNECT_FD, LAST_RESET, OWNERS, current_event, emit, floor, lean, remember_owner,
+        stamped_event,
+    },
     stacks::{KernelStack, capture},
 };
 
@@ -31,8 +36,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if floor() {
         return 0;
     }
-    if let Ok(Some(change)) = Change::from_tracepoint(&ctx) {
-        let _ = on_change(&ctx, change);
+    if let Ok(Some(change)) = Change::from_tracepoint(&ctx)
+        && let Some(triage) = triage(change.skaddr, change.old, change.new)
+    {
+        let _ = on_change(&ctx, change, triage);
     }
     0
 }
@@ -48,10 +55,14 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let sk: u64 = ctx.arg(0);
-    let old: u64 = ctx.arg(1);
-    let new: u64 = ctx.arg(2);
-    if let Ok(Some(change)) = Change::from_sock(sk, old as u8, new as u8) {
-        let _ = on_change(&ctx, change);
+    let old = ctx.arg::<u64>(1) as u8;
+    let new = ctx.arg::<u64>(2) as u8;
+    // Decided before the socket is read: on a churning host, most changes end here.
+    let Some(triage) = triage(sk, old, new) else {
+        return 0;
+    };
+    if let Ok(Some(change)) = Change::from_sock(sk, old, new) {
+        let _ = on_change(&ctx, change, triage);
     }
     0
 }
@@ -87,6 +98,7 @@ fn mark_reset(skaddr: u64) {
 }
 
 /// One TCP state change, whichever hook saw it.
+#[derive(Clone, Copy)]
 struct Change {
     skaddr: u64,
     old: u8,
@@ -171,77 +183,118 @@ fn take_reset(skaddr: u64) -> bool {
     false
 }
 
+/// What is known of a change before its socket is read. A struct with every field set on
+/// every path, not an enum: LLVM spills the absent payload of an enum variant as an undefined
+/// register, which the verifier rejects (`R0 !read_ok`).
+#[derive(Clone, Copy)]
+struct Triage {
+    /// connect() or listen(), in the caller's thread.
+    open: bool,
+    /// The socket's owner; null when unknown (or `open`).
+    owner: *mut Owner,
+}
+
+/// Whether a change is reported at all, decided from the states and the owner map alone.
 #[inline(always)]
-fn on_change<C: StackIdContext + EbpfContext>(ctx: &C, change: Change) -> Result<(), i32> {
-    let Change { skaddr, old, new, .. } = change;
+fn triage(skaddr: u64, old: u8, new: u8) -> Option<Triage> {
     // tcp_close_state() "moves" FIN_WAIT2, LAST_ACK, ... to the state they are in: no change.
     if old == new {
-        return Ok(());
+        return None;
     }
-    let mut event = current_event(KIND_STATE);
+    if old == CLOSE && (new == SYN_SENT || new == LISTEN) {
+        return Some(Triage { open: true, owner: ptr::null_mut() });
+    }
+    let owner = OWNERS.get_ptr_mut(skaddr).unwrap_or(ptr::null_mut());
+    if owner.is_null() && filters_process() {
+        return None;
+    }
+    if lean() && new != CLOSE {
+        let unused = if owner.is_null() {
+            // A listener's child: accept() reports it with its state and addresses.
+            old == LISTEN || (old == SYN_RECV && new == ESTABLISHED)
+        } else {
+            // SAFETY: a map value pointer is valid for the duration of the program.
+            unsafe { (*owner).released != 0 }
+        };
+        if unused {
+            return None;
+        }
+    }
+    Some(Triage { open: false, owner })
+}
+
+#[inline(always)]
+fn on_change<C: StackIdContext + EbpfContext>(
+    ctx: &C,
+    change: Change,
+    triage: Triage,
+) -> Result<(), i32> {
+    if triage.open {
+        return on_open(ctx, change);
+    }
+    let owner = triage.owner;
+    let Change { skaddr, old, new, family, lport, rport, saddr, daddr } = change;
+    // Softirq context, mostly: the interrupted task is nobody's business, so its pid and comm
+    // are not read; user space shows the owner.
+    let mut event = stamped_event(KIND_STATE);
     event.skaddr = skaddr;
     event.old_state = old;
     event.new_state = new;
-    event.family = change.family;
-    event.lport = change.lport;
-    event.rport = change.rport;
-    event.saddr = change.saddr;
-    event.daddr = change.daddr;
+    event.family = family;
+    event.lport = lport;
+    event.rport = rport;
+    event.saddr = saddr;
+    event.daddr = daddr;
     event.flags = FLAG_ADDRS;
-    let reset = new == CLOSE && take_reset(skaddr);
-    if reset {
+    if new == CLOSE && take_reset(skaddr) {
         event.flags |= FLAG_RESET;
     }
-
-    // connect() and listen() make these changes in the caller's thread: that is the owner.
-    if old == CLOSE && (new == SYN_SENT || new == LISTEN) {
-        if !process_matches(event.pid, &event.comm) {
-            return Ok(());
-        }
-        if new == SYN_SENT {
-            event.kind = KIND_CONNECT;
-            capture(ctx, &mut event, KernelStack::Meaningful);
-            // SAFETY: plain map read.
-            event.fd = unsafe { CONNECT_FD.get(event.tid) }.copied().unwrap_or(-1);
-        }
-        event.owner_pid = event.pid;
-        if !remember_owner(skaddr, event.pid, event.fd) {
-            event.flags |= FLAG_OWNER_LOST;
-        }
-        emit(&event);
-        return Ok(());
-    }
-
-    let owner = OWNERS.get_ptr_mut(skaddr);
-    match owner {
+    if !owner.is_null() {
         // SAFETY: a map value pointer is valid for the duration of the program.
-        Some(owner) => unsafe {
+        unsafe {
             event.owner_pid = (*owner).pid;
             event.fd = (*owner).fd;
-        },
-        None if filters_process() => return Ok(()),
-        None => {}
-    }
-    if lean() && new != CLOSE {
-        let unused = match owner {
-            // SAFETY: as above.
-            Some(owner) => unsafe { (*owner).released != 0 },
-            // A listener's child: accept() reports it with its state and addresses.
-            None => old == LISTEN || (old == SYN_RECV && new == ESTABLISHED),
-        };
-        if unused {
-            return Ok(());
         }
     }
-
     emit(&event);
     // The owner stays known until the socket is both closed and released, so a release after
     // the protocol close (a dead descriptor) is still attributed and passes the filters.
     if new == CLOSE {
         // SAFETY: as above; the pointer is not used after the removal.
-        if owner.is_some_and(|o| unsafe { (*o).released } != 0) {
+        if !owner.is_null() && unsafe { (*owner).released } != 0 {
             let _ = OWNERS.remove(skaddr);
         }
     }
+    Ok(())
+}
+
+/// connect() and listen() make their changes in the caller's thread: that is the owner.
+#[inline(always)]
+fn on_open<C: StackIdContext + EbpfContext>(ctx: &C, change: Change) -> Result<(), i32> {
+    let Change { skaddr, old, new, family, lport, rport, saddr, daddr } = change;
+    let mut event = current_event(KIND_STATE);
+    if !process_matches(event.pid, &event.comm) {
+        return Ok(());
+    }
+    event.skaddr = skaddr;
+    event.old_state = old;
+    event.new_state = new;
+    event.family = family;
+    event.lport = lport;
+    event.rport = rport;
+    event.saddr = saddr;
+    event.daddr = daddr;
+    event.flags = FLAG_ADDRS;
+    if new == SYN_SENT {
+        event.kind = KIND_CONNECT;
+        capture(ctx, &mut event, KernelStack::Meaningful);
+        // SAFETY: plain map read.
+        event.fd = unsafe { CONNECT_FD.get(event.tid) }.copied().unwrap_or(-1);
+    }
+    event.owner_pid = event.pid;
+    if !remember_owner(skaddr, event.pid, event.fd) {
+        event.flags |= FLAG_OWNER_LOST;
+    }
+    emit(&event);
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::{
     fmt, fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    path::Path,
     sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::{Duration, Instant},
 };
@@ -193,6 +194,13 @@ impl Harness {
         };
         let mut probes =
             Probes::load(&options).unwrap_or_else(|e| panic!("loading the probes: {e:#}"));
+        // Every program must load as it is meant to: a verifier rejection of a preferred one
+        // would otherwise pass unnoticed as a fallback.
+        if Path::new("/sys/kernel/btf/vmlinux").exists() {
+            let degraded: Vec<&String> =
+                probes.notes().iter().filter(|n| n.contains("unavailable")).collect();
+            assert!(degraded.is_empty(), "programs fell back: {degraded:?}");
+        }
         let expected = match choice {
             CloseHookChoice::Auto => None,
             CloseHookChoice::Fentry => Some(CloseHook::Fentry),
