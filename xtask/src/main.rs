@@ -41,6 +41,20 @@ enum Task {
     /// Set up, then measure what tracing costs: loopback churn under every tracer side by side,
     /// and the user-space replay
     Bench(bench::BenchArgs),
+    /// Run one program inside Debian's stock kernel under qemu, as root, with the files it
+    /// needs placed at their host paths (their libraries too), e.g. `cargo xtask vm-run --file
+    /// /usr/sbin/bpftool -- /bin/sh -c 'bpftool prog'`
+    VmRun {
+        /// A host file to place in the VM (repeatable); the program's own libraries come along
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// Seconds before the VM is stopped
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// The program (an absolute path) and its arguments
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// The benchmark's rounds alone, without building (what `bench --vm` runs in the VM)
     #[command(hide = true)]
     BenchRounds(bench::RoundsOnly),
@@ -64,6 +78,9 @@ fn main() -> ExitCode {
             setup::bench_peers();
             bench::bench(&args)
         }),
+        Task::VmRun { files, timeout, command } => {
+            setup::setup().and_then(|()| vm_run(&files, timeout, &command))
+        }
         Task::BenchRounds(args) => bench::run_rounds(&args.rounds, &args.tcptrace),
         Task::Churn { threads, seconds } => bench::churn_main(threads, seconds),
     };
@@ -176,6 +193,23 @@ fn count_results(output: &str) -> (u32, u32) {
         totals.1 += count("failed");
     }
     totals
+}
+
+fn vm_run(files: &[PathBuf], timeout: u64, command: &[String]) -> Result<()> {
+    let (program, args) = command.split_first().context("no program to run")?;
+    let kernel = vm::prepare_kernel(&vm::default_cache_dir())?;
+    let command = vm::VmCommand {
+        name: "run".to_owned(),
+        program: PathBuf::from(program),
+        args: args.to_vec(),
+        env: Vec::new(),
+    };
+    let outcomes = vm::run(&kernel, &[command], files, Duration::from_secs(timeout))?;
+    match outcomes.first().and_then(|o| o.exit_code) {
+        Some(0) => Ok(()),
+        Some(code) => bail!("the program exited with {code} in the VM"),
+        None => bail!("the program did not finish in the VM (panic, hang or timeout)"),
+    }
 }
 
 fn vm_test() -> Result<()> {
