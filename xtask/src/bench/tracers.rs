@@ -196,9 +196,7 @@ impl Running {
     /// Stops the tracer (SIGINT, as a user's Ctrl-C) and reads what it delivered and cost.
     pub fn stop(mut self) -> Result<TracerCost> {
         let pid = libc::pid_t::try_from(self.child.id()).context("pid")?;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        let (status, usage) = wait4(pid)?;
+        let (status, usage) = interrupt(pid)?;
         // The reader threads end at the pipes' end of file.
         let stderr: Vec<String> = self.stderr.iter().collect();
         let stdout: Vec<String> =
@@ -218,18 +216,42 @@ impl Running {
     }
 }
 
-/// waitpid with the child's resource usage (CPU time, peak RSS).
-fn wait4(pid: libc::pid_t) -> Result<(i32, libc::rusage)> {
+/// Stops our child `pid` as a user would (SIGINT, again every 2 s: bpftrace has been seen to
+/// miss one that came while it attached), SIGKILL after 20 s; its status and resource usage.
+fn interrupt(pid: libc::pid_t) -> Result<(i32, libc::rusage)> {
+    let started = Instant::now();
+    let mut signalled: Option<Instant> = None;
+    loop {
+        let elapsed = started.elapsed();
+        if signalled.is_none_or(|at| at.elapsed() >= Duration::from_secs(2)) {
+            let signal =
+                if elapsed >= Duration::from_secs(20) { libc::SIGKILL } else { libc::SIGINT };
+            // SAFETY: signalling our own child, not yet reaped.
+            unsafe { libc::kill(pid, signal) };
+            signalled = Some(Instant::now());
+        }
+        if let Some(done) = wait4(pid, libc::WNOHANG)? {
+            return Ok(done);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// waitpid with the child's resource usage (CPU time, peak RSS); None while it runs (WNOHANG).
+fn wait4(pid: libc::pid_t, options: i32) -> Result<Option<(i32, libc::rusage)>> {
     let mut status = 0;
     // SAFETY: zeroed rusage is a valid out-parameter.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: waiting for our own child with valid out-pointers.
-    let ret = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let ret = unsafe { libc::wait4(pid, &mut status, options, &mut usage) };
+    if ret == 0 {
+        return Ok(None);
+    }
     if ret != pid {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
     let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 };
-    Ok((code, usage))
+    Ok(Some((code, usage)))
 }
 
 /// (events delivered, events lost) as the tracer reports them, where it does.
