@@ -151,7 +151,9 @@ impl Connections {
             return;
         }
         let conn = self.conns.entry(skaddr).or_insert(Conn::unowned(Some(opened_ns)));
-        if conn.opened_ns == NO_TIME {
+        // An owner already there means a socket whose CLOSE was not seen, its memory reused:
+        // this is a new one.
+        if conn.opened_ns == NO_TIME || conn.pid != NO_PID {
             conn.opened_ns = opened_ns;
         }
         let previous = (conn.pid != NO_PID).then_some((conn.pid, conn.comm));

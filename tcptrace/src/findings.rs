@@ -383,6 +383,38 @@ mod tests {
     }
 
     #[test]
+    fn an_accept_at_a_reused_address_is_a_new_socket() {
+        // A socket whose release was never seen: closed, still counted as held (a dead-fd).
+        let mut agg = connected();
+        agg.apply(&record(
+            2,
+            RecordKind::Close { from: TcpState::Established, reset: true, lifetime_ns: None },
+        ));
+        // Its memory reused for a child that a server accepts, with no handshake events
+        // (leaks' lean mode sends none): a new, ESTABLISHED server socket, not the old one.
+        let mut accepted = record(40, RecordKind::Accept { state: Some(TcpState::Established) });
+        accepted.pid = Some(PID + 1);
+        agg.apply(&accepted);
+        let socket = agg.sockets().next().expect("the accepted socket");
+        assert_eq!(agg.tracked(), 1);
+        assert_eq!(
+            (socket.state, socket.direction, socket.pid(), socket.opened_ns()),
+            (TcpState::Established, Direction::Passive, Some(PID + 1), Some(40 * SEC))
+        );
+        assert_eq!(kinds(&agg, 50), vec![]);
+    }
+
+    #[test]
+    fn an_accepted_child_the_sweep_found_first_is_one_socket() {
+        let mut agg = Aggregator::new(100);
+        agg.apply_inventory(&snapshot(vec![inventory(TcpState::Established, 0, false)]), SEC);
+        assert_eq!(agg.tracked(), 1);
+        agg.apply(&record(2, RecordKind::Accept { state: Some(TcpState::Established) }));
+        assert_eq!(agg.tracked(), 1, "adopted, not counted twice");
+        assert_eq!(agg.sockets().next().map(TrackedSocket::origin), Some(Origin::Events));
+    }
+
+    #[test]
     fn peer_closed_and_never_closed_is_close_wait_after_min_age() {
         let mut agg = connected();
         agg.apply(&state(2, TcpState::Established, TcpState::CloseWait));

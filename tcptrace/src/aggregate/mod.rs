@@ -233,13 +233,23 @@ impl Aggregator {
     fn open(&mut self, record: &Record, direction: Direction, state: TcpState) {
         let ts = record.ts_ns;
         let existing = self.sockets.remove(&record.skaddr);
+        // The sweep that found it before this event did (a child accepted between the two):
+        // the same socket, now known by its address.
+        if let Some(e) = record.endpoints
+            && let Some(inode) = self.inventory_by_tuple.remove(&(e.local, e.remote))
+        {
+            self.inventory_only.remove(&inode);
+        }
         let mut socket = match existing {
-            // accept() of a child whose handshake was seen: it was opened then.
-            Some(mut s) if direction == Direction::Passive => {
+            // accept() of a child whose handshake was seen (`trace`'s events; lean ones have no
+            // handshake): it was opened then.
+            Some(mut s) if direction == Direction::Passive && s.is_handshake_child() => {
                 s.direction = direction;
+                s.set_state(state, ts);
                 s
             }
-            // An address reused after a close that was not seen: a new socket.
+            // Anything else at this address is a socket whose end was not seen, and whose
+            // memory the kernel reused: a new socket replaces it.
             _ if self.full() => {
                 self.evicted += 1;
                 return;

@@ -133,6 +133,16 @@ impl TrackedSocket {
         }
     }
 
+    /// A listener's child seen in its handshake (LISTEN -> SYN_RECV) and not yet accepted: the
+    /// only socket an accept() at its address continues.
+    pub fn is_handshake_child(&self) -> bool {
+        self.origin == Origin::Events
+            && self.direction == Direction::Passive
+            && self.pid == NO_PID
+            && !self.released()
+            && matches!(self.state, TcpState::SynRecv | TcpState::Established)
+    }
+
     /// Where tcptrace learned of it.
     pub fn origin(&self) -> Origin {
         self.origin
