@@ -18,7 +18,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use tcptrace_common::{
-    FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_CONNECT, KIND_STATE, Owner, tcp_state::*,
+    FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_CONNECT, KIND_STATE, Owner, RawEvent,
+    tcp_state::*,
 };
 
 use crate::{
@@ -111,6 +112,21 @@ struct Change {
 }
 
 impl Change {
+    /// Writes the socket, the states and the endpoints into `event`.
+    #[inline(always)]
+    fn describe(&self, event: &mut RawEvent) {
+        let Self { skaddr, old, new, family, lport, rport, saddr, daddr } = *self;
+        event.skaddr = skaddr;
+        event.old_state = old;
+        event.new_state = new;
+        event.family = family;
+        event.lport = lport;
+        event.rport = rport;
+        event.saddr = saddr;
+        event.daddr = daddr;
+        event.flags = FLAG_ADDRS;
+    }
+
     /// None when the socket is not TCP or the address filters reject it.
     #[inline(always)]
     fn from_tracepoint(ctx: &TracePointContext) -> Result<Option<Self>, i32> {
@@ -233,19 +249,11 @@ fn on_change<C: StackIdContext + EbpfContext>(
         return on_open(ctx, change);
     }
     let owner = triage.owner;
-    let Change { skaddr, old, new, family, lport, rport, saddr, daddr } = change;
+    let Change { skaddr, new, .. } = change;
     // Softirq context, mostly: the interrupted task is nobody's business, so its pid and comm
     // are not read; user space shows the owner.
     let mut event = stamped_event(KIND_STATE);
-    event.skaddr = skaddr;
-    event.old_state = old;
-    event.new_state = new;
-    event.family = family;
-    event.lport = lport;
-    event.rport = rport;
-    event.saddr = saddr;
-    event.daddr = daddr;
-    event.flags = FLAG_ADDRS;
+    change.describe(&mut event);
     if new == CLOSE && take_reset(skaddr) {
         event.flags |= FLAG_RESET;
     }
@@ -271,20 +279,12 @@ fn on_change<C: StackIdContext + EbpfContext>(
 /// connect() and listen() make their changes in the caller's thread: that is the owner.
 #[inline(always)]
 fn on_open<C: StackIdContext + EbpfContext>(ctx: &C, change: Change) -> Result<(), i32> {
-    let Change { skaddr, old, new, family, lport, rport, saddr, daddr } = change;
+    let Change { skaddr, new, .. } = change;
     let mut event = current_event(KIND_STATE);
     if !process_matches(event.pid, &event.comm) {
         return Ok(());
     }
-    event.skaddr = skaddr;
-    event.old_state = old;
-    event.new_state = new;
-    event.family = family;
-    event.lport = lport;
-    event.rport = rport;
-    event.saddr = saddr;
-    event.daddr = daddr;
-    event.flags = FLAG_ADDRS;
+    change.describe(&mut event);
     if new == SYN_SENT {
         event.kind = KIND_CONNECT;
         capture(ctx, &mut event, KernelStack::Meaningful);

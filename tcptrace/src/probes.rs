@@ -71,6 +71,7 @@ pub struct ProbeOptions {
     pub stacks: StacksMode,
     /// Attach every program but make each return at once (`cargo xtask bench`'s floor).
     pub floor: bool,
+    /// Which state changes the kernel sends.
     pub changes: Changes,
 }
 
