@@ -235,7 +235,8 @@ impl Aggregator {
         let existing = self.sockets.remove(&record.skaddr);
         // The sweep that found it before this event did (a child accepted between the two):
         // the same socket, now known by its address.
-        if let Some(e) = record.endpoints
+        if !self.inventory_by_tuple.is_empty()
+            && let Some(e) = record.endpoints
             && let Some(inode) = self.inventory_by_tuple.remove(&(e.local, e.remote))
         {
             self.inventory_only.remove(&inode);
