@@ -12,16 +12,14 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use tcptrace_common::{
-    CLOSE_HOOK_TRACEPOINT, COUNTER_CTX_MAP_FULL, FLAG_ADDRS, FLAG_OWNER_LOST, KIND_ACCEPT,
-    RELEASE_CLOSE, RELEASE_CLOSE_RANGE, RELEASE_DUP, tcp_state::CLOSE,
+    COUNTER_CTX_MAP_FULL, FLAG_ADDRS, FLAG_OWNER_LOST, KIND_ACCEPT, RELEASE_CLOSE,
+    RELEASE_CLOSE_RANGE, RELEASE_DUP, tcp_state::CLOSE,
 };
 
 use crate::{
     filter::{addr_matches, process_matches},
     kernel::{FdTable, SockInfo, socket_sock},
-    maps::{
-        CONNECT_FD, close_hook, count, current_event, emit, floor, offsets_valid, remember_owner,
-    },
+    maps::{CONNECT_FD, count, current_event, emit, floor, offsets_valid, remember_owner},
     release::release_if_last,
     stacks::{KernelStack, capture},
 };
@@ -125,7 +123,9 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
 
 #[inline(always)]
 fn tracepoint_releases() -> bool {
-    close_hook() == CLOSE_HOOK_TRACEPOINT && offsets_valid()
+    // User space attaches these programs in tracepoint mode only: no CONFIG lookup on every
+    // close(2) of the host.
+    offsets_valid()
 }
 
 #[tracepoint]

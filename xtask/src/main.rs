@@ -205,10 +205,10 @@ fn vm_run(files: &[PathBuf], timeout: u64, command: &[String]) -> Result<()> {
         env: Vec::new(),
     };
     let outcomes = vm::run(&kernel, &[command], files, Duration::from_secs(timeout))?;
-    match outcomes.first().and_then(|o| o.exit_code) {
-        Some(0) => Ok(()),
-        Some(code) => bail!("the program exited with {code} in the VM"),
-        None => bail!("the program did not finish in the VM (panic, hang or timeout)"),
+    let outcome = outcomes.first().context("the VM ran nothing")?;
+    match outcome.failure() {
+        None => Ok(()),
+        Some(failure) => bail!("in the VM, {failure}"),
     }
 }
 
@@ -234,13 +234,7 @@ fn vm_test() -> Result<()> {
         let (p, f) = count_results(&outcome.output);
         passed += p;
         failed += f;
-        match outcome.exit_code {
-            Some(0) => {}
-            Some(code) => broken.push(format!("{} exited with {code}", outcome.name)),
-            None => {
-                broken.push(format!("{} did not finish (panic, hang or timeout)", outcome.name))
-            }
-        }
+        broken.extend(outcome.failure());
     }
     println!("vm-test: {passed} passed, {failed} failed");
     if !broken.is_empty() {

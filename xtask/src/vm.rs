@@ -43,6 +43,17 @@ pub struct VmOutcome {
     pub output: String,
 }
 
+impl VmOutcome {
+    /// Why the program did not succeed, or None when it exited with 0.
+    pub fn failure(&self) -> Option<String> {
+        match self.exit_code {
+            Some(0) => None,
+            Some(code) => Some(format!("{} exited with {code}", self.name)),
+            None => Some(format!("{} did not finish (panic, hang or timeout)", self.name)),
+        }
+    }
+}
+
 /// Metapackage whose dependency names the current kernel ABI; the ABI number changes with
 /// security updates and old packages leave the archive, so it is looked up on every call.
 const KERNEL_METAPACKAGE: &str = "linux-image-amd64";

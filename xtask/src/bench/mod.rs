@@ -165,10 +165,9 @@ fn vm_rounds(args: &RoundArgs, tcptrace: &Path) -> Result<()> {
             println!("{line}");
         }
     }
-    match outcome.exit_code {
-        Some(0) => Ok(()),
-        Some(code) => bail!("the benchmark in the VM exited with {code}"),
-        None => bail!("the benchmark in the VM did not finish (panic, hang or timeout)"),
+    match outcome.failure() {
+        None => Ok(()),
+        Some(failure) => bail!("in the VM, {failure}"),
     }
 }
 
