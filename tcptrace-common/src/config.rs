@@ -80,10 +80,13 @@ pub struct Settings {
     /// its next poll (user space polls every few milliseconds). A wakeup per event would cost
     /// it a context switch per event. 0: wake for every event.
     pub wakeup_bytes: u32,
-    /// Non-zero: user space aggregates rather than prints (`leaks`, `top`, `run`), so the state
-    /// changes it does not use are not sent: those of a socket its owner has released, but
-    /// the final CLOSE (lifetime, TIME_WAIT entry), and a listener child's handshake, before
-    /// accept() names its owner. A churned connection then costs 8 events instead of 13.
+    /// Non-zero: user space aggregates rather than prints (`leaks`, `top`, `run`), so only the
+    /// state changes it uses are sent: opens, a connect()'s outcome, CLOSE_WAIT and CLOSE
+    /// (which carries the lifetime and the TIME_WAIT entry). Not the states that follow the
+    /// owner's close() or shutdown(), nor a listener child's handshake, before accept() names
+    /// its owner; the inventory sweeps show the states of sockets still held. And a socket
+    /// user space knows is sent without its endpoints. A churned connection then costs 8
+    /// events instead of 13.
     pub lean: u32,
 }
 

@@ -32,9 +32,22 @@ pub struct KernelOffsets {
     pub skc_rcv_saddr: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
+    /// `task_struct.mm`: with an address stack, the key of a cached build-id stack (an exec
+    /// replaces the mm, so a cached stack never outlives the mappings it was resolved against).
+    pub task_mm: u32,
+    /// 1 when connect()'s descriptor can be read from the caller's saved user registers
+    /// (`bpf_task_pt_regs`, 5.15+) at the `CLOSE -> SYN_SENT` change, so no syscall programs
+    /// need to remember it; the three members below are then set.
+    pub connect_regs: u32,
+    /// `pt_regs` members holding the syscall number and its first argument (x86-64: `orig_ax`
+    /// and `di`).
+    pub regs_syscall_nr: u32,
+    pub regs_arg0: u32,
+    /// This architecture's number of connect(2).
+    pub sys_connect: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 23 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 28 * 4);
 
 impl KernelOffsets {
     pub const fn zeroed() -> Self {
@@ -62,6 +75,11 @@ impl KernelOffsets {
             skc_rcv_saddr: 0,
             skc_v6_daddr: 0,
             skc_v6_rcv_saddr: 0,
+            task_mm: 0,
+            connect_regs: 0,
+            regs_syscall_nr: 0,
+            regs_arg0: 0,
+            sys_connect: 0,
         }
     }
 }

@@ -3,7 +3,10 @@
 //! task_struct → files_struct → fdtable → file → socket → sock. Each member is read with
 //! `bpf_probe_read_kernel`; a failed read ends the walk.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel,
+    generated::bpf_task_pt_regs,
+};
 
 use crate::maps::{OFFSETS, global};
 
@@ -88,6 +91,39 @@ pub fn socket_sock(file: u64) -> Result<u64, i32> {
 pub fn file_refs(file: u64) -> Result<i64, i32> {
     let raw: i64 = member(file, global!(OFFSETS.file_refcount))?;
     Ok(raw + i64::from(global!(OFFSETS.file_ref_bias)))
+}
+
+/// The TCP state of `sk` (`skc_state`), alone: for events whose socket user space already knows.
+#[inline(always)]
+pub fn sock_state(sk: u64) -> Result<u8, i32> {
+    member(sk, global!(OFFSETS.skc_state))
+}
+
+/// The current task's address space (`task->mm`): an exec replaces it.
+#[inline(always)]
+pub fn current_mm() -> Result<u64, i32> {
+    if global!(OFFSETS.valid) == 0 {
+        return Err(-1);
+    }
+    member(current_task(), global!(OFFSETS.task_mm))
+}
+
+/// The descriptor the current task passed to connect(2), from the user registers its syscall
+/// entry saved; an error when it is not inside connect() (io_uring, a socket the kernel opens)
+/// or `KernelOffsets::connect_regs` is off.
+#[inline(always)]
+pub fn connect_fd_from_regs() -> Result<i32, i32> {
+    if global!(OFFSETS.connect_regs) == 0 {
+        return Err(-1);
+    }
+    // SAFETY: helpers with no preconditions; the verifier types the task pointer (BTF).
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let nr: u64 = member(regs, global!(OFFSETS.regs_syscall_nr))?;
+    if nr != u64::from(global!(OFFSETS.sys_connect)) {
+        return Err(-1);
+    }
+    let fd: u64 = member(regs, global!(OFFSETS.regs_arg0))?;
+    Ok(fd as i32)
 }
 
 /// What a TCP `struct sock` says about itself: state, family, ports and addresses.

@@ -9,7 +9,7 @@ use aya_ebpf::{
     },
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tcptrace_common::{
     BuildIdFrame, CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT, COUNTER_LOST_EVENTS, Filter,
@@ -54,22 +54,28 @@ pub fn lean() -> bool {
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
-/// A stack-trace map whose values are `BuildIdFrame`s (`BPF_F_STACK_BUILD_ID`), which aya-ebpf's
-/// `StackTrace` does not model (its values are addresses).
+/// A stack-trace map of `USER_STACK_FRAMES` frames, whose values are either addresses or, with
+/// `BPF_F_STACK_BUILD_ID`, `BuildIdFrame`s, which aya-ebpf's `StackTrace` does not model (and
+/// its depth is fixed at 127).
 #[repr(transparent)]
-pub struct BuildIdStacks(UnsafeCell<bpf_map_def>);
+pub struct UserStacks(UnsafeCell<bpf_map_def>);
 
 // SAFETY: only the loader reads the definition; the kernel owns the map.
-unsafe impl Sync for BuildIdStacks {}
+unsafe impl Sync for UserStacks {}
 
-impl BuildIdStacks {
-    const fn with_max_entries(max_entries: u32) -> Self {
+impl UserStacks {
+    const fn with_max_entries(max_entries: u32, build_ids: bool) -> Self {
+        let (frame, flags) = if build_ids {
+            (size_of::<BuildIdFrame>(), BPF_F_STACK_BUILD_ID)
+        } else {
+            (size_of::<u64>(), 0)
+        };
         Self(UnsafeCell::new(bpf_map_def {
             type_: BPF_MAP_TYPE_STACK_TRACE,
             key_size: size_of::<u32>() as u32,
-            value_size: (size_of::<BuildIdFrame>() * USER_STACK_FRAMES) as u32,
+            value_size: (frame * USER_STACK_FRAMES) as u32,
             max_entries,
-            map_flags: BPF_F_STACK_BUILD_ID as u32,
+            map_flags: flags as u32,
             id: 0,
             pinning: 0,
         }))
@@ -84,7 +90,31 @@ impl BuildIdStacks {
 /// (build id, file offset): they resolve after the process is gone, without its mappings.
 /// Size set by user space.
 #[map]
-pub static USER_STACKS: BuildIdStacks = BuildIdStacks::with_max_entries(8192);
+pub static USER_STACKS: UserStacks = UserStacks::with_max_entries(8192, true);
+
+/// The same stacks as addresses, only to recognise a stack already resolved: the kernel reads
+/// the build id of every frame's file on each build-id capture, which costs far more than the
+/// frame walk. Size set by user space.
+#[map]
+pub static USER_ADDR_STACKS: UserStacks = UserStacks::with_max_entries(8192, false);
+
+/// One address stack of one address space (see `SITE_STACKS`).
+#[repr(C)]
+pub struct SiteKey {
+    /// `task->mm`: the mappings the addresses belong to.
+    pub mm: u64,
+    /// Id in `USER_ADDR_STACKS`.
+    pub addr_stack: u32,
+    pub _pad0: u32,
+}
+
+const _: () = assert!(size_of::<SiteKey>() == 16);
+
+/// (address space, address stack) → id in `USER_STACKS`: each open site's build ids are read
+/// once per process image. LRU, so a host of short-lived processes never fills it. Size set by
+/// user space.
+#[map]
+pub static SITE_STACKS: LruHashMap<SiteKey, i32> = LruHashMap::with_max_entries(8192, 0);
 
 /// The processes `tcptrace run` follows (`Filter::follow`), by tgid, plus the thread ids of
 /// their threads (fork cannot tell a thread from a process) → 1. User space puts the command's

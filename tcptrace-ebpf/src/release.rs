@@ -16,8 +16,8 @@ use tcptrace_common::{FLAG_ADDRS, KIND_RELEASE, RELEASE_CLOSE, RELEASE_EXIT, tcp
 
 use crate::{
     filter::{addr_matches, filters_process, process_matches},
-    kernel::{FdTable, SockInfo, current_is_exiting, file_refs, socket_sock},
-    maps::{OWNERS, current_event, emit, floor, offsets_valid},
+    kernel::{FdTable, SockInfo, current_is_exiting, file_refs, sock_state, socket_sock},
+    maps::{OWNERS, current_event, emit, floor, lean, offsets_valid},
 };
 
 /// Reports that the current process released `sk`. `info` is read here when the caller has not.
@@ -39,30 +39,36 @@ pub fn report_release(sk: u64, info: Option<&SockInfo>, fd_hint: i32, reason: u8
     if filters_process() && owner.is_none() && !process_matches(event.pid, &event.comm) {
         return;
     }
-    let read_info;
-    let info = match info {
-        Some(info) => Some(info),
-        None if offsets_valid() => {
-            read_info = SockInfo::read(sk).ok();
-            read_info.as_ref()
+    let state = if info.is_none() && owner.is_some() && lean() && offsets_valid() {
+        // Lean mode: user space has an owned socket's endpoints (`Triage::addresses_known`).
+        sock_state(sk).unwrap_or(0)
+    } else {
+        let read_info;
+        let info = match info {
+            Some(info) => Some(info),
+            None if offsets_valid() => {
+                read_info = SockInfo::read(sk).ok();
+                read_info.as_ref()
+            }
+            None => None,
+        };
+        if let Some(info) = info {
+            // A socket that reached CLOSE has lost its ports; an owner entry means it passed
+            // the address filters when it was opened.
+            if owner.is_none() && !addr_matches(info.family, info.lport, info.rport) {
+                return;
+            }
+            event.family = info.family;
+            event.lport = info.lport;
+            event.rport = info.rport;
+            event.saddr = info.saddr;
+            event.daddr = info.daddr;
+            event.flags |= FLAG_ADDRS;
         }
-        None => None,
+        info.map_or(0, |i| i.state)
     };
-    if let Some(info) = info {
-        // A socket that reached CLOSE has lost its ports; an owner entry means it passed the
-        // address filters when it was opened.
-        if owner.is_none() && !addr_matches(info.family, info.lport, info.rport) {
-            return;
-        }
-        event.family = info.family;
-        event.lport = info.lport;
-        event.rport = info.rport;
-        event.saddr = info.saddr;
-        event.daddr = info.daddr;
-        event.old_state = info.state;
-        event.new_state = info.state;
-        event.flags |= FLAG_ADDRS;
-    }
+    event.old_state = state;
+    event.new_state = state;
     event.skaddr = sk;
     event.reason = reason;
     event.owner_pid = owner_pid;
@@ -75,7 +81,7 @@ pub fn report_release(sk: u64, info: Option<&SockInfo>, fd_hint: i32, reason: u8
     };
     emit(&event);
     if let Some(owner) = owner {
-        if info.is_some_and(|i| i.state == CLOSE) {
+        if state == CLOSE {
             // Released after the protocol close (a dead descriptor): nothing more will come.
             let _ = OWNERS.remove(sk);
         } else {

@@ -25,11 +25,9 @@ use tcptrace_common::{
 use crate::{
     filter::{addr_matches, filters_process, process_matches},
     kernel::{AF_INET, IPPROTO_TCP, SockInfo},
-    maps::{
-        CONNECT_FD, LAST_RESET, OWNERS, current_event, emit, floor, lean, remember_owner,
-        stamped_event,
-    },
+    maps::{LAST_RESET, OWNERS, current_event, emit, floor, lean, remember_owner, stamped_event},
     stacks::{KernelStack, capture},
+    syscalls::connect_fd,
 };
 
 #[tracepoint]
@@ -62,7 +60,12 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
     let Some(triage) = triage(sk, old, new) else {
         return 0;
     };
-    if let Ok(Some(change)) = Change::from_sock(sk, old, new) {
+    let change = if triage.addresses_known(old) {
+        Ok(Some(Change::bare(sk, old, new)))
+    } else {
+        Change::from_sock(sk, old, new)
+    };
+    if let Ok(Some(change)) = change {
         let _ = on_change(&ctx, change, triage);
     }
     0
@@ -109,13 +112,15 @@ struct Change {
     rport: u16,
     saddr: [u8; 16],
     daddr: [u8; 16],
+    /// `FLAG_ADDRS` when the endpoints above were read.
+    flags: u16,
 }
 
 impl Change {
     /// Writes the socket, the states and the endpoints into `event`.
     #[inline(always)]
     fn describe(&self, event: &mut RawEvent) {
-        let Self { skaddr, old, new, family, lport, rport, saddr, daddr } = *self;
+        let Self { skaddr, old, new, family, lport, rport, saddr, daddr, flags } = *self;
         event.skaddr = skaddr;
         event.old_state = old;
         event.new_state = new;
@@ -124,7 +129,23 @@ impl Change {
         event.rport = rport;
         event.saddr = saddr;
         event.daddr = daddr;
-        event.flags = FLAG_ADDRS;
+        event.flags = flags;
+    }
+
+    /// The socket and its states only (see `Triage::addresses_known`).
+    #[inline(always)]
+    fn bare(skaddr: u64, old: u8, new: u8) -> Self {
+        Self {
+            skaddr,
+            old,
+            new,
+            family: 0,
+            lport: 0,
+            rport: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            flags: 0,
+        }
     }
 
     /// None when the socket is not TCP or the address filters reject it.
@@ -161,6 +182,7 @@ impl Change {
             rport,
             saddr,
             daddr,
+            flags: FLAG_ADDRS,
         }))
     }
 
@@ -179,6 +201,7 @@ impl Change {
             rport: info.rport,
             saddr: info.saddr,
             daddr: info.daddr,
+            flags: FLAG_ADDRS,
         }))
     }
 }
@@ -220,23 +243,36 @@ fn triage(skaddr: u64, old: u8, new: u8) -> Option<Triage> {
     if old == CLOSE && (new == SYN_SENT || new == LISTEN) {
         return Some(Triage { open: true, owner: ptr::null_mut() });
     }
+    // Decided from the states alone, before the owner-map lookup.
+    if lean() && !lifecycle_change(old, new) {
+        return None;
+    }
     let owner = OWNERS.get_ptr_mut(skaddr).unwrap_or(ptr::null_mut());
     if owner.is_null() && filters_process() {
         return None;
     }
-    if lean() && new != CLOSE {
-        let unused = if owner.is_null() {
-            // A listener's child: accept() reports it with its state and addresses.
-            old == LISTEN || (old == SYN_RECV && new == ESTABLISHED)
-        } else {
-            // SAFETY: a map value pointer is valid for the duration of the program.
-            unsafe { (*owner).released != 0 }
-        };
-        if unused {
-            return None;
-        }
-    }
     Some(Triage { open: false, owner })
+}
+
+/// The changes (other than opens) that lean mode sends: the protocol close (lifetime, TIME_WAIT
+/// entry, a dead descriptor), the peer's close (CLOSE_WAIT), and a connect()'s outcome (its
+/// local port, its latency). The rest follow a close() or shutdown() of the owner's, or a
+/// listener child's handshake that accept() reports; the inventory sweeps show the states of
+/// sockets still held.
+#[inline(always)]
+fn lifecycle_change(old: u8, new: u8) -> bool {
+    new == CLOSE || new == CLOSE_WAIT || old == SYN_SENT
+}
+
+impl Triage {
+    /// Whether user space already has this socket's endpoints, so they need not be read: in
+    /// lean mode, a socket with an owner was reported with them by its connect(), listen() or
+    /// accept(), except the local port of a connect(), assigned after `CLOSE -> SYN_SENT`
+    /// and first read when it leaves SYN_SENT.
+    #[inline(always)]
+    fn addresses_known(&self, old: u8) -> bool {
+        lean() && !self.owner.is_null() && old != SYN_SENT
+    }
 }
 
 #[inline(always)]
@@ -288,8 +324,7 @@ fn on_open<C: StackIdContext + EbpfContext>(ctx: &C, change: Change) -> Result<(
     if new == SYN_SENT {
         event.kind = KIND_CONNECT;
         capture(ctx, &mut event, KernelStack::Meaningful);
-        // SAFETY: plain map read.
-        event.fd = unsafe { CONNECT_FD.get(event.tid) }.copied().unwrap_or(-1);
+        event.fd = connect_fd(event.tid);
     }
     event.owner_pid = event.pid;
     if !remember_owner(skaddr, event.pid, event.fd) {

@@ -3,7 +3,8 @@
 //! Formats (`syscalls:sys_enter_*`: arguments at 16, 24, 32 as 8-byte slots;
 //! `syscalls:sys_exit_*`: `long ret` at 16), stable across kernels:
 //! - connect(fd, ...): the descriptor, remembered until the syscall returns, because the
-//!   `CLOSE -> SYN_SENT` change it causes runs in the calling thread;
+//!   `CLOSE -> SYN_SENT` change it causes runs in the calling thread; only attached where that
+//!   change cannot read it from the caller's saved registers (`connect_fd`);
 //! - accept/accept4 return: the new descriptor → file → socket → sock;
 //! - close(fd), dup2/dup3(old, new), close_range(first, last, flags): in tracepoint mode, a
 //!   release when the descriptor holds the file's last reference.
@@ -18,8 +19,11 @@ use tcptrace_common::{
 
 use crate::{
     filter::{addr_matches, process_matches},
-    kernel::{FdTable, SockInfo, socket_sock},
-    maps::{CONNECT_FD, count, current_event, emit, floor, offsets_valid, remember_owner},
+    kernel::{FdTable, SockInfo, connect_fd_from_regs, socket_sock},
+    maps::{
+        CONNECT_FD, OFFSETS, count, current_event, emit, floor, global, offsets_valid,
+        remember_owner,
+    },
     release::release_if_last,
     stacks::{KernelStack, capture},
 };
@@ -51,6 +55,17 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         count(COUNTER_CTX_MAP_FULL);
     }
     0
+}
+
+/// The descriptor of the connect() thread `tid` is in, or -1: from its saved registers where
+/// the kernel allows (no map, no syscall programs), else from `sys_enter_connect`'s map.
+#[inline(always)]
+pub fn connect_fd(tid: u32) -> i32 {
+    if global!(OFFSETS.connect_regs) != 0 {
+        return connect_fd_from_regs().unwrap_or(-1);
+    }
+    // SAFETY: plain map read.
+    unsafe { CONNECT_FD.get(tid) }.copied().unwrap_or(-1)
 }
 
 #[tracepoint]

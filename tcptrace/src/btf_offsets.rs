@@ -11,6 +11,13 @@ use tcptrace_common::KernelOffsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// `struct pt_regs` members holding a syscall's number and first argument, as the syscall
+/// entry code saved them; only x86-64 is mapped.
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_REGS: Option<(&str, &str)> = Some(("orig_ax", "di"));
+#[cfg(not(target_arch = "x86_64"))]
+const SYSCALL_REGS: Option<(&str, &str)> = None;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
     #[error("the kernel has no BTF at {path} (CONFIG_DEBUG_INFO_BTF is off)")]
@@ -200,6 +207,43 @@ impl KernelBtf {
             skc_rcv_saddr: sk("skc_rcv_saddr", 4)?,
             skc_v6_daddr: sk("skc_v6_daddr", 16)?,
             skc_v6_rcv_saddr: sk("skc_v6_rcv_saddr", 16)?,
+            task_mm: self.member_sized("task_struct", "mm", 8)?,
+            ..self.connect_regs()
+        })
+    }
+
+    /// Where connect()'s descriptor is in the caller's saved registers, if the kernel can hand
+    /// the programs those registers. Anything missing leaves `connect_regs` at 0: the syscall
+    /// programs then remember the descriptor instead.
+    fn connect_regs(&self) -> KernelOffsets {
+        let none = KernelOffsets::zeroed();
+        // The helper's id in the kernel's own list says whether the verifier knows it.
+        if !self.has_enum_value("bpf_func_id", "BPF_FUNC_task_pt_regs") {
+            return none;
+        }
+        let Some((nr, arg0)) = SYSCALL_REGS else { return none };
+        let (Ok(regs_syscall_nr), Ok(regs_arg0)) =
+            (self.member_sized("pt_regs", nr, 8), self.member_sized("pt_regs", arg0, 8))
+        else {
+            return none;
+        };
+        KernelOffsets {
+            connect_regs: 1,
+            regs_syscall_nr,
+            regs_arg0,
+            sys_connect: libc::SYS_connect as u32,
+            ..none
+        }
+    }
+
+    /// Whether `enum name` has a member called `value`.
+    fn has_enum_value(&self, name: &str, value: &str) -> bool {
+        let Ok(types) = self.btf.resolve_types_by_name(name) else { return false };
+        types.iter().any(|t| match t {
+            Type::Enum(e) => {
+                e.members.iter().any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == value))
+            }
+            _ => false,
         })
     }
 }
@@ -229,6 +273,21 @@ mod tests {
         assert!(offsets.sock_protocol > offsets.skc_v6_rcv_saddr);
         // struct inet_sock starts with struct sock.
         assert!(offsets.inet_sport > offsets.sock_protocol);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn finds_connects_descriptor_in_the_saved_registers() {
+        let Some(btf) = kernel_btf() else { return };
+        // Every kernel with BTF since 5.15 has the helper; the x86-64 pt_regs layout is ABI
+        // (arch/x86/include/uapi/asm/ptrace.h): di is slot 14, orig_ax slot 15.
+        assert!(btf.has_enum_value("bpf_func_id", "BPF_FUNC_task_pt_regs"));
+        assert!(!btf.has_enum_value("bpf_func_id", "BPF_FUNC_no_such_helper"));
+        let offsets = btf.kernel_offsets().expect("offsets");
+        assert_eq!(
+            (offsets.connect_regs, offsets.regs_arg0, offsets.regs_syscall_nr, offsets.sys_connect),
+            (1, 14 * 8, 15 * 8, 42)
+        );
     }
 
     #[test]

@@ -458,6 +458,24 @@ mod tests {
     }
 
     #[test]
+    fn a_sweep_fills_in_the_states_lean_events_leave_out() {
+        // shutdown(SHUT_WR): lean events send no FIN_WAIT1/2, so the client still looks
+        // ESTABLISHED and unused...
+        let mut agg = connected();
+        assert_eq!(kinds(&agg, 40), vec![(FindingKind::Unclosed, PID, Some(7))]);
+        // ...until a sweep shows FIN_WAIT2: a half-closed socket, no unused connection.
+        agg.apply_inventory(&snapshot(vec![inventory(TcpState::FinWait2, 700, false)]), 40 * SEC);
+        let socket = agg.sockets().next().expect("tracked");
+        assert_eq!((socket.state, socket.state_since_ns), (TcpState::FinWait2, 40 * SEC));
+        assert_eq!(kinds(&agg, 41), vec![]);
+        // A sweep older than the events read since never moves a socket back.
+        let mut agg = connected();
+        agg.apply(&state(2, TcpState::Established, TcpState::CloseWait));
+        agg.apply_inventory(&snapshot(vec![inventory(TcpState::Established, 0, false)]), 3 * SEC);
+        assert_eq!(agg.sockets().next().map(|s| s.state), Some(TcpState::CloseWait));
+    }
+
+    #[test]
     fn a_server_side_connection_is_never_unclosed() {
         let mut agg = Aggregator::new(100);
         agg.apply(&state(1, TcpState::Listen, TcpState::SynRecv));

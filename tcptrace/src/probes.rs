@@ -54,6 +54,10 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
 const RELEASE_TRACEPOINTS: &[&str] =
     &["sys_enter_close", "sys_enter_dup2", "sys_enter_dup3", "sys_enter_close_range"];
 
+/// The programs that remember connect()'s descriptor: only attached where the kernel programs
+/// cannot read it from the caller's saved registers (`KernelOffsets::connect_regs`).
+const CONNECT_TRACEPOINTS: &[&str] = &["sys_enter_connect", "sys_exit_connect"];
+
 /// (program, tracepoint, classic fallback program). Raw tracepoints read the `struct sock` with
 /// BTF offsets, and unlike classic tracepoint programs they are not skipped while another BPF
 /// program runs on the CPU (see the kernel crate's `state` module).
@@ -86,7 +90,9 @@ pub enum Changes {
 
 /// Distinct user stacks the kernel's `USER_STACKS` map holds: 64 frames of 32 bytes (build id
 /// and offset) each, so 16 MiB of kernel memory. Distinct open sites are few; a full map, or a
-/// new stack whose hash bucket is taken, is a counted failure.
+/// new stack whose hash bucket is taken, is a counted failure. The same number of address
+/// stacks (4 MiB) and of (process image, site) pairs in the LRU cache that maps one to the
+/// other.
 const USER_STACK_ENTRIES: u32 = 8_192;
 /// Distinct kernel stacks `STACKS` holds: 127 addresses each, 16 MiB (bcc's tools' size).
 const KERNEL_STACK_ENTRIES: u32 = 16_384;
@@ -199,6 +205,8 @@ impl Probes {
             .override_global("SETTINGS", &settings, true)
             .map_max_entries("EVENTS", options.ring_bytes)
             .map_max_entries("USER_STACKS", if user_stacks { USER_STACK_ENTRIES } else { 1 })
+            .map_max_entries("USER_ADDR_STACKS", if user_stacks { USER_STACK_ENTRIES } else { 1 })
+            .map_max_entries("SITE_STACKS", if user_stacks { USER_STACK_ENTRIES } else { 1 })
             .map_max_entries("STACKS", if kernel_stacks { KERNEL_STACK_ENTRIES } else { 1 })
             .map_max_entries("FOLLOWED", if following { FOLLOWED_ENTRIES } else { 1 })
             .load(EBPF_OBJECT)
@@ -231,6 +239,7 @@ impl Probes {
             if raw_attached.contains(&program)
                 || (program == "sched_process_fork" && !following)
                 || (RELEASE_TRACEPOINTS.contains(&program) && close_hook != CloseHook::Tracepoint)
+                || (CONNECT_TRACEPOINTS.contains(&program) && offsets.connect_regs != 0)
             {
                 continue;
             }

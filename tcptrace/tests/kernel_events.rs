@@ -148,22 +148,25 @@ fn lifecycle_changes_leave_out_what_aggregation_does_not_use() {
     drop(client);
     read_eof(&server);
     drop(server);
+    // A socket's endpoints travel once: its open, and the local port a connect() picks.
+    let known = |x: Expect| Expect { ends: Ends::Omitted, ..x };
+    let release = |x: Expect| Expect { ends: Ends::ExactOrOmitted, ..x };
     h.expect_socket(
         &client_sock,
         &[
             connect_event(&me, client_fd),
             change(SynSent, Established, client_owner),
-            release_event(&me, ByClose, Established, client_fd),
-            change(FinWait2, Close, client_owner),
+            release(release_event(&me, ByClose, Established, client_fd)),
+            known(change(FinWait2, Close, client_owner)),
         ],
     );
     h.expect_socket(
         &server_sock,
         &[
             accept_event(&me, server_fd),
-            change(Established, CloseWait, server_owner),
-            release_event(&me, ByClose, CloseWait, server_fd),
-            change(LastAck, Close, server_owner),
+            known(change(Established, CloseWait, server_owner)),
+            release(release_event(&me, ByClose, CloseWait, server_fd)),
+            known(change(LastAck, Close, server_owner)),
         ],
     );
     h.expect_nothing_lost();

@@ -294,6 +294,9 @@ impl Aggregator {
             let (Some(local), Some(remote)) = (socket.local(), socket.remote()) else { continue };
             if let Some(found) = by_tuple.get(&(local, remote)) {
                 refresh(socket, found, now_ns);
+                if let Some(state) = unsent_state(socket.state, found.state) {
+                    socket.set_state(state, now_ns);
+                }
                 if socket.pid().is_none()
                     && let Some(owner) = found.owners.first()
                 {
@@ -344,6 +347,21 @@ fn refresh(socket: &mut TrackedSocket, found: &InventorySocket, now_ns: u64) {
     if found.keepalive.is_some() {
         socket.set_keepalive(found.keepalive);
     }
+}
+
+/// The state a sweep found, if it is one that lean events leave out (`Settings::lean`) and it
+/// comes after the one last seen: a shutdown() or a child's handshake. A sweep is a snapshot
+/// older than the events read since, so it never moves a socket back.
+fn unsent_state(known: TcpState, found: TcpState) -> Option<TcpState> {
+    use TcpState::*;
+    let later = match known {
+        SynRecv => matches!(found, Established | FinWait1 | FinWait2 | Closing),
+        Established => matches!(found, FinWait1 | FinWait2 | Closing | LastAck),
+        FinWait1 => matches!(found, FinWait2 | Closing),
+        CloseWait => found == LastAck,
+        _ => false,
+    };
+    later.then_some(found)
 }
 
 /// Takes the record's addresses, except a port the kernel had not assigned yet.

@@ -567,6 +567,11 @@ pub enum Ends {
     BeforePeer,
     /// The kernel clears ports (and, after a failed connect, addresses) once a socket is CLOSE.
     Any,
+    /// Lean mode: none, user space has them from the socket's open.
+    Omitted,
+    /// Lean mode's release: none with fentry or kprobe; tracepoint mode reads the socket anyway
+    /// (to find it behind the descriptor) and sends them.
+    ExactOrOmitted,
 }
 
 /// One expected event of a socket.
@@ -588,9 +593,11 @@ impl Expect {
             .as_ref()
             .is_none_or(|t| e.pid == t.pid && e.tid == t.tid && e.comm.as_str() == t.comm);
         let ends_ok = match (self.ends, e.endpoints) {
-            (Ends::Any, _) => true,
-            (_, None) => false,
-            (Ends::Exact, Some(ep)) => sock.local_matches(ep.local) && ep.remote == sock.remote,
+            (Ends::Any, _) | (Ends::Omitted | Ends::ExactOrOmitted, None) => true,
+            (Ends::Omitted, Some(_)) | (_, None) => false,
+            (Ends::Exact | Ends::ExactOrOmitted, Some(ep)) => {
+                sock.local_matches(ep.local) && ep.remote == sock.remote
+            }
             (Ends::BeforePeer, Some(ep)) => {
                 let unset = ep.remote.ip().is_unspecified() && ep.remote.port() == 0;
                 ep.local == sock.local && (ep.remote == sock.remote || unset)
