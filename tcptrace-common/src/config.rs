@@ -64,6 +64,13 @@ pub const STACKS_USER: u32 = 1 << 0;
 /// `Settings::stacks` bit: capture the kernel stack at connect and accept.
 pub const STACKS_KERNEL: u32 = 1 << 1;
 
+/// `Settings::bench`: every program returns at once, the cost of the hooks themselves.
+pub const BENCH_FLOOR: u32 = 1;
+/// `Settings::bench`: the least per-connection work a tracer that matches opens to closes can
+/// do, and nothing else: at each connect() and accept(), an owner-map entry and one record; at
+/// the CLOSE of a socket with an entry, its removal and one record.
+pub const BENCH_MINIMUM: u32 = 2;
+
 /// Load-time settings other than filters, set as the `SETTINGS` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,9 +80,8 @@ pub struct Settings {
     /// Offset of `child_pid` in `sched:sched_process_fork` records (it moved when the comm
     /// fields became `__data_loc` strings), for `Filter::follow`.
     pub fork_child_pid: u32,
-    /// Non-zero: every program returns at once (`cargo xtask bench`'s floor: the cost of the
-    /// hooks themselves, with nothing done in them).
-    pub floor: u32,
+    /// `cargo xtask bench`'s reference points (`BENCH_*`); 0 for real use.
+    pub bench: u32,
     /// Wake the reader once this many bytes wait in the ring buffer; below, it finds them at
     /// its next poll (user space polls every few milliseconds). A wakeup per event would cost
     /// it a context switch per event. 0: wake for every event.
@@ -94,7 +100,7 @@ const _: () = assert!(size_of::<Settings>() == 20);
 
 impl Settings {
     pub const fn none() -> Self {
-        Self { stacks: 0, fork_child_pid: 0, floor: 0, wakeup_bytes: 0, lean: 0 }
+        Self { stacks: 0, fork_child_pid: 0, bench: 0, wakeup_bytes: 0, lean: 0 }
     }
 }
 

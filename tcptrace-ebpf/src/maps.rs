@@ -12,8 +12,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tcptrace_common::{
-    BuildIdFrame, CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT, COUNTER_LOST_EVENTS, Filter,
-    KernelOffsets, Owner, RawEvent, Settings, USER_STACK_FRAMES,
+    BENCH_MINIMUM, BuildIdFrame, CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT,
+    COUNTER_LOST_EVENTS, Filter, KernelOffsets, Owner, RawEvent, Settings, USER_STACK_FRAMES,
 };
 
 /// Reads a load-time global. The volatile read keeps the compiler from folding the zero
@@ -37,10 +37,17 @@ pub static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 #[unsafe(no_mangle)]
 pub static SETTINGS: Settings = Settings::none();
 
-/// `cargo xtask bench`'s floor: the programs are attached and do nothing.
+/// `cargo xtask bench`'s floor and minimum: the programs are attached and return at once (the
+/// minimum's do their bit first, see `bench`).
 #[inline(always)]
 pub fn floor() -> bool {
-    global!(SETTINGS.floor) != 0
+    global!(SETTINGS.bench) != 0
+}
+
+/// `cargo xtask bench`'s minimum (`BENCH_MINIMUM`).
+#[inline(always)]
+pub fn minimum() -> bool {
+    global!(SETTINGS.bench) == BENCH_MINIMUM
 }
 
 /// Whether only the state changes an aggregating reader uses are sent (`Settings::lean`).

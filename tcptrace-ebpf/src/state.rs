@@ -23,9 +23,13 @@ use tcptrace_common::{
 };
 
 use crate::{
+    bench::minimum_change,
     filter::{addr_matches, filters_process, process_matches},
     kernel::{AF_INET, IPPROTO_TCP, SockInfo},
-    maps::{LAST_RESET, OWNERS, current_event, emit, floor, lean, remember_owner, stamped_event},
+    maps::{
+        LAST_RESET, OWNERS, current_event, emit, floor, lean, minimum, remember_owner,
+        stamped_event,
+    },
     stacks::{KernelStack, capture},
     syscalls::connect_fd,
 };
@@ -33,6 +37,14 @@ use crate::{
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if floor() {
+        if minimum() {
+            // SAFETY: offsets from the tracepoint format (module docs).
+            let read =
+                unsafe { (ctx.read_at::<u64>(8), ctx.read_at::<i32>(16), ctx.read_at::<i32>(20)) };
+            if let (Ok(sk), Ok(old), Ok(new)) = read {
+                minimum_change(sk, old as u8, new as u8);
+            }
+        }
         return 0;
     }
     if let Ok(Some(change)) = Change::from_tracepoint(&ctx)
@@ -51,6 +63,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
     if floor() {
+        if minimum() {
+            minimum_change(ctx.arg(0), ctx.arg::<u64>(1) as u8, ctx.arg::<u64>(2) as u8);
+        }
         return 0;
     }
     let sk: u64 = ctx.arg(0);

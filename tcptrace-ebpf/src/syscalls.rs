@@ -18,10 +18,11 @@ use tcptrace_common::{
 };
 
 use crate::{
+    bench::minimum_accept,
     filter::{addr_matches, process_matches},
     kernel::{FdTable, SockInfo, connect_fd_from_regs, socket_sock},
     maps::{
-        CONNECT_FD, OFFSETS, count, current_event, emit, floor, global, offsets_valid,
+        CONNECT_FD, OFFSETS, count, current_event, emit, floor, global, minimum, offsets_valid,
         remember_owner,
     },
     release::release_if_last,
@@ -80,6 +81,7 @@ pub fn sys_exit_connect(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     if floor() {
+        bench_accept(&ctx);
         return 0;
     }
     let _ = try_accept(&ctx);
@@ -89,10 +91,23 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
     if floor() {
+        bench_accept(&ctx);
         return 0;
     }
     let _ = try_accept(&ctx);
     0
+}
+
+/// `cargo xtask bench`'s minimum; nothing for its floor.
+#[inline(always)]
+fn bench_accept(ctx: &TracePointContext) {
+    if minimum()
+        && offsets_valid()
+        && let Ok(ret) = arg(ctx, 0)
+        && (ret as i64) >= 0
+    {
+        let _ = minimum_accept(ret as u32);
+    }
 }
 
 #[inline(always)]

@@ -8,7 +8,7 @@ use tcptrace_common::{Filter, MAX_FILTER_PIDS};
 use crate::{
     close_hook::CloseHookChoice,
     findings::FindingKind,
-    probes::{Changes, ProbeOptions},
+    probes::{Bench, Changes, ProbeOptions},
     stacks::StacksMode,
     top::SortKey,
 };
@@ -145,6 +145,10 @@ pub struct ProbeArgs {
     /// Benchmarks only: attach every program, but have each return at once
     #[arg(long, hide = true)]
     pub bench_floor: bool,
+    /// Benchmarks only: the least per-connection work (one record at each open and CLOSE);
+    /// `trace` only counts the records
+    #[arg(long, hide = true, conflicts_with = "bench_floor")]
+    pub bench_minimum: bool,
 }
 
 impl ProbeArgs {
@@ -160,7 +164,13 @@ impl ProbeArgs {
             close_hook: self.close_hook,
             ring_bytes: self.ring_size << 20,
             stacks: self.stacks.unwrap_or(stacks),
-            floor: self.bench_floor,
+            bench: if self.bench_minimum {
+                Bench::Minimum
+            } else if self.bench_floor {
+                Bench::Floor
+            } else {
+                Bench::Off
+            },
             changes,
         })
     }

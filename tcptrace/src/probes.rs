@@ -13,9 +13,9 @@ use aya::{
     programs::{FEntry, KProbe, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
-    CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS,
-    COUNTER_OWNER_MAP_FULL, COUNTER_STACK_FAILED, Filter, KernelOffsets, STACKS_KERNEL,
-    STACKS_USER, Settings,
+    BENCH_FLOOR, BENCH_MINIMUM, CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_FOLLOW_FULL,
+    COUNTER_LOST_EVENTS, COUNTER_OWNER_MAP_FULL, COUNTER_STACK_FAILED, Filter, KernelOffsets,
+    STACKS_KERNEL, STACKS_USER, Settings,
 };
 
 use crate::{
@@ -73,10 +73,32 @@ pub struct ProbeOptions {
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
     pub stacks: StacksMode,
-    /// Attach every program but make each return at once (`cargo xtask bench`'s floor).
-    pub floor: bool,
+    /// `cargo xtask bench`'s reference points; `Bench::Off` for real use.
+    pub bench: Bench,
     /// Which state changes the kernel sends.
     pub changes: Changes,
+}
+
+/// What the programs do, for `cargo xtask bench`'s reference points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bench {
+    /// Their job.
+    Off,
+    /// Each returns at once: the cost of the hooks themselves.
+    Floor,
+    /// The least per-connection work a tracer that matches opens to closes can do (the kernel
+    /// crate's `bench` module); user space only counts what arrives.
+    Minimum,
+}
+
+impl Bench {
+    fn setting(self) -> u32 {
+        match self {
+            Self::Off => 0,
+            Self::Floor => BENCH_FLOOR,
+            Self::Minimum => BENCH_MINIMUM,
+        }
+    }
 }
 
 /// Which TCP state changes the kernel sends.
@@ -193,7 +215,7 @@ impl Probes {
         let settings = Settings {
             stacks: options.stacks.bits(),
             fork_child_pid,
-            floor: u32::from(options.floor),
+            bench: options.bench.setting(),
             wakeup_bytes: options.ring_bytes / 4,
             lean: u32::from(options.changes == Changes::Lifecycle),
         };

@@ -12,7 +12,7 @@ use crate::{
     connections::Connections,
     decode::Event,
     output::{Clock, Format, Renderer},
-    probes::{Changes, Probes},
+    probes::{Bench, Changes, Probes},
     stacks::{StackResolver, StacksMode},
     stop::stop_signal,
 };
@@ -39,6 +39,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut renderer =
         Renderer::new(BufWriter::new(io::stdout()), format, Clock::now(), probes.close_hook());
     let mut session = Session {
+        count_only: options.bench == Bench::Minimum,
         conns: Connections::new(MAX_TRACKED),
         records: Vec::new(),
         stacks,
@@ -126,6 +127,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 }
 
 struct Session {
+    /// `--bench-minimum`: the events are counted, nothing more, so that the bench's minimum
+    /// measures the kernel's least work and not printing.
+    count_only: bool,
     conns: Connections,
     records: Vec<crate::connections::Record>,
     stacks: Option<StackResolver>,
@@ -140,6 +144,9 @@ impl Session {
             return Ok(());
         };
         self.events += 1;
+        if self.count_only {
+            return Ok(());
+        }
         self.records.clear();
         self.conns.apply(&event, &mut self.records);
         if let Some(stacks) = &mut self.stacks {

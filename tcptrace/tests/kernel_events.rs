@@ -23,7 +23,7 @@ use tcptrace::{
         ReleaseReason::{Close as ByClose, Exit as ByExit},
         TcpState::{Close, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynSent},
     },
-    probes::Changes,
+    probes::{Bench, Changes},
     stacks::StacksMode,
 };
 use tcptrace_common::Filter;
@@ -169,6 +169,57 @@ fn lifecycle_changes_leave_out_what_aggregation_does_not_use() {
             known(change(LastAck, Close, server_owner)),
         ],
     );
+    h.expect_nothing_lost();
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn the_bench_minimum_sends_one_record_at_each_open_and_close() {
+    let _serial = no_forks();
+    let listener = listen(LOCALHOST_V4);
+    let mut h = Harness::load_bench(Bench::Minimum);
+    let me = Task::current();
+    let client = connect(addr_of(&listener));
+    let server = accept(&listener);
+    drop(client);
+    read_eof(&server);
+    drop(server);
+    // Opens name their owner; the host may open other connections meanwhile.
+    let opens = |h: &Harness| -> Vec<(EventKind, u64)> {
+        h.events
+            .iter()
+            .filter(|e| e.owner_pid == Some(me.pid))
+            .map(|e| (e.kind, e.skaddr))
+            .collect()
+    };
+    let closed = |h: &Harness, sk: u64| {
+        h.events
+            .iter()
+            .any(|e| e.skaddr == sk && matches!(e.kind, EventKind::State { new: Close, .. }))
+    };
+    h.wait_until("both opens and both CLOSEs", |h| {
+        let opens = opens(h);
+        opens.len() == 2 && opens.iter().all(|&(_, sk)| closed(h, sk))
+    });
+    h.drain();
+    let opens = opens(&h);
+    let kinds: Vec<EventKind> = opens.iter().map(|&(kind, _)| kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Connect, EventKind::Accept { state: Some(Established) }],
+        "{}",
+        h.dump()
+    );
+    for (kind, sk) in opens {
+        let records: Vec<&Event> = h.events.iter().filter(|e| e.skaddr == sk).collect();
+        assert_eq!(
+            records.len(),
+            2,
+            "{kind:?}: one record at the open, one at CLOSE\n{}",
+            h.dump()
+        );
+        assert!(records.iter().all(|e| e.endpoints.is_none()), "the minimum reads no socket");
+    }
     h.expect_nothing_lost();
 }
 

@@ -22,7 +22,7 @@ use tcptrace::{
             self, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynRecv, SynSent,
         },
     },
-    probes::{Changes, Counters, ProbeOptions, Probes},
+    probes::{Bench, Changes, Counters, ProbeOptions, Probes},
     stacks::{StackResolver, StacksMode},
     stream::EventStream,
 };
@@ -182,6 +182,15 @@ impl Harness {
 
     /// Probes that send the state changes `changes` asks for.
     pub fn load_options(filter: Filter, stacks: StacksMode, changes: Changes) -> Self {
+        Self::load_all(filter, stacks, changes, Bench::Off)
+    }
+
+    /// Probes doing one of `cargo xtask bench`'s reference points.
+    pub fn load_bench(bench: Bench) -> Self {
+        Self::load_all(Filter::none(), StacksMode::Off, Changes::All, bench)
+    }
+
+    fn load_all(filter: Filter, stacks: StacksMode, changes: Changes, bench: Bench) -> Self {
         let port = filter.port;
         let choice = requested_close_hook();
         let options = ProbeOptions {
@@ -189,7 +198,7 @@ impl Harness {
             close_hook: choice,
             ring_bytes: 1 << 20,
             stacks,
-            floor: false,
+            bench,
             changes,
         };
         let mut probes =

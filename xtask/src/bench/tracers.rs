@@ -19,6 +19,10 @@ pub enum Tracer {
     Baseline,
     /// tcptrace's programs on every hook it uses, each returning at once.
     Floor,
+    /// The same hooks doing the least per-connection work a tracer that matches opens to
+    /// closes can do (an owner-map entry and a record at each open, its removal and a record
+    /// at each CLOSE), user space only counting: what any such tracer costs here.
+    Minimum,
     /// `tcptrace trace > /dev/null`.
     Trace,
     /// `tcptrace leaks`, as a user runs it (user stacks at every open).
@@ -36,9 +40,10 @@ pub enum Tracer {
 }
 
 impl Tracer {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Baseline,
         Self::Floor,
+        Self::Minimum,
         Self::Trace,
         Self::Leaks,
         Self::LeaksNoStacks,
@@ -52,6 +57,7 @@ impl Tracer {
         match self {
             Self::Baseline => "none (baseline)",
             Self::Floor => "floor: tcptrace hooks, empty",
+            Self::Minimum => "minimum: owner and a record per open/close",
             Self::Trace => "tcptrace trace > /dev/null",
             Self::Leaks => "tcptrace leaks",
             Self::LeaksNoStacks => "tcptrace leaks --stacks off",
@@ -72,6 +78,7 @@ impl Tracer {
         Ok(Some(match self {
             Self::Baseline => return Ok(None),
             Self::Floor => tcptrace_cmd(&["trace", "--bench-floor"]),
+            Self::Minimum => tcptrace_cmd(&["trace", "--bench-minimum"]),
             Self::Trace => tcptrace_cmd(&["trace"]),
             Self::Leaks => tcptrace_cmd(&["leaks", "--json"]),
             Self::LeaksNoStacks => tcptrace_cmd(&["leaks", "--json", "--stacks", "off"]),
@@ -93,7 +100,7 @@ impl Tracer {
     /// A line on stderr that says the tracer is attached.
     fn ready_marker(self) -> Option<&'static str> {
         match self {
-            Self::Floor | Self::Trace | Self::Leaks | Self::LeaksNoStacks => {
+            Self::Floor | Self::Minimum | Self::Trace | Self::Leaks | Self::LeaksNoStacks => {
                 Some("tcptrace: tracing")
             }
             _ => None,
@@ -260,7 +267,7 @@ fn delivered(tracer: Tracer, stdout: &[String], stderr: &[String]) -> (Option<u6
         lines.iter().find_map(|l| l.strip_prefix(prefix)?.split_whitespace().next()?.parse().ok())
     };
     match tracer {
-        Tracer::Floor | Tracer::Trace => {
+        Tracer::Floor | Tracer::Minimum | Tracer::Trace => {
             // "tcptrace: N events read, M lost"
             let Some(line) = stderr.iter().find(|l| l.contains(" events read, ")) else {
                 return (None, None);
