@@ -109,13 +109,10 @@ pub fn current_mm() -> Result<u64, i32> {
 }
 
 /// The descriptor the current task passed to connect(2), from the user registers its syscall
-/// entry saved; an error when it is not inside connect() (io_uring, a socket the kernel opens)
-/// or `KernelOffsets::connect_regs` is off.
+/// entry saved; an error when it is not inside connect() (io_uring, a socket the kernel opens).
+/// Only where `KernelOffsets::connect_regs` is set (`syscalls::connect_fd` decides).
 #[inline(always)]
 pub fn connect_fd_from_regs() -> Result<i32, i32> {
-    if global!(OFFSETS.connect_regs) == 0 {
-        return Err(-1);
-    }
     // SAFETY: helpers with no preconditions; the verifier types the task pointer (BTF).
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     let nr: u64 = member(regs, global!(OFFSETS.regs_syscall_nr))?;

@@ -127,22 +127,20 @@ fn server_closes_first() {
     open_and_close(LOCALHOST_V4, false);
 }
 
-/// `leaks`, `top` and `run` aggregate: the kernel leaves out the state changes they do not use
-/// (a released socket's, but its CLOSE; a listener child's handshake, before accept()), and
-/// keeps every other one, with its owner.
+/// `leaks`, `top` and `run` aggregate: the kernel sends only the state changes they use (opens,
+/// a connect's outcome, CLOSE_WAIT, CLOSE; not what follows the owner's close, nor a listener
+/// child's handshake, before accept()), with their owner, and without the endpoints of a socket
+/// user space knows.
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn lifecycle_changes_leave_out_what_aggregation_does_not_use() {
     let _serial = no_forks();
-    let listener = listen(LOCALHOST_V4);
-    let filter = Filter { port: addr_of(&listener).port(), ..Filter::none() };
-    let mut h = Harness::load_options(filter, StacksMode::Off, Changes::Lifecycle);
-    let me = Task::current();
-    let client = connect(addr_of(&listener));
-    let server = accept(&listener);
-    let (client_fd, server_fd) = (client.as_raw_fd(), server.as_raw_fd());
-    let client_sock = Sock::client_stream("client", &me, &client);
-    let server_sock = Sock::server_stream("server", &server);
+    let Loopback {
+        mut h, me, client, server, client_fd, server_fd, client_sock, server_sock, ..
+    } = Loopback::open_with(LOCALHOST_V4, |port| {
+        let filter = Filter { port, ..Filter::none() };
+        Harness::load_options(filter, StacksMode::Off, Changes::Lifecycle)
+    });
     let (client_owner, server_owner) = (me.owns(client_fd), me.owns(server_fd));
 
     drop(client);
@@ -176,11 +174,8 @@ fn lifecycle_changes_leave_out_what_aggregation_does_not_use() {
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn the_bench_minimum_sends_one_record_at_each_open_and_close() {
     let _serial = no_forks();
-    let listener = listen(LOCALHOST_V4);
-    let mut h = Harness::load_bench(Bench::Minimum);
-    let me = Task::current();
-    let client = connect(addr_of(&listener));
-    let server = accept(&listener);
+    let Loopback { mut h, me, client, server, .. } =
+        Loopback::open_with(LOCALHOST_V4, |_| Harness::load_bench(Bench::Minimum));
     drop(client);
     read_eof(&server);
     drop(server);

@@ -1118,8 +1118,13 @@ pub struct Loopback {
 
 impl Loopback {
     pub fn open(local: SocketAddr) -> Self {
+        Self::open_with(local, Harness::on_port)
+    }
+
+    /// The same, with probes that `load` sets up for the listener's port.
+    pub fn open_with(local: SocketAddr, load: impl FnOnce(u16) -> Harness) -> Self {
         let listener = listen(local);
-        let h = Harness::on_port(addr_of(&listener).port());
+        let h = load(addr_of(&listener).port());
         let me = Task::current();
         let client = connect(addr_of(&listener));
         let server = accept(&listener);
