@@ -113,7 +113,11 @@ pub const COUNTER_CTX_MAP_FULL: u32 = 2;
 pub const COUNTER_STACK_FAILED: u32 = 3;
 /// A child of a followed process could not be followed (`FOLLOWED` map full).
 pub const COUNTER_FOLLOW_FULL: u32 = 4;
-pub const COUNTER_COUNT: u32 = 5;
+/// A state change the kernel kept from `inet_sock_set_state_raw` (it was already running on
+/// the CPU, interrupted by the softirq making this change) and that `inet_sock_set_state_nested`
+/// handled instead.
+pub const COUNTER_NESTED_CHANGES: u32 = 5;
+pub const COUNTER_COUNT: u32 = 6;
 
 /// `RawEvent::user_stack`/`kernel_stack`: no stack captured.
 pub const STACK_NONE: i32 = -1;

@@ -4,11 +4,15 @@
 //! that returns early (`?`) when a read fails or the event is filtered out.
 #![no_std]
 #![no_main]
+// `maps::count`'s atomic add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod bench;
 mod filter;
 mod kernel;
 mod maps;
+mod nested;
 mod process;
 mod release;
 mod stacks;

@@ -1,6 +1,10 @@
 //! Maps, load-time globals and the small accessors every hook shares.
 
-use core::{cell::UnsafeCell, ffi::c_void};
+use core::{
+    cell::UnsafeCell,
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 
 use aya_ebpf::{
     bindings::{
@@ -159,8 +163,12 @@ pub static LAST_RESET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 pub fn count(counter: u32) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter) {
-        // SAFETY: per-CPU slot; tracing programs do not nest on one CPU.
-        unsafe { *value += 1 };
+        // Atomic although the slot is per-CPU: a softirq program can interrupt a process-context
+        // one between its read and its write.
+        // (`AtomicU64::fetch_add` is not offered on BPF targets, which lack compare-and-swap;
+        // the intrinsic compiles to BPF's atomic add.)
+        // SAFETY: a valid, aligned map value for the program's lifetime.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(value, 1) };
     }
 }
 

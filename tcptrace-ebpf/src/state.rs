@@ -18,8 +18,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use tcptrace_common::{
-    FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_CONNECT, KIND_STATE, Owner, RawEvent,
-    tcp_state::*,
+    COUNTER_NESTED_CHANGES, FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_CONNECT, KIND_STATE,
+    Owner, RawEvent, tcp_state::*,
 };
 
 use crate::{
@@ -27,9 +27,10 @@ use crate::{
     filter::{addr_matches, filters_process, process_matches},
     kernel::{AF_INET, IPPROTO_TCP, SockInfo},
     maps::{
-        LAST_RESET, OWNERS, current_event, emit, floor, lean, minimum, remember_owner,
+        LAST_RESET, OWNERS, count, current_event, emit, floor, lean, minimum, remember_owner,
         stamped_event,
     },
+    nested::{ChangeId, first_runs, first_skipped},
     stacks::{KernelStack, capture},
     syscalls::connect_fd,
 };
@@ -59,7 +60,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// newstate)`). Preferred whenever BTF offsets are known: a classic tracepoint program is
 /// skipped, uncounted, whenever any other kprobe/tracepoint program is running on the CPU (the
 /// global `bpf_prog_active` guard), which a softirq state change hits often; a raw tracepoint is
-/// only skipped when it re-enters itself, and the kernel counts that in `recursion_misses`.
+/// only skipped when it re-enters itself, and `inet_sock_set_state_nested` catches that.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
     if floor() {
@@ -68,12 +69,38 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
         }
         return 0;
     }
+    first_runs(change_id(&ctx));
+    on_raw_change(&ctx);
+    0
+}
+
+/// The second program on the hook: handles the changes the kernel skipped the first for (see
+/// the `nested` module).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
+    if floor() {
+        return 0;
+    }
+    if first_skipped(change_id(&ctx)) {
+        count(COUNTER_NESTED_CHANGES);
+        on_raw_change(&ctx);
+    }
+    0
+}
+
+#[inline(always)]
+fn change_id(ctx: &RawTracePointContext) -> ChangeId {
+    ChangeId::new(ctx.arg(0), ctx.arg::<u64>(1) as u8, ctx.arg::<u64>(2) as u8)
+}
+
+#[inline(always)]
+fn on_raw_change(ctx: &RawTracePointContext) {
     let sk: u64 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as u8;
     let new = ctx.arg::<u64>(2) as u8;
     // Decided before the socket is read: on a churning host, most changes end here.
     let Some(triage) = triage(sk, old, new) else {
-        return 0;
+        return;
     };
     let change = if triage.addresses_known(old) {
         Ok(Some(Change::bare(sk, old, new)))
@@ -81,9 +108,8 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
         Change::from_sock(sk, old, new)
     };
     if let Ok(Some(change)) = change {
-        let _ = on_change(&ctx, change, triage);
+        let _ = on_change(ctx, change, triage);
     }
-    0
 }
 
 #[tracepoint]

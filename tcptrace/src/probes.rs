@@ -14,8 +14,8 @@ use aya::{
 };
 use tcptrace_common::{
     BENCH_FLOOR, BENCH_MINIMUM, CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_FOLLOW_FULL,
-    COUNTER_LOST_EVENTS, COUNTER_OWNER_MAP_FULL, COUNTER_STACK_FAILED, Filter, KernelOffsets,
-    STACKS_KERNEL, STACKS_USER, Settings,
+    COUNTER_LOST_EVENTS, COUNTER_NESTED_CHANGES, COUNTER_OWNER_MAP_FULL, COUNTER_STACK_FAILED,
+    Filter, KernelOffsets, STACKS_KERNEL, STACKS_USER, Settings,
 };
 
 use crate::{
@@ -65,6 +65,14 @@ const RAW_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("inet_sock_set_state_raw", "inet_sock_set_state", "inet_sock_set_state"),
     ("tcp_receive_reset_raw", "tcp_receive_reset", "tcp_receive_reset"),
 ];
+
+/// The raw state-change program the kernel skips when a softirq change interrupts it on its
+/// CPU, and the second program that handles those changes instead (see the kernel crate's
+/// `nested` module). It must be attached after the first: the kernel runs a tracepoint's
+/// programs in attachment order. The first's skipped runs are not lost when the second handled
+/// them, and the second's own are never lost: the first ran for those.
+const STATE_PROGRAM: &str = "inet_sock_set_state_raw";
+const NESTED_STATE_PROGRAM: &str = "inet_sock_set_state_nested";
 
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
@@ -132,8 +140,12 @@ pub enum LoadError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub lost_events: u64,
-    /// Runs the kernel skipped because the program was already running on that CPU.
+    /// Runs the kernel skipped because the program was already running on that CPU, and that
+    /// no other program made up for.
     pub missed_runs: u64,
+    /// State changes that interrupted the state-change program on their CPU, handled by its
+    /// companion (`inet_sock_set_state_nested`) instead of being lost.
+    pub nested_changes: u64,
     pub owner_map_full: u64,
     pub ctx_map_full: u64,
     /// Stacks the kernel could not capture (see `STACK_MAP_ENTRIES`).
@@ -249,6 +261,14 @@ impl Probes {
                     Ok(()) => {
                         attached.push(program);
                         raw_attached.push(fallback);
+                        if program == STATE_PROGRAM {
+                            match attach_raw_tracepoint(&mut ebpf, NESTED_STATE_PROGRAM, name) {
+                                Ok(()) => attached.push(NESTED_STATE_PROGRAM),
+                                Err(e) => notes.push(format!(
+                                    "{NESTED_STATE_PROGRAM} unavailable ({e:#}): a state change that interrupts another on its CPU is lost"
+                                )),
+                            }
+                        }
                     }
                     Err(e) => notes.push(format!(
                         "raw tracepoint {name} unavailable ({e:#}): state changes can be missed while other BPF programs run"
@@ -347,16 +367,24 @@ impl Probes {
         let sum = |index: u32| -> anyhow::Result<u64> {
             Ok(counters.get(&index, 0).context("reading COUNTERS")?.iter().sum())
         };
+        let nested_changes = sum(COUNTER_NESTED_CHANGES)?;
+        let nested_attached = self.attached.contains(&NESTED_STATE_PROGRAM);
         let mut missed_runs = 0;
         for &name in &self.attached {
             let Some(program) = self.ebpf.program(name) else {
                 continue;
             };
             let fd = program.fd().with_context(|| format!("program {name} has no fd"))?;
-            missed_runs += recursion_misses(fd.as_fd())
+            let missed = recursion_misses(fd.as_fd())
                 .with_context(|| format!("reading the statistics of program {name}"))?;
+            missed_runs += match name {
+                NESTED_STATE_PROGRAM => 0,
+                STATE_PROGRAM if nested_attached => missed.saturating_sub(nested_changes),
+                _ => missed,
+            };
         }
         Ok(Counters {
+            nested_changes,
             lost_events: sum(COUNTER_LOST_EVENTS)?,
             missed_runs,
             owner_map_full: sum(COUNTER_OWNER_MAP_FULL)?,

@@ -263,7 +263,7 @@ fn leaks_json_names_each_leaking_socket_and_nothing_else() {
     let port = listener.local_addr().unwrap().port();
     let hook = std::env::var("TCPTRACE_TEST_CLOSE_HOOK").unwrap_or_else(|_| "auto".to_owned());
     let port_arg = port.to_string();
-    let (leaks, _stderr) = start_trace(&[
+    let (leaks, stderr) = start_trace(&[
         "leaks",
         "--json",
         "--port",
@@ -309,9 +309,16 @@ fn leaks_json_names_each_leaking_socket_and_nothing_else() {
     for pid in [close_wait, dead, holder] {
         assert_eq!(wait(pid), 0, "child {pid} failed");
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    // tcptrace has exited, so its stderr (notes, errors) is complete: it goes with any failure
+    // below.
+    let printed = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr.iter().collect::<Vec<_>>().join("\n")
+    );
+    assert!(output.status.success(), "{printed}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON document");
     let mut found: Vec<(String, i64, i64)> = report["findings"]
         .as_array()
         .expect("findings")
@@ -331,18 +338,18 @@ fn leaks_json_names_each_leaking_socket_and_nothing_else() {
         ("unclosed".to_owned(), i64::from(holder), i64::from(holder_fd)),
     ];
     expected.sort();
-    assert_eq!(found, expected, "{stdout}");
+    assert_eq!(found, expected, "{printed}");
     if hook != "auto" {
         assert_eq!(report["close_hook"], hook.as_str());
     }
-    assert_eq!(report["events_lost"], 0, "{stdout}");
+    assert_eq!(report["events_lost"], 0, "{printed}");
     let me = report["processes"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["pid"] == i64::from(std::process::id()))
         .expect("this process in the report");
-    assert_eq!((me["opened"].as_i64(), me["findings"].as_i64()), (Some(3), Some(0)), "{stdout}");
+    assert_eq!((me["opened"].as_i64(), me["findings"].as_i64()), (Some(3), Some(0)), "{printed}");
 }
 
 #[test]

@@ -1,0 +1,92 @@
+//! Catching the state changes the kernel keeps from `inet_sock_set_state_raw`.
+//!
+//! The kernel runs a raw tracepoint program at most once at a time per CPU (`prog->active`): a
+//! change made by a softirq that interrupts the program on its CPU is skipped, counted only in
+//! the program's `recursion_misses`. That happens whenever an interrupt lands while the program
+//! handles a process-context change (connect() capturing its stacks, above all) and softirq work
+//! is pending on the way out of it. So `inet_sock_set_state_nested` is attached to the same
+//! tracepoint after it, and the kernel calls a tracepoint's programs in the order they were
+//! attached. For every change the first program marks the change as its own (`first_runs`);
+//! the second, running right after it for the same change, finds its mark and clears it
+//! (`first_skipped` is false). A change the first did not run for has no mark: the second
+//! handles it.
+//!
+//! Two marks, not one, because the second program can itself be interrupted between the
+//! first's run and its own check for the same change: the first then runs for the interrupting
+//! change and must not overwrite the pending mark (`inner`). Softirqs do not nest and hard
+//! interrupts make no TCP state change, so two levels are all there are. The marks are per CPU
+//! and tracepoint programs run with preemption disabled, so no other CPU or task touches them.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+
+/// One state change: a socket and the two states, never all zero (`skaddr` is a kernel address).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ChangeId {
+    skaddr: u64,
+    states: u64,
+}
+
+const _: () = assert!(size_of::<ChangeId>() == 16);
+
+impl ChangeId {
+    const NONE: Self = Self { skaddr: 0, states: 0 };
+
+    #[inline(always)]
+    pub fn new(skaddr: u64, old: u8, new: u8) -> Self {
+        Self { skaddr, states: (u64::from(old) << 8) | u64::from(new) }
+    }
+}
+
+/// The changes the first program ran for and the second has not checked yet.
+#[repr(C)]
+pub struct StateMarks {
+    /// The first program's latest change.
+    outer: ChangeId,
+    /// A change the first program ran for while the second was checking `outer`.
+    inner: ChangeId,
+}
+
+const _: () = assert!(size_of::<StateMarks>() == 32);
+
+#[map]
+static STATE_MARKS: PerCpuArray<StateMarks> = PerCpuArray::with_max_entries(1, 0);
+
+/// Called by the first program first thing, for every change it runs for.
+#[inline(always)]
+pub fn first_runs(change: ChangeId) {
+    let Some(marks) = STATE_MARKS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; see the module docs for who else can run meanwhile.
+    unsafe {
+        if (*marks).outer == ChangeId::NONE {
+            (*marks).outer = change;
+            // Left over when the second was interrupted as above: checked by nobody since.
+            (*marks).inner = ChangeId::NONE;
+        } else {
+            (*marks).inner = change;
+        }
+    }
+}
+
+/// Called by the second program: whether the kernel skipped the first for `change`. Clears the
+/// first's mark when it did run.
+#[inline(always)]
+pub fn first_skipped(change: ChangeId) -> bool {
+    let Some(marks) = STATE_MARKS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: as in `first_runs`.
+    unsafe {
+        if (*marks).inner == change {
+            (*marks).inner = ChangeId::NONE;
+            false
+        } else if (*marks).outer == change {
+            (*marks).outer = ChangeId::NONE;
+            false
+        } else {
+            true
+        }
+    }
+}
