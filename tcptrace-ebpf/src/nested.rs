@@ -16,6 +16,14 @@
 //! change and must not overwrite the pending mark (`inner`). Softirqs do not nest and hard
 //! interrupts make no TCP state change, so two levels are all there are. The marks are per CPU
 //! and tracepoint programs run with preemption disabled, so no other CPU or task touches them.
+//!
+//! What remains is a window of a few instructions that no program code can close: between the
+//! second program clearing its mark and the kernel ending its run. A change made by an
+//! interrupt there gets the first's mark but no check (the second is skipped), so the mark
+//! stays until the second next sees that same socket address and transition; meanwhile one
+//! level protects instead of two. The error is never silent: a change wrongly taken as run is
+//! a skip of the first program that `COUNTER_NESTED_CHANGES` does not cover, so it shows in
+//! the missed runs user space reports (the first's `recursion_misses` less the nested changes).
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 

@@ -626,7 +626,7 @@ fn a_burst_of_connections_loses_no_state_change() {
 
 /// A state change that interrupts the state-change program on its CPU is handled, not lost: the
 /// kernel skips a program that is already running on the CPU, and a second program on the same
-/// tracepoint handles exactly those changes (the kernel crate's `state` module). Such changes
+/// tracepoint handles exactly those changes (the kernel crate's `nested` module). Such changes
 /// are made to happen here: everything runs on one CPU, and each server closes first, so the
 /// client delays its ACK of the FIN (a socket that receives a FIN acks lazily); the delayed-ACK
 /// timer runs in a softirq at the end of a timer interrupt and moves the server from FIN_WAIT1
