@@ -19,11 +19,15 @@
 //!
 //! What remains is a window of a few instructions that no program code can close: between the
 //! second program clearing its mark and the kernel ending its run. A change made by an
-//! interrupt there gets the first's mark but no check (the second is skipped), so the mark
-//! stays until the second next sees that same socket address and transition; meanwhile one
-//! level protects instead of two. The error is never silent: a change wrongly taken as run is
-//! a skip of the first program that `COUNTER_NESTED_CHANGES` does not cover, so it shows in
-//! the missed runs user space reports (the first's `recursion_misses` less the nested changes).
+//! interrupt there gets an `outer` mark that nobody checks (the second is skipped for it). Left
+//! alone, that stale mark would leave one level of protection instead of two, and a later
+//! skipped change with the same socket address and transition (slab reuse makes the same
+//! address likely) would be taken as run. So `outer` ages out: a pending one waits only for the
+//! changes of one softirq run, a few thousand at most, so after `OUTER_PENDING_MAX` inner marks
+//! it is taken as stale and replaced. Whatever slips through is still not silent: a change
+//! wrongly taken as run is a skip of the first program that `COUNTER_NESTED_CHANGES` does not
+//! cover, so it shows in the missed runs user space reports (the first's `recursion_misses`
+//! less the nested changes).
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
@@ -53,9 +57,16 @@ pub struct StateMarks {
     outer: ChangeId,
     /// A change the first program ran for while the second was checking `outer`.
     inner: ChangeId,
+    /// Changes marked `inner` since `outer` was set.
+    inner_marks: u64,
 }
 
-const _: () = assert!(size_of::<StateMarks>() == 32);
+const _: () = assert!(size_of::<StateMarks>() == 40);
+
+/// How many inner marks a pending `outer` can outlive: far more than one softirq run makes
+/// (`netdev_budget`, 300 packets, per round and at most ten rounds), and about a second of
+/// changes on a CPU churning 7000 connections a second.
+const OUTER_PENDING_MAX: u64 = 1 << 16;
 
 #[map]
 static STATE_MARKS: PerCpuArray<StateMarks> = PerCpuArray::with_max_entries(1, 0);
@@ -68,12 +79,14 @@ pub fn first_runs(change: ChangeId) {
     };
     // SAFETY: this CPU's slot; see the module docs for who else can run meanwhile.
     unsafe {
-        if (*marks).outer == ChangeId::NONE {
+        if (*marks).outer == ChangeId::NONE || (*marks).inner_marks >= OUTER_PENDING_MAX {
             (*marks).outer = change;
             // Left over when the second was interrupted as above: checked by nobody since.
             (*marks).inner = ChangeId::NONE;
+            (*marks).inner_marks = 0;
         } else {
             (*marks).inner = change;
+            (*marks).inner_marks += 1;
         }
     }
 }
