@@ -44,7 +44,7 @@ pub static SETTINGS: Settings = Settings::none();
 /// `cargo xtask bench`'s floor and minimum: the programs are attached and return at once (the
 /// minimum's do their bit first, see `bench`).
 #[inline(always)]
-pub fn floor() -> bool {
+pub fn bench_mode() -> bool {
     global!(SETTINGS.bench) != 0
 }
 

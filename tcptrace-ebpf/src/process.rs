@@ -24,7 +24,8 @@ use crate::{
     filter::{following, process_matches},
     kernel::{FdTable, current_group_dead},
     maps::{
-        EVENTS, FOLLOWED, SETTINGS, close_hook, count, current_event, emit, floor, global, wakeup,
+        EVENTS, FOLLOWED, SETTINGS, bench_mode, close_hook, count, current_event, emit, global,
+        wakeup,
     },
     release::release_if_last,
 };
@@ -34,7 +35,7 @@ const EXIT_SCAN_MAX: u32 = 1 << 16;
 
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     let group_dead = report_exit();
@@ -67,7 +68,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 /// can exec or connect. Runs in the parent.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     if !following() {
@@ -92,7 +93,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 /// for it. Only stacks need this, so it is only reported with stacks on.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     if global!(SETTINGS.stacks) == 0 {

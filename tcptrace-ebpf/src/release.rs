@@ -17,7 +17,7 @@ use tcptrace_common::{FLAG_ADDRS, KIND_RELEASE, RELEASE_CLOSE, RELEASE_EXIT, tcp
 use crate::{
     filter::{addr_matches, filters_process, process_matches},
     kernel::{FdTable, SockInfo, current_is_exiting, file_refs, sock_state, socket_sock},
-    maps::{OWNERS, current_event, emit, floor, lean, offsets_valid},
+    maps::{OWNERS, bench_mode, current_event, emit, lean, offsets_valid},
 };
 
 /// Reports that the current process released `sk`. `info` is read here when the caller has not.
@@ -114,7 +114,7 @@ fn on_tcp_close(sk: u64) {
 
 #[fentry(function = "tcp_close")]
 pub fn tcp_close_fentry(ctx: FEntryContext) -> i32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     let sk: u64 = ctx.arg(0);
@@ -124,7 +124,7 @@ pub fn tcp_close_fentry(ctx: FEntryContext) -> i32 {
 
 #[kprobe]
 pub fn tcp_close_kprobe(ctx: ProbeContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     if let Some(sk) = ctx.arg::<u64>(0) {

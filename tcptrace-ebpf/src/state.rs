@@ -27,7 +27,7 @@ use crate::{
     filter::{addr_matches, filters_process, process_matches},
     kernel::{AF_INET, IPPROTO_TCP, SockInfo},
     maps::{
-        LAST_RESET, OWNERS, count, current_event, emit, floor, lean, minimum, remember_owner,
+        LAST_RESET, OWNERS, bench_mode, count, current_event, emit, lean, minimum, remember_owner,
         stamped_event,
     },
     nested::{ChangeId, first_runs, first_skipped},
@@ -37,14 +37,11 @@ use crate::{
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    if floor() {
-        if minimum() {
-            // SAFETY: offsets from the tracepoint format (module docs).
-            let read =
-                unsafe { (ctx.read_at::<u64>(8), ctx.read_at::<i32>(16), ctx.read_at::<i32>(20)) };
-            if let (Ok(sk), Ok(old), Ok(new)) = read {
-                minimum_change(sk, old as u8, new as u8);
-            }
+    if bench_mode() {
+        if minimum()
+            && let Ok(StateArgs { sk, old, new }) = StateArgs::classic(&ctx)
+        {
+            minimum_change(sk, old, new);
         }
         return 0;
     }
@@ -63,14 +60,16 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// only skipped when it re-enters itself, and `inet_sock_set_state_nested` catches that.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
-    if floor() {
+    if bench_mode() {
         if minimum() {
-            minimum_change(ctx.arg(0), ctx.arg::<u64>(1) as u8, ctx.arg::<u64>(2) as u8);
+            let StateArgs { sk, old, new } = StateArgs::raw(&ctx);
+            minimum_change(sk, old, new);
         }
         return 0;
     }
-    first_runs(change_id(&ctx));
-    on_raw_change(&ctx);
+    let args = StateArgs::raw(&ctx);
+    first_runs(args.change_id());
+    on_raw_change(&ctx, args);
     0
 }
 
@@ -78,26 +77,49 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
 /// the `nested` module).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
-    if first_skipped(change_id(&ctx)) {
+    let args = StateArgs::raw(&ctx);
+    if first_skipped(args.change_id()) {
         count(COUNTER_NESTED_CHANGES);
-        on_raw_change(&ctx);
+        on_raw_change(&ctx, args);
     }
     0
 }
 
-#[inline(always)]
-fn change_id(ctx: &RawTracePointContext) -> ChangeId {
-    ChangeId::new(ctx.arg(0), ctx.arg::<u64>(1) as u8, ctx.arg::<u64>(2) as u8)
+/// The socket and its two states, as the tracepoint passes them.
+#[derive(Clone, Copy)]
+struct StateArgs {
+    sk: u64,
+    old: u8,
+    new: u8,
+}
+
+impl StateArgs {
+    #[inline(always)]
+    fn raw(ctx: &RawTracePointContext) -> Self {
+        Self { sk: ctx.arg(0), old: ctx.arg::<u64>(1) as u8, new: ctx.arg::<u64>(2) as u8 }
+    }
+
+    #[inline(always)]
+    fn classic(ctx: &TracePointContext) -> Result<Self, i32> {
+        // SAFETY (all reads): offsets from the tracepoint format (module docs).
+        Ok(Self {
+            sk: unsafe { ctx.read_at(8)? },
+            old: unsafe { ctx.read_at::<i32>(16)? } as u8,
+            new: unsafe { ctx.read_at::<i32>(20)? } as u8,
+        })
+    }
+
+    #[inline(always)]
+    fn change_id(self) -> ChangeId {
+        ChangeId::new(self.sk, self.old, self.new)
+    }
 }
 
 #[inline(always)]
-fn on_raw_change(ctx: &RawTracePointContext) {
-    let sk: u64 = ctx.arg(0);
-    let old = ctx.arg::<u64>(1) as u8;
-    let new = ctx.arg::<u64>(2) as u8;
+fn on_raw_change(ctx: &RawTracePointContext, StateArgs { sk, old, new }: StateArgs) {
     // Decided before the socket is read: on a churning host, most changes end here.
     let Some(triage) = triage(sk, old, new) else {
         return;
@@ -114,7 +136,7 @@ fn on_raw_change(ctx: &RawTracePointContext) {
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     // SAFETY: offset from the tracepoint format (module docs).
@@ -127,7 +149,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 /// `TP_PROTO(struct sock *sk)`; see `inet_sock_set_state_raw` for why raw is preferred.
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn tcp_receive_reset_raw(ctx: RawTracePointContext) -> i32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     mark_reset(ctx.arg(0));
@@ -214,10 +236,11 @@ impl Change {
             saddr = unsafe { ctx.read_at(40)? };
             daddr = unsafe { ctx.read_at(56)? };
         }
+        let StateArgs { sk, old, new } = StateArgs::classic(ctx)?;
         Ok(Some(Self {
-            skaddr: unsafe { ctx.read_at(8)? },
-            old: unsafe { ctx.read_at::<i32>(16)? } as u8,
-            new: unsafe { ctx.read_at::<i32>(20)? } as u8,
+            skaddr: sk,
+            old,
+            new,
             family,
             lport,
             rport,

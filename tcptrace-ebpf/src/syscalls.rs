@@ -22,8 +22,8 @@ use crate::{
     filter::{addr_matches, process_matches},
     kernel::{FdTable, SockInfo, connect_fd_from_regs, socket_sock},
     maps::{
-        CONNECT_FD, OFFSETS, count, current_event, emit, floor, global, minimum, offsets_valid,
-        remember_owner,
+        CONNECT_FD, OFFSETS, bench_mode, count, current_event, emit, global, minimum,
+        offsets_valid, remember_owner,
     },
     release::release_if_last,
     stacks::{KernelStack, capture},
@@ -47,7 +47,7 @@ fn current_tid() -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     if let Ok(fd) = arg(&ctx, 0)
@@ -71,7 +71,7 @@ pub fn connect_fd(tid: u32) -> i32 {
 
 #[tracepoint]
 pub fn sys_exit_connect(_ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     let _ = CONNECT_FD.remove(current_tid());
@@ -80,7 +80,7 @@ pub fn sys_exit_connect(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         bench_accept(&ctx);
         return 0;
     }
@@ -90,7 +90,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         bench_accept(&ctx);
         return 0;
     }
@@ -160,7 +160,7 @@ fn tracepoint_releases() -> bool {
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     if tracepoint_releases()
@@ -183,7 +183,7 @@ fn on_dup(ctx: &TracePointContext) -> Result<(), i32> {
 
 #[tracepoint]
 pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     if tracepoint_releases() {
@@ -194,7 +194,7 @@ pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     if tracepoint_releases() {
@@ -205,7 +205,7 @@ pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
-    if floor() {
+    if bench_mode() {
         return 0;
     }
     if tracepoint_releases() {
