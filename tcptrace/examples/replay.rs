@@ -12,10 +12,12 @@ use std::{
 };
 
 use tcptrace::{
-    aggregate::Aggregator,
-    connections::Connections,
-    decode::Event,
-    findings::{Limits, detect},
+    analysis::{
+        aggregate::Aggregator,
+        findings::{Limits, detect},
+    },
+    event::Event,
+    pipeline::connections::Connections,
 };
 use tcptrace_common::{
     FLAG_ADDRS, KIND_ACCEPT, KIND_CONNECT, KIND_RELEASE, KIND_STATE, RELEASE_CLOSE, RawEvent,
@@ -125,7 +127,7 @@ fn connection(i: u64, ts: &mut u64) -> Vec<Vec<u8>> {
 struct Pipeline {
     conns: Connections,
     agg: Aggregator,
-    records: Vec<tcptrace::connections::Record>,
+    records: Vec<tcptrace::pipeline::connections::Record>,
 }
 
 impl Pipeline {

@@ -6,9 +6,11 @@ use clap::{Args, Parser, Subcommand};
 use tcptrace_common::{Filter, MAX_FILTER_PIDS};
 
 use crate::{
-    close_hook::CloseHookChoice,
-    findings::FindingKind,
-    probes::{Bench, Changes, ProbeOptions},
+    analysis::findings::FindingKind,
+    kernel::{
+        close_hook::CloseHookChoice,
+        probes::{Bench, Changes, ProbeOptions},
+    },
     stacks::StacksMode,
     top::SortKey,
 };

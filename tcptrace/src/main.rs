@@ -3,10 +3,9 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tcptrace::{
     cli::{Cli, Command, UsageError},
-    compare, leaks, privileges,
-    probes::Changes,
+    cmd::{compare, leaks, top, trace},
+    kernel::{privileges, probes::Changes},
     stacks::StacksMode,
-    top, trace,
 };
 
 /// Status for bad input (clap uses the same for bad flags).
@@ -57,7 +56,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Trace(args) => trace::run(args).await.map(|()| 0),
         Command::Leaks(args) => leaks::run(args).await.map(|()| 0),
         Command::Top(args) => top::run(args).await.map(|()| 0),
-        Command::Run(args) => tcptrace::run::run(args).await,
+        Command::Run(args) => tcptrace::cmd::run::run(args).await,
         Command::Compare(_) => unreachable!("handled above"),
     }
 }

@@ -26,7 +26,7 @@ use std::{
 };
 
 use tcptrace::{
-    decode::TcpState::{self, CloseWait, Established, FinWait2, Listen},
+    event::TcpState::{self, CloseWait, Established, FinWait2, Listen},
     inventory::{FdOwner, InventorySocket, Snapshot, snapshot},
 };
 

@@ -18,14 +18,14 @@ use std::{
 
 use common::*;
 use tcptrace::{
-    decode::{
+    event::{
         Event, EventKind,
         ReleaseReason::{Close as ByClose, Exit as ByExit},
         TcpState::{
             self, Close, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynSent,
         },
     },
-    probes::{Bench, Changes},
+    kernel::probes::{Bench, Changes},
     stacks::StacksMode,
 };
 use tcptrace_common::Filter;

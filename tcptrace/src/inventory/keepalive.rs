@@ -25,7 +25,7 @@
 
 use netlink_packet_sock_diag::inet::Timer;
 
-use crate::decode::TcpState;
+use crate::event::TcpState;
 
 /// `Some(true)`: SO_KEEPALIVE is on; `Some(false)`: off; `None`: the dump cannot tell.
 ///

@@ -20,6 +20,7 @@
 //! - The walk and the dumps are not atomic: a socket opened after the walk has no owner, one
 //!   closed before its dump is missing.
 
+pub mod filter;
 mod keepalive;
 mod netns;
 mod proc_fds;
@@ -36,7 +37,7 @@ use std::{
 use anyhow::Result;
 
 use self::{netns::Namespaces, proc_fds::Owners, sock_diag::DiagSocket, warnings::Warnings};
-use crate::decode::TcpState;
+use crate::event::TcpState;
 
 /// One TCP socket as the kernel reported it, with the descriptors that hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]

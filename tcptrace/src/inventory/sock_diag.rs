@@ -16,7 +16,7 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
 use super::tcp_info::LastData;
-use crate::decode::{DecodeError, TcpState};
+use crate::event::{DecodeError, TcpState};
 
 /// The kernel sizes dump datagrams after the reader's buffer, up to 32 KiB
 /// (`netlink_dump()`, net/netlink/af_netlink.c); a larger buffer never truncates.

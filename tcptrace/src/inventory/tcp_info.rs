@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::decode::TcpState;
+use crate::event::TcpState;
 
 /// `tcpi_state` .. `tcpi_delivery_rate_app_limited` are eight `__u8`, then `__u32` from
 /// `tcpi_rto` (offset 8): rto, ato, snd_mss, rcv_mss, unacked, sacked, lost, retrans, fackets,

@@ -30,9 +30,9 @@ use super::{
     build_ids::{BuildId, BuildIds},
 };
 use crate::{
-    bpf_sys,
-    connections::{Record, RecordKind},
-    decode::{Event, EventKind, StackIds},
+    event::{Event, EventKind, StackIds},
+    kernel::bpf_sys,
+    pipeline::connections::{Record, RecordKind},
     symbolize::{Frame, Symbolizer},
 };
 

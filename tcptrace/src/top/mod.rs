@@ -7,7 +7,6 @@
 //! produces something a person or a script can read.
 
 mod columns;
-mod live;
 mod plain;
 mod row;
 mod sort;
@@ -17,7 +16,6 @@ mod tui;
 
 use std::io::IsTerminal;
 
-pub use live::run;
 pub use plain::render_plain;
 pub use row::{Frame, Row};
 pub use sort::{Sort, SortKey};

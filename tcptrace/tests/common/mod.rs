@@ -15,16 +15,18 @@ use std::{
 };
 
 use tcptrace::{
-    close_hook::{CloseHook, CloseHookChoice},
-    decode::{
+    event::{
         Endpoints, Event, EventKind, ReleaseReason,
         TcpState::{
             self, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynRecv, SynSent,
         },
     },
-    probes::{Bench, Changes, Counters, ProbeOptions, Probes},
+    kernel::{
+        close_hook::{CloseHook, CloseHookChoice},
+        probes::{Bench, Changes, Counters, ProbeOptions, Probes},
+        stream::EventStream,
+    },
     stacks::{StackResolver, StacksMode},
-    stream::EventStream,
 };
 use tcptrace_common::Filter;
 

@@ -10,11 +10,12 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    aggregate::{Aggregator, Percentiles},
-    close_hook::CloseHook,
-    findings::{Finding, FindingKind, Limits},
-    groups::{FindingGroup, group},
-    probes::Counters,
+    analysis::{
+        aggregate::{Aggregator, Percentiles},
+        findings::{Finding, FindingKind, Limits},
+        groups::{FindingGroup, group},
+    },
+    kernel::{close_hook::CloseHook, probes::Counters},
 };
 
 #[derive(Debug, Serialize)]
@@ -301,7 +302,7 @@ fn write_finding(out: &mut impl Write, f: &Finding) -> io::Result<()> {
                 addr(f.local),
                 addr(f.remote),
                 f.state,
-                if f.source == crate::aggregate::Origin::Inventory {
+                if f.source == crate::analysis::aggregate::Origin::Inventory {
                     " (before tracing)"
                 } else {
                     ""
@@ -320,9 +321,9 @@ fn round2(x: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::{
-        connections::{Record, RecordKind},
-        decode::{Comm, Endpoints, TcpState},
-        findings::detect,
+        analysis::findings::detect,
+        event::{Comm, Endpoints, TcpState},
+        pipeline::connections::{Record, RecordKind},
     };
 
     /// A report with one process, lifetimes and one finding of each shape.
@@ -372,7 +373,7 @@ mod tests {
             agg.apply(&record(
                 i,
                 2,
-                RecordKind::Release { reason: crate::decode::ReleaseReason::Close },
+                RecordKind::Release { reason: crate::event::ReleaseReason::Close },
             ));
             agg.apply(&record(i, 2, RecordKind::TimeWait { from: TcpState::FinWait2 }));
             agg.apply(&record(
@@ -411,7 +412,7 @@ mod tests {
 
     #[test]
     fn every_json_field_is_documented_in_the_readme() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let section = readme
             .split("### The JSON report")
             .nth(1)

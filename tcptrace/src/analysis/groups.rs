@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 use serde::Serialize;
 
 use crate::{
-    findings::{Finding, FindingKind},
+    analysis::findings::{Finding, FindingKind},
     stacks::OpenStack,
 };
 
@@ -107,7 +107,7 @@ pub fn group(findings: &[Finding]) -> Vec<FindingGroup> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{decode::TcpState, symbolize::Frame};
+    use crate::{event::TcpState, symbolize::Frame};
 
     fn stack(user_id: u32, function: &str) -> Arc<OpenStack> {
         Arc::new(OpenStack {

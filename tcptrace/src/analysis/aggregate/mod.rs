@@ -27,9 +27,9 @@ pub use remotes::{RemoteStats, Remotes};
 pub use socket::{Direction, Origin, TrackedSocket};
 
 use crate::{
-    connections::{Record, RecordKind},
-    decode::{Comm, ReleaseReason, TcpState},
+    event::{Comm, ReleaseReason, TcpState},
     inventory::{InventorySocket, Snapshot},
+    pipeline::connections::{Record, RecordKind},
 };
 
 type Tuple = (SocketAddr, SocketAddr);

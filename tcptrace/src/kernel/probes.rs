@@ -19,13 +19,15 @@ use tcptrace_common::{
 };
 
 use crate::{
-    bpf_sys,
-    btf_offsets::{KernelBtf, OffsetError},
-    close_hook::{CloseHook, CloseHookChoice},
-    prog_stats::recursion_misses,
+    kernel::{
+        bpf_sys,
+        btf_offsets::{KernelBtf, OffsetError},
+        close_hook::{CloseHook, CloseHookChoice},
+        prog_stats::recursion_misses,
+        stream::EventStream,
+        tracefs,
+    },
     stacks::{StackResolver, StacksMode},
-    stream::EventStream,
-    tracefs,
 };
 
 /// The kernel programs, built by build.rs.

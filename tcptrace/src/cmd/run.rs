@@ -20,17 +20,15 @@ use tokio::{
 };
 
 use crate::{
-    budgets::{self, Measured},
+    analysis::budgets::{self, Measured},
     cli::{RunArgs, UsageError},
-    collector::Collector,
-    leaks::final_report,
-    probes::Changes,
-    run_report::{CommandStatus, RemoteReport, RunReport},
+    cmd::{EXIT_BUDGET, leaks::final_report},
+    kernel::probes::Changes,
+    pipeline::Collector,
+    render::run_report::{CommandStatus, RemoteReport, RunReport},
     stacks::StacksMode,
 };
 
-/// Exit status when a budget is exceeded (and the command itself succeeded).
-pub const EXIT_BUDGET: i32 = 3;
 /// Exit status when the command cannot be found, or run (the shell's conventions).
 const EXIT_NOT_FOUND: i32 = 127;
 const EXIT_NOT_EXECUTABLE: i32 = 126;

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use super::{Direction, TrackedSocket};
-use crate::{decode::TcpState, stacks::OpenStack};
+use crate::{event::TcpState, stacks::OpenStack};
 
 /// Releases kept at most; beyond, they are counted in `dropped`.
 const MAX_KEPT: usize = 65_536;

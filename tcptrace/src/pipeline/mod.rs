@@ -1,22 +1,24 @@
 //! The event loop `leaks` and `top` share: kernel events through `connections` into the
 //! aggregator, and inventory sweeps at start, every `sweep` interval and at the end.
 
+pub mod connections;
+
 use std::{future::Future, pin::pin, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{task::JoinHandle, time::MissedTickBehavior};
 
 use crate::{
-    aggregate::Aggregator,
-    clock::monotonic_ns,
-    close_hook::CloseHook,
-    connections::{Connections, Record},
-    decode::Event,
-    inventory::{self, Snapshot},
-    inventory_filter::InventoryFilter,
-    probes::{Counters, ProbeOptions, Probes},
+    analysis::aggregate::Aggregator,
+    event::{Event, clock::monotonic_ns},
+    inventory::{self, Snapshot, filter::InventoryFilter},
+    kernel::{
+        close_hook::CloseHook,
+        probes::{Counters, ProbeOptions, Probes},
+        stream::EventStream,
+    },
+    pipeline::connections::{Connections, Record},
     stacks::StackResolver,
-    stream::EventStream,
 };
 
 pub struct Collector {

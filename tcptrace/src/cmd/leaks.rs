@@ -8,15 +8,17 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
+    analysis::{
+        findings::{self, Limits},
+        ports::{DEFAULT_EPHEMERAL_PORTS, ephemeral_ports},
+    },
     cli::{DetectArgs, LeaksArgs},
-    clock::monotonic_ns,
-    collector::Collector,
-    findings::{self, Limits},
-    ports::{DEFAULT_EPHEMERAL_PORTS, ephemeral_ports},
-    probes::{Changes, Counters},
-    report::{Report, RunInfo},
+    cmd::stop::stop_signal,
+    event::clock::monotonic_ns,
+    kernel::probes::{Changes, Counters},
+    pipeline::Collector,
+    render::report::{Report, RunInfo},
     stacks::StacksMode,
-    stop::stop_signal,
 };
 
 /// `--min-age` of leaks and top.

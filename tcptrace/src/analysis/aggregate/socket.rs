@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use serde::Serialize;
 
-use crate::{decode::TcpState, stacks::OpenStack};
+use crate::{event::TcpState, stacks::OpenStack};
 
 /// Where tcptrace learned of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

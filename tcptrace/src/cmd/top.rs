@@ -8,17 +8,18 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{Action, Frame, Row, Sort, Tui, is_terminal, render_plain};
 use crate::{
-    aggregate::{Aggregator, Percentiles},
+    analysis::{
+        aggregate::{Aggregator, Percentiles},
+        findings::{self, Limits},
+    },
     cli::TopArgs,
-    clock::monotonic_ns,
-    collector::Collector,
-    decode::TcpState,
-    findings::{self, Limits},
-    probes::Changes,
+    cmd::stop::stop_signal,
+    event::{TcpState, clock::monotonic_ns},
+    kernel::probes::Changes,
+    pipeline::Collector,
     stacks::StacksMode,
-    stop::stop_signal,
+    top::{Action, Frame, Row, Sort, Tui, is_terminal, render_plain},
 };
 
 /// How often the terminal view looks at the keyboard.
@@ -105,7 +106,7 @@ fn rows(agg: &Aggregator, limits: &Limits) -> Vec<Row> {
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let options = args.probe.to_options(StacksMode::Off, Changes::Lifecycle)?;
     let mut warnings = Vec::new();
-    let limits = args.detect.limits(crate::leaks::DEFAULT_MIN_AGE, &mut warnings);
+    let limits = args.detect.limits(crate::cmd::leaks::DEFAULT_MIN_AGE, &mut warnings);
     // Before the banner: a Ctrl-C from then on ends the run with its report.
     let stop = stop_signal(args.duration)?;
     let mut collector = Collector::start(&options, args.detect.capacity(), true).await?;

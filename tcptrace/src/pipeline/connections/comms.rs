@@ -3,7 +3,7 @@
 
 use foldhash::HashMap;
 
-use crate::decode::Comm;
+use crate::event::Comm;
 
 #[derive(Default)]
 pub(super) struct Comms {

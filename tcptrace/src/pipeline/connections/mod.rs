@@ -10,7 +10,7 @@ use comms::Comms;
 use foldhash::HashMap;
 
 use crate::{
-    decode::{Comm, Endpoints, Event, EventKind, ReleaseReason, TcpState},
+    event::{Comm, Endpoints, Event, EventKind, ReleaseReason, TcpState},
     stacks::OpenStack,
 };
 
@@ -264,7 +264,7 @@ impl Connections {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Comm;
+    use crate::event::Comm;
 
     fn event(ts_ns: u64, pid: u32, kind: EventKind) -> Event {
         let mut comm = [0u8; 16];

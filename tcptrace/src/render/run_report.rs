@@ -8,7 +8,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{aggregate::Remotes, budgets::Verdict, report::Report};
+use crate::{
+    analysis::{aggregate::Remotes, budgets::Verdict},
+    render::report::Report,
+};
 
 /// How the command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,7 +113,7 @@ impl RunReport<'_> {
         for v in self.budgets {
             write!(out, r#"  <testcase classname="tcptrace.budgets" name="{}">"#, xml(&v.budget))?;
             if !v.passed {
-                let detail = crate::budgets::describe(std::slice::from_ref(v)).join("\n");
+                let detail = crate::analysis::budgets::describe(std::slice::from_ref(v)).join("\n");
                 write!(
                     out,
                     r#"<failure message="{}: {} over the budget of {}">{}</failure>"#,

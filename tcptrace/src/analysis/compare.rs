@@ -1,19 +1,10 @@
-//! `tcptrace compare BASE.json NEW.json`: what changed between two reports (of `run --report`
-//! or `leaks --json`), as a table or markdown, and whether a metric regressed past the
-//! threshold. Processes are matched by name (pids differ between runs), remotes by `ip:port`.
+//! What changed between two reports (of `run --report` or `leaks --json`): totals, then by
+//! process, then by remote, and whether each grew past a threshold. Processes are matched by
+//! name (pids differ between runs), remotes by `ip:port`.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    fs,
-    io::{self, Write as _},
-    path::Path,
-};
+use std::collections::BTreeMap;
 
-use anyhow::Context as _;
 use serde_json::Value;
-
-use crate::{cli::CompareArgs, run::EXIT_BUDGET};
 
 /// One compared quantity.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,17 +23,6 @@ impl Metric {
         match (self.base, self.new) {
             (Some(base), Some(new)) if self.gated => new > base && new > base * (1.0 + pct / 100.0),
             _ => false,
-        }
-    }
-
-    fn change(&self) -> String {
-        match (self.base, self.new) {
-            (Some(base), Some(new)) if base == new => "=".to_owned(),
-            (Some(0.0), Some(new)) => format!("+{}", number(new)),
-            (Some(base), Some(new)) => format!("{:+.0}%", (new - base) / base * 100.0),
-            (None, Some(_)) => "new".to_owned(),
-            (Some(_), None) => "gone".to_owned(),
-            (None, None) => String::new(),
         }
     }
 }
@@ -154,106 +134,13 @@ fn union<V>(a: &BTreeMap<String, V>, b: &BTreeMap<String, V>) -> Vec<String> {
     keys
 }
 
-fn number(x: f64) -> String {
-    // An empty sum of f64 is -0.0.
-    let x = if x == 0.0 { 0.0 } else { x };
-    if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.2}") }
-}
-
-fn cell(x: Option<f64>) -> String {
-    x.map_or_else(|| "-".to_owned(), number)
-}
-
-/// The metrics as aligned text, regressions marked.
-pub fn render_text(metrics: &[Metric], pct: f64) -> String {
-    let width = metrics.iter().map(|m| m.name.len()).max().unwrap_or(6).max(6);
-    let mut out = format!("{:<width$}  {:>10}  {:>10}  CHANGE\n", "METRIC", "BASE", "NEW");
-    for m in metrics {
-        let mark = if m.regressed(pct) { "  REGRESSED" } else { "" };
-        let _ = writeln!(
-            out,
-            "{:<width$}  {:>10}  {:>10}  {}{mark}",
-            m.name,
-            cell(m.base),
-            cell(m.new),
-            m.change()
-        );
-    }
-    out
-}
-
-/// The metrics as a markdown table for a pull-request comment: what changed, then the rest
-/// folded away.
-pub fn render_markdown(metrics: &[Metric], pct: f64) -> String {
-    let regressions = metrics.iter().filter(|m| m.regressed(pct)).count();
-    let mut out = if regressions == 0 {
-        format!("### tcptrace: no regression past {pct}%\n\n")
-    } else {
-        format!("### tcptrace: {regressions} regression(s) past {pct}%\n\n")
-    };
-    let row = |m: &Metric| {
-        let mark = if m.regressed(pct) { " :x:" } else { "" };
-        format!(
-            "| {} | {} | {} | {}{mark} |\n",
-            m.name.replace('|', "\\|"),
-            cell(m.base),
-            cell(m.new),
-            m.change()
-        )
-    };
-    let header = "| metric | base | new | change |\n|---|---:|---:|---|\n";
-    let (changed, same): (Vec<&Metric>, Vec<&Metric>) =
-        metrics.iter().partition(|m| m.base != m.new);
-    out.push_str(header);
-    for m in &changed {
-        out.push_str(&row(m));
-    }
-    if !same.is_empty() {
-        let _ = write!(out, "\n<details><summary>{} unchanged</summary>\n\n{header}", same.len());
-        for m in &same {
-            out.push_str(&row(m));
-        }
-        out.push_str("\n</details>\n");
-    }
-    out
-}
-
-fn load(path: &Path) -> anyhow::Result<Value> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a JSON report", path.display()))?;
-    anyhow::ensure!(
-        value["processes"].is_array() && value["findings"].is_array(),
-        "{} is not a tcptrace report (no processes or findings)",
-        path.display()
-    );
-    Ok(value)
-}
-
-/// The command: prints the comparison; status 3 when a metric regressed.
-pub fn run(args: &CompareArgs) -> anyhow::Result<i32> {
-    let metrics = diff(&load(&args.base)?, &load(&args.new)?);
-    let text = if args.markdown {
-        render_markdown(&metrics, args.max_regression)
-    } else {
-        render_text(&metrics, args.max_regression)
-    };
-    let mut out = io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-        other => other.context("writing the comparison")?,
-    }
-    let regressed = metrics.iter().any(|m| m.regressed(args.max_regression));
-    Ok(if regressed { EXIT_BUDGET } else { 0 })
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::json;
 
     use super::*;
 
-    fn report(opened: u64, time_wait: u64, findings: &[&str], db: u64) -> Value {
+    pub(crate) fn report(opened: u64, time_wait: u64, findings: &[&str], db: u64) -> Value {
         json!({
             "processes": [
                 {"comm": "pytest", "opened": opened, "time_wait_entries": time_wait,
@@ -282,12 +169,6 @@ mod tests {
         assert!(by_exit.regressed(1000.0), "from zero, any growth");
         assert_eq!(metric(&metrics, "pytest: connections").new, Some(13.0), "summed by name");
         assert!(!metric(&metrics, "TIME_WAIT entries").regressed(0.0));
-        let text = render_text(&metrics, 10.0);
-        assert!(text.contains("REGRESSED"), "{text}");
-        let markdown = render_markdown(&metrics, 10.0);
-        assert!(markdown.starts_with("### tcptrace: 5 regression(s) past 10%"), "{markdown}");
-        assert!(markdown.contains("| findings: closed-by-exit | 0 | 2 | +2 :x: |"), "{markdown}");
-        assert!(markdown.contains("<details>"), "{markdown}");
     }
 
     #[test]
@@ -295,7 +176,6 @@ mod tests {
         let r = report(10, 4, &["unclosed"], 10);
         let metrics = diff(&r, &r);
         assert!(metrics.iter().all(|m| !m.regressed(0.0)));
-        assert!(render_markdown(&metrics, 10.0).starts_with("### tcptrace: no regression"));
         // Lifetimes are shown, never judged.
         assert!(!metric(&metrics, "pytest: lifetime p99 ms").gated);
     }

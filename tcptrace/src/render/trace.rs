@@ -13,9 +13,9 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    close_hook::CloseHook,
-    connections::{Record, RecordKind},
-    decode::Comm,
+    event::Comm,
+    kernel::close_hook::CloseHook,
+    pipeline::connections::{Record, RecordKind},
     stacks::OpenStack,
 };
 
@@ -222,7 +222,7 @@ impl<W: Write> Renderer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Endpoints, TcpState};
+    use crate::event::{Endpoints, TcpState};
 
     fn record(kind: RecordKind) -> Record {
         Record {

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    aggregate::Aggregator,
+    analysis::{
+        aggregate::Aggregator,
+        findings::{Finding, FindingKind},
+        groups::FindingGroup,
+    },
     cli::BudgetArgs,
-    findings::{Finding, FindingKind},
-    groups::FindingGroup,
 };
 
 /// One budget's outcome.
@@ -186,7 +188,7 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use super::*;
-    use crate::{decode::TcpState, groups::group, stacks::OpenStack, symbolize::Frame};
+    use crate::{analysis::groups::group, event::TcpState, stacks::OpenStack, symbolize::Frame};
 
     fn finding(pid: u32, kind: FindingKind, function: Option<&str>) -> Finding {
         let stack = function.map(|function| {

@@ -6,8 +6,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use serde::Serialize;
 
 use crate::{
-    aggregate::{Aggregator, Direction, Origin, TrackedSocket},
-    decode::TcpState,
+    analysis::aggregate::{Aggregator, Direction, Origin, TrackedSocket},
+    event::TcpState,
     stacks::OpenStack,
 };
 
@@ -270,9 +270,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        connections::{Record, RecordKind},
-        decode::{Comm, Endpoints, ReleaseReason},
+        event::{Comm, Endpoints, ReleaseReason},
         inventory::{FdOwner, InventorySocket, Snapshot},
+        pipeline::connections::{Record, RecordKind},
     };
 
     const SEC: u64 = 1_000_000_000;

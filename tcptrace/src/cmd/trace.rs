@@ -9,12 +9,12 @@ use anyhow::Context as _;
 
 use crate::{
     cli::TraceArgs,
-    connections::Connections,
-    decode::Event,
-    output::{Clock, Format, Renderer},
-    probes::{Bench, Changes, Probes},
+    cmd::stop::stop_signal,
+    event::Event,
+    kernel::probes::{Bench, Changes, Probes},
+    pipeline::connections::Connections,
+    render::trace::{Clock, Format, Renderer},
     stacks::{StackResolver, StacksMode},
-    stop::stop_signal,
 };
 
 /// Sockets remembered for lifetimes and owners; beyond this they are counted, not tracked.
@@ -131,7 +131,7 @@ struct Session {
     /// measures the kernel's least work and not printing.
     count_only: bool,
     conns: Connections,
-    records: Vec<crate::connections::Record>,
+    records: Vec<crate::pipeline::connections::Record>,
     stacks: Option<StackResolver>,
     events: u64,
     decode_errors: u64,

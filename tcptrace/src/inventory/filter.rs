@@ -54,7 +54,7 @@ fn family(addr: &SocketAddr) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{decode::TcpState, inventory::FdOwner};
+    use crate::{event::TcpState, inventory::FdOwner};
 
     fn socket(local: &str, remote: &str, owners: &[(u32, &str)]) -> InventorySocket {
         InventorySocket {

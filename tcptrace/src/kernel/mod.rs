@@ -1,0 +1,18 @@
+//! The kernel interface: everything that talks to the kernel about BPF, and nothing else.
+//!
+//! `probes` loads, configures and attaches the programs (its pure attach plan in `plan`), reads
+//! their counters and hands out their maps; `bpf_sys` and `prog_stats` make the two BPF system
+//! calls aya does not offer; `btf_offsets` and `tracefs` read what the programs must know about
+//! the running kernel; `close_hook` names the release-detection modes; `stream` reads the ring
+//! buffer; `privileges` checks the capabilities up front.
+//!
+//! The bottom layer: it imports no other module of this crate, and any layer above may use it.
+
+pub mod bpf_sys;
+pub mod btf_offsets;
+pub mod close_hook;
+pub mod privileges;
+pub mod probes;
+pub mod prog_stats;
+pub mod stream;
+pub mod tracefs;
