@@ -2,17 +2,20 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use tcptrace::{
-    cli::{Cli, Command, UsageError},
-    cmd::{compare, leaks, top, trace},
-    kernel::{privileges, probes::Changes},
-    stacks::StacksMode,
+    cli::{Cli, Options, UsageError},
+    cmd::{compare, leaks, run, top, trace},
+    kernel::privileges,
 };
 
 /// Status for bad input (clap uses the same for bad flags).
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Bad flags first: they are the user's to fix whatever the privileges.
+    let options = match Cli::parse().validate() {
+        Ok(options) => options,
+        Err(e) => return fail(&e.into()),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -20,43 +23,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(dispatch(options)) {
         // Statuses are 0..=255 by construction (the command's own, or ours).
         Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
-        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
-            eprintln!("tcptrace: error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(e) => {
-            eprintln!("tcptrace: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("tcptrace: error: {e:#}");
+    if e.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::FAILURE
     }
 }
 
 /// The command's exit status.
-async fn run(cli: Cli) -> anyhow::Result<i32> {
-    // Bad flags first: they are the user's to fix whatever the privileges.
-    let probe = match &cli.command {
-        Command::Trace(args) => &args.probe,
-        Command::Leaks(args) => &args.probe,
-        Command::Top(args) => &args.probe,
-        Command::Run(args) => {
-            args.check()?;
-            &args.probe
-        }
-        // Reads two files: no kernel, no privileges.
-        Command::Compare(args) => return compare::run(args),
-    };
-    probe.to_options(StacksMode::Off, Changes::All)?;
+async fn dispatch(options: Options) -> anyhow::Result<i32> {
+    if let Options::Compare(args) = &options {
+        return compare::run(args);
+    }
     if let Some(missing) = privileges::missing() {
         anyhow::bail!(missing);
     }
-    match cli.command {
-        Command::Trace(args) => trace::run(args).await.map(|()| 0),
-        Command::Leaks(args) => leaks::run(args).await.map(|()| 0),
-        Command::Top(args) => top::run(args).await.map(|()| 0),
-        Command::Run(args) => tcptrace::cmd::run::run(args).await,
-        Command::Compare(_) => unreachable!("handled above"),
+    match options {
+        Options::Trace(options) => trace::run(options).await.map(|()| 0),
+        Options::Leaks(options) => leaks::run(options).await.map(|()| 0),
+        Options::Top(options) => top::run(options).await.map(|()| 0),
+        Options::Run(options) => run::run(options).await,
+        Options::Compare(_) => unreachable!("handled above"),
     }
 }

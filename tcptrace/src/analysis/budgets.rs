@@ -5,14 +5,26 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{
-    analysis::{
-        aggregate::Aggregator,
-        findings::{Finding, FindingKind},
-        groups::FindingGroup,
-    },
-    cli::BudgetArgs,
+use crate::analysis::{
+    aggregate::Aggregator,
+    findings::{Finding, FindingKind},
+    groups::FindingGroup,
 };
+
+/// The budgets of one run; each unset one is not judged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Budgets {
+    /// Findings of any kind allowed.
+    pub max_leaks: Option<u64>,
+    /// closed-by-exit findings allowed.
+    pub max_closed_by_exit: Option<u64>,
+    /// TIME_WAIT entries per second toward one remote allowed, per process.
+    pub max_time_wait_rate: Option<f64>,
+    /// connect() calls allowed, all processes together.
+    pub max_connections: Option<u64>,
+    /// Findings of one kind allowed (overrides `max_leaks` for that kind).
+    pub max_kind: Vec<(FindingKind, u64)>,
+}
 
 /// One budget's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -48,7 +60,7 @@ pub struct Measured<'a> {
 }
 
 /// The verdict of every budget set, in flag order.
-pub fn check(budgets: &BudgetArgs, m: &Measured<'_>) -> Vec<Verdict> {
+pub fn check(budgets: &Budgets, m: &Measured<'_>) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
     if let Some(max) = budgets.max_leaks {
         verdicts.push(findings_verdict("max-leaks".to_owned(), max, m, |_| true));
@@ -222,11 +234,11 @@ mod tests {
         ];
         let groups = group(&findings);
         let agg = Aggregator::new(1);
-        let budgets = BudgetArgs {
+        let budgets = Budgets {
             max_leaks: Some(4),
             max_closed_by_exit: Some(2),
             max_kind: vec![(FindingKind::CloseWait, 0)],
-            ..BudgetArgs::default()
+            ..Budgets::default()
         };
         let verdicts =
             check(&budgets, &Measured { findings: &findings, groups: &groups, agg: &agg });
@@ -255,8 +267,8 @@ mod tests {
     fn no_budget_no_verdict() {
         let agg = Aggregator::new(1);
         let m = Measured { findings: &[], groups: &[], agg: &agg };
-        assert!(check(&BudgetArgs::default(), &m).is_empty());
-        let connections = BudgetArgs { max_connections: Some(0), ..BudgetArgs::default() };
+        assert!(check(&Budgets::default(), &m).is_empty());
+        let connections = Budgets { max_connections: Some(0), ..Budgets::default() };
         let verdicts = check(&connections, &m);
         assert_eq!((verdicts[0].measured, verdicts[0].passed), (0.0, true));
     }

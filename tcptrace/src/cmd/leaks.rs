@@ -9,125 +9,102 @@ use anyhow::Context as _;
 
 use crate::{
     analysis::{
+        aggregate::Aggregator,
         findings::{self, Limits},
         ports::{DEFAULT_EPHEMERAL_PORTS, ephemeral_ports},
     },
-    cli::{DetectArgs, LeaksArgs},
+    cli::{DetectOptions, LeaksOptions},
     cmd::stop::stop_signal,
     event::clock::monotonic_ns,
-    kernel::probes::{Changes, Counters},
-    pipeline::Collector,
+    pipeline::{Pipeline, losses::Losses},
     render::report::{Report, RunInfo},
-    stacks::StacksMode,
 };
 
-/// `--min-age` of leaks and top.
-pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(30);
+/// How often the progress line on a terminal is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-impl DetectArgs {
-    /// The limits, with the default TIME_WAIT rate taken from this host's port range and the
-    /// command's own default `--min-age`.
-    pub fn limits(&self, default_min_age: Duration, warnings: &mut Vec<String>) -> Limits {
-        let ephemeral_ports = ephemeral_ports().unwrap_or_else(|e| {
-            warnings.push(format!("{e:#}; assuming Linux's default range"));
-            DEFAULT_EPHEMERAL_PORTS
-        });
-        Limits {
-            min_age: self.min_age.unwrap_or(default_min_age),
-            idle: self.idle,
-            time_wait_rate: self
-                .time_wait_rate
-                .unwrap_or_else(|| Limits::default_time_wait_rate(ephemeral_ports)),
-            ephemeral_ports,
-        }
-    }
-
-    pub fn capacity(&self) -> usize {
-        usize::try_from(self.max_sockets).unwrap_or(usize::MAX)
+/// The limits, with the default TIME_WAIT rate taken from this host's port range.
+pub fn limits(detect: &DetectOptions, warnings: &mut Vec<String>) -> Limits {
+    let ephemeral_ports = ephemeral_ports().unwrap_or_else(|e| {
+        warnings.push(format!("{e:#}; assuming Linux's default range"));
+        DEFAULT_EPHEMERAL_PORTS
+    });
+    Limits {
+        min_age: detect.min_age,
+        idle: detect.idle,
+        time_wait_rate: detect
+            .time_wait_rate
+            .unwrap_or_else(|| Limits::default_time_wait_rate(ephemeral_ports)),
+        ephemeral_ports,
     }
 }
 
 /// Takes the last events and sweep, then the findings and the report. Whatever fails here
 /// becomes a warning in the report: what was collected is never lost.
 pub async fn final_report(
-    collector: &mut Collector,
+    pipeline: &mut Pipeline<Aggregator>,
     limits: Limits,
     mut warnings: Vec<String>,
 ) -> Report {
-    if let Err(e) = collector.finish().await {
+    if let Err(e) = pipeline.finish().await {
         warnings.push(format!("the final sweep failed ({e:#}): idle times are from the last one"));
     }
-    let found = findings::detect(collector.agg(), &limits, monotonic_ns());
-    warnings.extend(collector.warnings.iter().cloned());
-    if collector.decode_errors() > 0 {
-        warnings.push(format!("{} malformed events skipped", collector.decode_errors()));
-    }
-    let counters = collector.counters().unwrap_or_else(|e| {
+    let found = findings::detect(pipeline.sink(), &limits, monotonic_ns());
+    warnings.extend(pipeline.warnings().iter().cloned());
+    let losses = pipeline.losses().unwrap_or_else(|e| {
         warnings.push(format!("kernel counters unreadable ({e:#}): losses may be unreported"));
-        Counters::default()
+        Losses::default()
     });
-    let counters = Counters {
-        stack_failures: counters.stack_failures + collector.unreadable_stacks(),
-        ..counters
+    let run = RunInfo {
+        close_hook: pipeline.close_hook(),
+        duration: pipeline.elapsed(),
+        events: pipeline.events(),
+        losses,
     };
-    Report::build(
-        collector.agg(),
-        found,
-        limits,
-        &RunInfo {
-            close_hook: collector.close_hook(),
-            duration: collector.elapsed(),
-            events: collector.events(),
-            counters,
-        },
-        warnings,
-    )
+    Report::build(pipeline.sink(), found, limits, &run, warnings)
 }
 
-pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
-    let options = args.probe.to_options(StacksMode::User, Changes::Lifecycle)?;
+pub async fn run(options: LeaksOptions) -> anyhow::Result<()> {
+    let LeaksOptions { probe, detect, duration, json } = options;
     let mut warnings = Vec::new();
-    let limits = args.detect.limits(DEFAULT_MIN_AGE, &mut warnings);
+    let limits = limits(&detect, &mut warnings);
     // Before the banner: a Ctrl-C from then on ends the run with its report.
-    let stop = stop_signal(args.duration)?;
-    let mut collector = Collector::start(&options, args.detect.capacity(), true).await?;
-    eprintln!(
-        "tcptrace: tracing TCP connections (close hook: {}); looking for leaks {}",
-        collector.close_hook(),
-        match args.duration {
-            Some(d) => format!("for {}", humantime::format_duration(d)),
-            None => "until Ctrl-C".to_owned(),
-        }
-    );
-    for note in collector.notes() {
-        eprintln!("tcptrace: note: {note}");
-    }
+    let stop = stop_signal(duration)?;
+    let capacity = detect.capacity;
+    let mut pipeline =
+        Pipeline::start(&probe, capacity, Some(detect.sweep), |_| Aggregator::new(capacity))
+            .await?;
+    let purpose = match duration {
+        Some(d) => format!("looking for leaks for {}", humantime::format_duration(d)),
+        None => "looking for leaks until Ctrl-C".to_owned(),
+    };
+    pipeline.announce("TCP connections", Some(&purpose));
 
-    let status = io::stderr().is_terminal();
-    collector
-        .run(stop, args.detect.sweep, Duration::from_secs(1), |c| {
-            if status {
-                let found = findings::detect(c.agg(), &limits, monotonic_ns()).len();
-                let secs = c.elapsed().as_secs_f64().max(1e-3);
-                eprint!(
-                    "\r\x1b[Ktcptrace: {:.0}s, {} sockets tracked, {:.0} events/s, {} findings so far",
-                    secs,
-                    c.agg().tracked(),
-                    c.events() as f64 / secs,
-                    found
-                );
-            }
-            Ok(true)
-        })
-        .await?;
-    if status {
+    let progress = io::stderr().is_terminal();
+    let tick = progress.then_some(PROGRESS_EVERY);
+    pipeline.run(stop, tick, |p| show_progress(p, &limits)).await?;
+    if progress {
         eprint!("\r\x1b[K");
     }
-    let report = final_report(&mut collector, limits, warnings).await;
+    let report = final_report(&mut pipeline, limits, warnings).await;
     let mut out = io::stdout().lock();
-    let written = if args.json { report.write_json(&mut out) } else { report.write_text(&mut out) };
+    let written = if json { report.write_json(&mut out) } else { report.write_text(&mut out) };
     match written.and_then(|()| out.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing the report"),
     }
+}
+
+/// The progress line on a terminal's stderr.
+fn show_progress(p: &mut Pipeline<Aggregator>, limits: &Limits) -> anyhow::Result<bool> {
+    let found = findings::detect(p.sink(), limits, monotonic_ns()).len();
+    let secs = p.elapsed().as_secs_f64().max(1e-3);
+    eprint!(
+        "\r\x1b[Ktcptrace: {:.0}s, {} sockets tracked, {:.0} events/s, {} findings so far",
+        secs,
+        p.sink().tracked(),
+        p.events() as f64 / secs,
+        found
+    );
+    Ok(true)
 }

@@ -20,13 +20,20 @@ use tokio::{
 };
 
 use crate::{
-    analysis::budgets::{self, Measured},
-    cli::{RunArgs, UsageError},
-    cmd::{EXIT_BUDGET, leaks::final_report},
-    kernel::probes::Changes,
-    pipeline::Collector,
-    render::run_report::{CommandStatus, RemoteReport, RunReport},
-    stacks::StacksMode,
+    analysis::{
+        aggregate::Aggregator,
+        budgets::{self, Measured, Verdict},
+    },
+    cli::RunOptions,
+    cmd::{
+        EXIT_BUDGET,
+        leaks::{final_report, limits},
+    },
+    pipeline::Pipeline,
+    render::{
+        report::Report,
+        run_report::{CommandStatus, RemoteReport, RunReport},
+    },
 };
 
 /// Exit status when the command cannot be found, or run (the shell's conventions).
@@ -36,40 +43,21 @@ const EXIT_NOT_EXECUTABLE: i32 = 126;
 /// How often the run checks whether its processes are gone.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
-impl RunArgs {
-    /// What clap cannot check: `run` chooses its processes itself.
-    pub fn check(&self) -> Result<(), UsageError> {
-        if !self.probe.filter.pids.is_empty() || self.probe.filter.comm.is_some() {
-            return Err(UsageError::RunFollowsItsCommand);
-        }
-        Ok(())
-    }
-}
+type Waited = io::Result<ExitStatus>;
 
-pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
-    args.check()?;
-    let mut options = args.probe.to_options(StacksMode::User, Changes::Lifecycle)?;
-    options.filter.follow = 1;
+pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let mut warnings = Vec::new();
-    let limits = args.detect.limits(Duration::ZERO, &mut warnings);
-    let mut collector = Collector::start(&options, args.detect.capacity(), false).await?;
-    collector.agg_mut().exit_releases.enabled = true;
-    let command_line = shell_words(&args.command);
-    eprintln!(
-        "tcptrace: tracing `{command_line}` and its descendants (close hook: {})",
-        collector.close_hook()
-    );
-    for note in collector.notes() {
-        eprintln!("tcptrace: note: {note}");
-    }
+    let limits = limits(&options.detect, &mut warnings);
+    let capacity = options.detect.capacity;
+    let mut pipeline =
+        Pipeline::start(&options.probe, capacity, None, |_| Aggregator::new(capacity)).await?;
+    pipeline.sink_mut().exit_releases.enabled = true;
+    let command_line = shell_words(&options.command);
+    pipeline.announce(&format!("`{command_line}` and its descendants"), None);
 
-    let mut command = tokio::process::Command::new(&args.command[0]);
-    command.args(&args.command[1..]);
-    let follow_self = collector.follow_self_hook()?;
-    // SAFETY: the hook makes one system call and touches no shared state.
-    unsafe { command.pre_exec(follow_self) };
-    let mut child = match command.spawn() {
-        Ok(child) => child,
+    let follow_self = pipeline.follow_self_hook()?;
+    let (pid, exited) = match spawn(follow_self, &options.command) {
+        Ok(spawned) => spawned,
         Err(e) => {
             eprintln!("tcptrace: error: cannot run `{command_line}`: {e}");
             return Ok(match e.kind() {
@@ -78,21 +66,74 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             });
         }
     };
-    let pid = child.id().context("the command has no pid")?;
     let forwarding = forward_signals(pid)?;
-    let (exited_tx, mut exited_rx) = oneshot::channel();
+    let status = follow(&mut pipeline, exited, options.wait_descendants, &mut warnings).await?;
+    forwarding.abort();
+
+    let report = final_report(&mut pipeline, limits, warnings).await;
+    let measured =
+        Measured { findings: &report.findings, groups: &report.groups, agg: pipeline.sink() };
+    let verdicts = budgets::check(&options.budgets, &measured);
+    let command_status = CommandStatus { exit_code: status.code(), signal: status.signal() };
+    let exceeded = verdicts.iter().any(|v| !v.passed);
+    let exit = match command_status.code() {
+        0 if exceeded => EXIT_BUDGET,
+        code => code,
+    };
+    summarize(&report, &verdicts, &command_line, command_status, exit)
+        .context("writing the summary")?;
+    let run_report = RunReport {
+        command: options.command.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+        command_status,
+        status: exit,
+        budgets: &verdicts,
+        remotes: RemoteReport::list(&pipeline.sink().remotes),
+        report: &report,
+    };
+    if let Some(path) = &options.report {
+        write_file(path, |out| run_report.write_json(out))?;
+    }
+    if let Some(path) = &options.junit {
+        write_file(path, |out| run_report.write_junit(out))?;
+    }
+    Ok(exit)
+}
+
+/// Starts the command, followed from its first instruction; its pid, and its exit status once
+/// it is reaped.
+fn spawn(
+    follow_self: impl Fn() -> io::Result<()> + Send + Sync + 'static,
+    command: &[OsString],
+) -> io::Result<(u32, oneshot::Receiver<Waited>)> {
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    // SAFETY: the hook makes one system call and touches no shared state.
+    unsafe { cmd.pre_exec(follow_self) };
+    let mut child = cmd.spawn()?;
+    let pid = child.id().ok_or_else(|| io::Error::other("the command has no pid"))?;
+    let (exited_tx, exited_rx) = oneshot::channel();
     tokio::spawn(async move {
         let _ = exited_tx.send(child.wait().await);
     });
+    Ok((pid, exited_rx))
+}
 
+/// Traces until the command and its descendants are gone (or `wait_descendants` after the
+/// command exited); the command's status. A tracing failure becomes a warning: the command's
+/// outcome still decides the job.
+async fn follow(
+    pipeline: &mut Pipeline<Aggregator>,
+    mut exited: oneshot::Receiver<Waited>,
+    wait_descendants: Duration,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<ExitStatus> {
     let mut status: Option<ExitStatus> = None;
     let mut exited_at = Instant::now();
     let mut gone_once = false;
-    let wait_descendants = args.wait_descendants;
-    let traced = collector
-        .run(std::future::pending(), args.detect.sweep, CHECK_EVERY, |c| {
+    let traced = pipeline
+        .run(std::future::pending(), Some(CHECK_EVERY), |p| {
             if status.is_none() {
-                match exited_rx.try_recv() {
+                match exited.try_recv() {
                     Ok(waited) => {
                         status = Some(waited.context("waiting for the command")?);
                         exited_at = Instant::now();
@@ -105,7 +146,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
             // The kernel forgets a process in its exit hook, just before exit_files() releases
             // its sockets: one more check lets those releases arrive.
-            if !c.followed_alive()? {
+            if !p.followed_alive()? {
                 let done = gone_once;
                 gone_once = true;
                 return Ok(!done);
@@ -119,66 +160,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let status = match status {
         Some(status) => status,
-        // Tracing failed before the command ended: its outcome still decides the job.
-        None => exited_rx
-            .await
-            .context("lost track of the command")?
-            .context("waiting for the command")?,
+        None => {
+            exited.await.context("lost track of the command")?.context("waiting for the command")?
+        }
     };
-    forwarding.abort();
-    let still_running = collector.followed_alive().unwrap_or(false);
-    if still_running {
+    if pipeline.followed_alive().unwrap_or(false) {
         warnings.push(format!(
             "descendants still running {} after the command exited: their connections are reported as they are",
             humantime::format_duration(wait_descendants)
         ));
     }
+    Ok(status)
+}
 
-    let report = final_report(&mut collector, limits, warnings).await;
-    let measured =
-        Measured { findings: &report.findings, groups: &report.groups, agg: collector.agg() };
-    let verdicts = budgets::check(&args.budgets, &measured);
-
-    let command_status = CommandStatus { exit_code: status.code(), signal: status.signal() };
-    let exceeded = verdicts.iter().any(|v| !v.passed);
-    let exit = match command_status.code() {
-        0 if exceeded => EXIT_BUDGET,
-        code => code,
-    };
-
-    // The summary first: whatever happens to the files, the run's verdict is on stderr.
+/// The run's verdict on stderr, first: whatever happens to the files, it is there.
+fn summarize(
+    report: &Report,
+    verdicts: &[Verdict],
+    command_line: &str,
+    status: CommandStatus,
+    exit: i32,
+) -> io::Result<()> {
     let mut summary = io::stderr().lock();
-    report.write_text(&mut summary).context("writing the summary")?;
+    report.write_text(&mut summary)?;
     writeln!(summary)?;
-    for line in budgets::describe(&verdicts) {
+    for line in budgets::describe(verdicts) {
         writeln!(summary, "tcptrace: {line}")?;
     }
-    writeln!(
-        summary,
-        "tcptrace: `{command_line}` {}; tcptrace exits with {exit}",
-        match (command_status.exit_code, command_status.signal) {
-            (Some(code), _) => format!("exited with {code}"),
-            (None, Some(signal)) => format!("was killed by signal {signal}"),
-            (None, None) => "ended".to_owned(),
-        }
-    )?;
-    drop(summary);
-
-    let run_report = RunReport {
-        command: args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
-        command_status,
-        status: exit,
-        budgets: &verdicts,
-        remotes: RemoteReport::list(&collector.agg().remotes),
-        report: &report,
+    let ended = match (status.exit_code, status.signal) {
+        (Some(code), _) => format!("exited with {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "ended".to_owned(),
     };
-    if let Some(path) = &args.report {
-        write_file(path, |out| run_report.write_json(out))?;
-    }
-    if let Some(path) = &args.junit {
-        write_file(path, |out| run_report.write_junit(out))?;
-    }
-    Ok(exit)
+    writeln!(summary, "tcptrace: `{command_line}` {ended}; tcptrace exits with {exit}")
 }
 
 fn write_file(

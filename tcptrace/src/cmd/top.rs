@@ -1,7 +1,6 @@
-//! `tcptrace top`: feeds the view from the collector every interval.
+//! `tcptrace top`: feeds the view (`top`) from the pipeline every interval.
 
 use std::{
-    collections::HashMap,
     io::{self, Write as _},
     time::{Duration, Instant},
 };
@@ -9,150 +8,85 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    analysis::{
-        aggregate::{Aggregator, Percentiles},
-        findings::{self, Limits},
-    },
-    cli::TopArgs,
-    cmd::stop::stop_signal,
-    event::{TcpState, clock::monotonic_ns},
-    kernel::probes::Changes,
-    pipeline::Collector,
-    stacks::StacksMode,
-    top::{Action, Frame, Row, Sort, Tui, is_terminal, render_plain},
+    analysis::{aggregate::Aggregator, findings::Limits},
+    cli::TopOptions,
+    cmd::{leaks::limits, stop::stop_signal},
+    pipeline::Pipeline,
+    top::{Action, Rates, RunState, Sort, Tui, is_terminal, render_plain},
 };
 
 /// How often the terminal view looks at the keyboard.
 const KEY_POLL: Duration = Duration::from_millis(100);
 
-/// Counters at the previous refresh, for rates.
-#[derive(Default, Clone, Copy)]
-struct Seen {
-    opened: u64,
-    released: u64,
-    time_wait: u64,
-}
-
-#[derive(Default)]
-struct Rates {
-    seen: HashMap<u32, Seen>,
-    events: u64,
-    at: Option<Instant>,
-}
-
-impl Rates {
-    fn frame(&mut self, c: &Collector, limits: &Limits, lost: u64) -> Frame {
-        let agg = c.agg();
-        let now = Instant::now();
-        let secs = self.at.map_or(c.elapsed(), |at| now - at).as_secs_f64().max(1e-3);
-        let mut rows = rows(agg, limits);
-        for row in &mut rows {
-            let stats = &agg.processes[&row.pid];
-            let current = Seen {
-                opened: stats.opened,
-                released: stats.released,
-                time_wait: stats.time_wait_entries,
-            };
-            let before = self.seen.insert(row.pid, current).unwrap_or_default();
-            row.opened_per_s = (current.opened - before.opened) as f64 / secs;
-            row.released_per_s = (current.released - before.released) as f64 / secs;
-            row.time_wait_per_s = (current.time_wait - before.time_wait) as f64 / secs;
-        }
-        let events_per_s = (c.events() - self.events) as f64 / secs;
-        self.events = c.events();
-        self.at = Some(now);
-        Frame {
-            rows,
-            elapsed: c.elapsed(),
-            close_hook: c.close_hook().to_string(),
-            sockets_tracked: agg.tracked() as u64,
-            events_per_s,
-            events_lost: lost,
-            evicted: agg.evicted,
-        }
-    }
-}
-
-/// One row per process that holds a socket or did something while tracing.
-fn rows(agg: &Aggregator, limits: &Limits) -> Vec<Row> {
-    let mut rows: HashMap<u32, Row> = HashMap::new();
-    for (&pid, stats) in &agg.processes {
-        let lifetime = Percentiles::of(stats.lifetime_us.as_ref());
-        rows.insert(
-            pid,
-            Row {
-                pid,
-                comm: stats.comm.clone(),
-                lifetime_p50_ms: lifetime.map(|l| l.p50),
-                lifetime_p99_ms: lifetime.map(|l| l.p99),
-                ..Row::default()
-            },
-        );
-    }
-    for (pid, states) in agg.held_by_process() {
-        let Some(row) = rows.get_mut(&pid) else { continue };
-        row.open = states.values().sum();
-        row.established = states.get(&TcpState::Established).copied().unwrap_or(0);
-        row.close_wait = states.get(&TcpState::CloseWait).copied().unwrap_or(0);
-    }
-    for finding in findings::detect(agg, limits, monotonic_ns()) {
-        if let Some(row) = rows.get_mut(&finding.pid) {
-            row.findings += 1;
-        }
-    }
-    rows.into_values().collect()
-}
-
-pub async fn run(args: TopArgs) -> anyhow::Result<()> {
-    let options = args.probe.to_options(StacksMode::Off, Changes::Lifecycle)?;
+pub async fn run(options: TopOptions) -> anyhow::Result<()> {
+    let TopOptions { probe, detect, interval, sort, limit, duration } = options;
     let mut warnings = Vec::new();
-    let limits = args.detect.limits(crate::cmd::leaks::DEFAULT_MIN_AGE, &mut warnings);
-    // Before the banner: a Ctrl-C from then on ends the run with its report.
-    let stop = stop_signal(args.duration)?;
-    let mut collector = Collector::start(&options, args.detect.capacity(), true).await?;
-    eprintln!("tcptrace: tracing TCP connections (close hook: {})", collector.close_hook());
-    for note in collector.notes().iter().chain(&warnings) {
-        eprintln!("tcptrace: note: {note}");
+    let limits = limits(&detect, &mut warnings);
+    // Before the banner: a Ctrl-C from then on ends the run.
+    let stop = stop_signal(duration)?;
+    let capacity = detect.capacity;
+    let mut pipeline =
+        Pipeline::start(&probe, capacity, Some(detect.sweep), |_| Aggregator::new(capacity))
+            .await?;
+    pipeline.announce("TCP connections", None);
+    for warning in &warnings {
+        eprintln!("tcptrace: note: {warning}");
     }
-    let mut rates = Rates::default();
-    let mut sort = Sort::from(args.sort);
-
-    if is_terminal() {
-        let mut tui = Tui::new()?;
-        let mut next_draw = Instant::now();
-        let result = collector
-            .run(stop, args.detect.sweep, KEY_POLL, |c| {
-                let mut redraw = Instant::now() >= next_draw;
-                while let Some(action) = tui.poll_input(Duration::ZERO)? {
-                    if action == Action::Quit {
-                        return Ok(false);
-                    }
-                    sort = sort.apply(action);
-                    redraw = true;
-                }
-                if redraw {
-                    let lost = c.counters()?.lost_events;
-                    tui.draw(&rates.frame(c, &limits, lost), sort)?;
-                    next_draw = Instant::now() + args.interval;
-                }
-                Ok(true)
-            })
-            .await;
-        tui.restore()?;
-        return result;
+    let mut view = View { rates: Rates::default(), sort: Sort::from(sort), limits };
+    if !is_terminal() {
+        return pipeline.run(stop, Some(interval), |p| view.print(p, limit)).await;
     }
-
-    collector
-        .run(stop, args.detect.sweep, args.interval, |c| {
-            let lost = c.counters()?.lost_events;
-            let mut out = io::stdout().lock();
-            let written = render_plain(&rates.frame(c, &limits, lost), sort, args.limit, &mut out)
-                .and_then(|()| out.flush());
-            match written {
-                // `tcptrace top | head`: the reader left.
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
-                other => other.context("writing the table").map(|()| true),
+    let mut tui = Tui::new()?;
+    let mut next_draw = Instant::now();
+    let result = pipeline
+        .run(stop, Some(KEY_POLL), |p| {
+            let mut redraw = Instant::now() >= next_draw;
+            while let Some(action) = tui.poll_input(Duration::ZERO)? {
+                if action == Action::Quit {
+                    return Ok(false);
+                }
+                view.sort = view.sort.apply(action);
+                redraw = true;
             }
+            if redraw {
+                tui.draw(&view.rates.frame(p.sink(), &run_state(p)?, &view.limits), view.sort)?;
+                next_draw = Instant::now() + interval;
+            }
+            Ok(true)
         })
-        .await
+        .await;
+    tui.restore()?;
+    result
+}
+
+struct View {
+    rates: Rates,
+    sort: Sort,
+    limits: Limits,
+}
+
+impl View {
+    /// One plain table on stdout (not a terminal); false when the reader left.
+    fn print(
+        &mut self,
+        p: &mut Pipeline<Aggregator>,
+        limit: Option<usize>,
+    ) -> anyhow::Result<bool> {
+        let frame = self.rates.frame(p.sink(), &run_state(p)?, &self.limits);
+        let mut out = io::stdout().lock();
+        match render_plain(&frame, self.sort, limit, &mut out).and_then(|()| out.flush()) {
+            // `tcptrace top | head`: the reader left.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+            other => other.context("writing the table").map(|()| true),
+        }
+    }
+}
+
+fn run_state(p: &Pipeline<Aggregator>) -> anyhow::Result<RunState> {
+    Ok(RunState {
+        elapsed: p.elapsed(),
+        close_hook: p.close_hook(),
+        events: p.events(),
+        events_lost: p.losses()?.events_lost(),
+    })
 }

@@ -1,96 +1,141 @@
-//! The event loop `leaks` and `top` share: kernel events through `connections` into the
-//! aggregator, and inventory sweeps at start, every `sweep` interval and at the end.
+//! The one event pipeline every command runs: the kernel programs' ring buffer → decode →
+//! attribution to the socket's owner (`connections`) → code path (`stacks`) → a [`Sink`] (the
+//! aggregator of `leaks`, `top` and `run`, or `trace`'s renderer), with inventory sweeps at
+//! start, every `sweep` interval and at the end when the command wants them. It says what it
+//! could not see in one list (`losses`).
+//!
+//! May import `kernel`, `event`, `stacks` and `inventory`; imported by `analysis` (for
+//! `Record`), `render`, `top` and `cmd`. It never looks at what the records mean.
 
 pub mod connections;
+mod feed;
+pub mod losses;
 
 use std::{future::Future, pin::pin, time::Duration};
 
 use anyhow::Context as _;
+use feed::Feed;
+pub use feed::Sink;
 use tokio::{task::JoinHandle, time::MissedTickBehavior};
 
 use crate::{
-    analysis::aggregate::Aggregator,
-    event::{Event, clock::monotonic_ns},
+    event::clock::monotonic_ns,
     inventory::{self, Snapshot, filter::InventoryFilter},
     kernel::{
         close_hook::CloseHook,
-        probes::{Counters, ProbeOptions, Probes},
+        counters::Counters,
+        probes::{ProbeOptions, Probes},
         stream::EventStream,
     },
-    pipeline::connections::{Connections, Record},
+    pipeline::losses::Losses,
     stacks::StackResolver,
 };
 
-pub struct Collector {
+pub struct Pipeline<S> {
     probes: Probes,
     stream: EventStream,
-    tracked: Tracked,
+    feed: Feed<S>,
     /// Inventory problems (each said once).
-    pub warnings: Vec<String>,
+    warnings: Vec<String>,
     /// When tracing started (CLOCK_MONOTONIC ns).
-    pub started_ns: u64,
+    started_ns: u64,
     filter: InventoryFilter,
-    /// Whether sweeps run (not for `run`: its processes are new, and other processes' sockets
-    /// are not its business).
-    inventory: bool,
+    /// How often the inventory is swept; `None`: never (`trace` prints events, and `run`'s
+    /// processes are new: other processes' sockets are not its business).
+    sweep_every: Option<Duration>,
 }
 
 /// A sweep running on the blocking pool, and when it started.
 type PendingSweep = (JoinHandle<anyhow::Result<Snapshot>>, u64);
 
-impl Collector {
-    /// Loads and attaches the probes, then takes the starting inventory (with `inventory`):
-    /// what exists before the first event is known.
+impl<S: Sink> Pipeline<S> {
+    /// Loads and attaches the probes, then takes the starting inventory (when it sweeps): what
+    /// exists before the first event is known. `capacity` bounds the sockets tracked; `sink`
+    /// makes the sink once the close hook in use is known.
     pub async fn start(
         options: &ProbeOptions,
         capacity: usize,
-        inventory: bool,
+        sweep_every: Option<Duration>,
+        sink: impl FnOnce(CloseHook) -> S,
     ) -> anyhow::Result<Self> {
         let mut probes = Probes::load(options)?;
+        let sink = sink(probes.close_hook());
         let stream = probes.events()?;
-        let stacks = probes.stacks(options.stacks)?;
-        let mut collector = Self {
+        let stacks = probes
+            .stack_maps(options.stacks)?
+            .map(|maps| StackResolver::new(maps.user, maps.kernel));
+        #[cfg_attr(not(feature = "bench"), expect(unused_mut, reason = "set with bench only"))]
+        let mut feed = Feed::new(capacity, stacks, sink);
+        #[cfg(feature = "bench")]
+        {
+            feed.count_only = options.bench == crate::kernel::probes::Bench::Minimum;
+        }
+        let mut pipeline = Self {
             probes,
             stream,
-            tracked: Tracked {
-                conns: Connections::new(capacity),
-                records: Vec::new(),
-                agg: Aggregator::new(capacity),
-                stacks,
-                events: 0,
-                decode_errors: 0,
-            },
+            feed,
             warnings: Vec::new(),
             started_ns: monotonic_ns(),
             filter: InventoryFilter::new(options.filter),
-            inventory,
+            sweep_every,
         };
-        collector.sweep().await?;
-        Ok(collector)
+        pipeline.sweep().await?;
+        Ok(pipeline)
+    }
+
+    /// The start-up lines on stderr: what is traced, the close hook, what for, and what runs
+    /// degraded on this kernel.
+    pub fn announce(&self, subject: &str, purpose: Option<&str>) {
+        let purpose = purpose.map(|p| format!("; {p}")).unwrap_or_default();
+        eprintln!("tcptrace: tracing {subject} (close hook: {}){purpose}", self.close_hook());
+        for note in self.probes.notes() {
+            eprintln!("tcptrace: note: {note}");
+        }
     }
 
     pub fn close_hook(&self) -> CloseHook {
         self.probes.close_hook()
     }
 
-    pub fn notes(&self) -> &[String] {
-        self.probes.notes()
+    pub fn sink(&self) -> &S {
+        &self.feed.sink
+    }
+
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.feed.sink
+    }
+
+    /// Inventory problems, each said once.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     pub fn counters(&self) -> anyhow::Result<Counters> {
         self.probes.counters()
     }
 
+    /// Everything lost so far, the kernel's counters included.
+    pub fn losses(&self) -> anyhow::Result<Losses> {
+        Ok(Losses {
+            kernel: self.counters()?,
+            decode_errors: self.feed.decode_errors,
+            unreadable_stacks: self.feed.unreadable_stacks(),
+            untracked: self.feed.untracked(),
+        })
+    }
+
     pub fn elapsed(&self) -> Duration {
         Duration::from_nanos(monotonic_ns().saturating_sub(self.started_ns))
     }
 
-    pub fn agg(&self) -> &Aggregator {
-        &self.tracked.agg
+    /// Kernel events decoded.
+    pub fn events(&self) -> u64 {
+        self.feed.events
     }
 
-    pub fn agg_mut(&mut self) -> &mut Aggregator {
-        &mut self.tracked.agg
+    /// The sink's error, which ended the pipeline early.
+    pub fn take_sink_error(&mut self) -> Option<std::io::Error> {
+        self.feed.error.take()
     }
 
     /// See `Probes::follow_self_hook`.
@@ -105,34 +150,16 @@ impl Collector {
         self.probes.followed_alive()
     }
 
-    /// Kernel events decoded.
-    pub fn events(&self) -> u64 {
-        self.tracked.events
-    }
-
-    /// Stack ids the kernel handed over whose stack could not be read.
-    pub fn unreadable_stacks(&self) -> u64 {
-        self.tracked.stacks.as_ref().map_or(0, |s| s.unreadable)
-    }
-
-    /// Ring-buffer records that did not decode.
-    pub fn decode_errors(&self) -> u64 {
-        self.tracked.decode_errors
-    }
-
     fn drain(&mut self) {
-        self.stream.drain_now(|bytes| self.tracked.handle(bytes));
+        self.stream.drain_now(|bytes| self.feed.handle(bytes));
+        self.feed.flush();
     }
 
     fn spawn_sweep() -> PendingSweep {
         (tokio::task::spawn_blocking(inventory::snapshot), monotonic_ns())
     }
 
-    fn apply_sweep(
-        &mut self,
-        snapshot: anyhow::Result<Snapshot>,
-        taken_ns: u64,
-    ) -> anyhow::Result<()> {
+    fn apply_sweep(&mut self, snapshot: anyhow::Result<Snapshot>, taken_ns: u64) {
         let mut snapshot = match snapshot {
             Ok(snapshot) => snapshot,
             // Without sock_diag (inet_diag not loaded) the events still work; only what
@@ -141,7 +168,7 @@ impl Collector {
                 self.warn(format!(
                     "socket inventory unavailable ({e:#}): sockets from before tracing and idle times are unknown"
                 ));
-                return Ok(());
+                return;
             }
         };
         // Events from before the snapshot first, so sockets opened meanwhile are known by
@@ -151,8 +178,7 @@ impl Collector {
             self.warn(warning.clone());
         }
         snapshot.sockets.retain_mut(|s| self.filter.keep(s));
-        self.tracked.agg.apply_inventory(&snapshot, taken_ns);
-        Ok(())
+        self.feed.sink.inventory(&snapshot, taken_ns);
     }
 
     fn warn(&mut self, warning: String) {
@@ -163,39 +189,39 @@ impl Collector {
 
     /// One sweep, now (at start and at the end).
     pub async fn sweep(&mut self) -> anyhow::Result<()> {
-        if !self.inventory {
+        if self.sweep_every.is_none() {
             return Ok(());
         }
         let (task, taken_ns) = Self::spawn_sweep();
         let snapshot = task.await.context("the inventory task failed")?;
-        self.apply_sweep(snapshot, taken_ns)
+        self.apply_sweep(snapshot, taken_ns);
+        Ok(())
     }
 
-    /// Consumes events until `stop` completes, sweeping every `sweep_every` and calling
-    /// `on_tick` every `tick_every`.
+    /// Consumes events until `stop` completes, `on_tick` (called every `tick_every`) returns
+    /// false, or the sink fails; sweeps meanwhile.
     pub async fn run(
         &mut self,
         stop: impl Future<Output = ()>,
-        sweep_every: Duration,
-        tick_every: Duration,
+        tick_every: Option<Duration>,
         mut on_tick: impl FnMut(&mut Self) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
         let mut stop = pin!(stop);
-        let mut sweeps = tokio::time::interval(sweep_every);
-        sweeps.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Periods for intervals never polled when there is nothing to do.
+        let mut sweeps = interval(self.sweep_every.unwrap_or(IDLE));
         sweeps.tick().await; // the first tick is immediate: the start already swept
-        let mut ticks = tokio::time::interval(tick_every);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticks = interval(tick_every.unwrap_or(IDLE));
+        let (sweeping, ticking) = (self.sweep_every.is_some(), tick_every.is_some());
         let mut pending: Option<PendingSweep> = None;
-        loop {
+        while self.feed.error.is_none() {
             let outcome = tokio::select! {
                 _ = &mut stop => Outcome::Stop,
-                _ = sweeps.tick(), if pending.is_none() && self.inventory => Outcome::StartSweep,
+                _ = sweeps.tick(), if pending.is_none() && sweeping => Outcome::StartSweep,
                 done = async { (&mut pending.as_mut().expect("guarded").0).await }, if pending.is_some() => {
                     Outcome::SweepDone(done)
                 }
-                _ = ticks.tick() => Outcome::Tick,
-                batch = self.stream.next_batch(|bytes| self.tracked.handle(bytes)) => {
+                _ = ticks.tick(), if ticking => Outcome::Tick,
+                batch = self.stream.next_batch(|bytes| self.feed.handle(bytes)) => {
                     Outcome::Batch(batch)
                 }
             };
@@ -204,7 +230,7 @@ impl Collector {
                 Outcome::StartSweep => pending = Some(Self::spawn_sweep()),
                 Outcome::SweepDone(done) => {
                     let (_, taken_ns) = pending.take().expect("a sweep was pending");
-                    self.apply_sweep(done.context("the inventory task failed")?, taken_ns)?;
+                    self.apply_sweep(done.context("the inventory task failed")?, taken_ns);
                 }
                 Outcome::Tick => {
                     if !on_tick(self)? {
@@ -213,6 +239,7 @@ impl Collector {
                 }
                 Outcome::Batch(batch) => {
                     batch.context("reading the ring buffer")?;
+                    self.feed.flush();
                 }
             }
         }
@@ -229,33 +256,13 @@ impl Collector {
     }
 }
 
-/// Everything the events feed, apart from the stream they come from (so the stream's callback
-/// can borrow it).
-struct Tracked {
-    conns: Connections,
-    records: Vec<Record>,
-    agg: Aggregator,
-    stacks: Option<StackResolver>,
-    events: u64,
-    decode_errors: u64,
-}
+/// The period of an interval that is never awaited.
+const IDLE: Duration = Duration::from_secs(3600);
 
-impl Tracked {
-    fn handle(&mut self, bytes: &[u8]) {
-        let Ok(event) = Event::try_from(bytes) else {
-            self.decode_errors += 1;
-            return;
-        };
-        self.events += 1;
-        self.records.clear();
-        self.conns.apply(&event, &mut self.records);
-        if let Some(stacks) = &mut self.stacks {
-            stacks.attach(&event, &mut self.records);
-        }
-        for record in &self.records {
-            self.agg.apply(record);
-        }
-    }
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
 }
 
 enum Outcome {

@@ -15,7 +15,8 @@ use crate::{
         findings::{Finding, FindingKind, Limits},
         groups::{FindingGroup, group},
     },
-    kernel::{close_hook::CloseHook, probes::Counters},
+    kernel::close_hook::CloseHook,
+    pipeline::losses::Losses,
 };
 
 #[derive(Debug, Serialize)]
@@ -29,6 +30,8 @@ pub struct Report {
     pub sweeps: u64,
     /// Opens whose stack could not be captured or read.
     pub stack_failures: u64,
+    /// Kernel reads that failed: events dropped or sent incomplete.
+    pub read_failures: u64,
     pub limits: Limits,
     pub warnings: Vec<String>,
     pub processes: Vec<ProcessReport>,
@@ -61,7 +64,7 @@ pub struct RunInfo {
     pub duration: Duration,
     /// Kernel events decoded.
     pub events: u64,
-    pub counters: Counters,
+    pub losses: Losses,
 }
 
 impl Report {
@@ -72,93 +75,21 @@ impl Report {
         run: &RunInfo,
         mut warnings: Vec<String>,
     ) -> Self {
-        let RunInfo { close_hook, duration, events, ref counters } = *run;
-        let events_lost = counters.lost_events + counters.missed_runs;
-        if events_lost > 0 {
-            warnings.push(format!(
-                "{events_lost} events were lost: a lost release makes a closed socket look held \
-                 (unclosed, close-wait, dead-fd may be false), a lost TIME_WAIT entry lowers \
-                 time-wait-churn rates"
-            ));
-        }
-        if agg.evicted > 0 {
-            warnings.push(format!(
-                "{} sockets were not tracked (table full): findings about them are missing",
-                agg.evicted
-            ));
-        }
-        if counters.stack_failures > 0 {
-            warnings.push(format!(
-                "{} stacks were not captured (stack map full, or a hash collision): those findings have no code path",
-                counters.stack_failures
-            ));
-        }
-        if counters.follow_full > 0 {
-            warnings.push(format!(
-                "{} descendants were not followed (followed-process map full)",
-                counters.follow_full
-            ));
-        }
-        if agg.exit_releases.dropped > 0 {
-            warnings.push(format!(
-                "{} closed-by-exit sockets beyond the first {} were not kept",
-                agg.exit_releases.dropped,
-                agg.exit_releases.kept.len()
-            ));
-        }
-        if counters.owner_map_full > 0 {
-            warnings.push(format!(
-                "{} sockets opened while the kernel owner map was full: their owner may be unknown",
-                counters.owner_map_full
-            ));
-        }
-
-        let mut held = agg.held_by_process();
-        let mut per_pid_findings: BTreeMap<u32, u64> = BTreeMap::new();
-        for f in &findings {
-            *per_pid_findings.entry(f.pid).or_default() += 1;
-        }
-        let secs = duration.as_secs_f64().max(1e-3);
-        let mut processes: Vec<ProcessReport> = agg
-            .processes
-            .iter()
-            .map(|(&pid, stats)| {
-                let open_by_state: BTreeMap<&'static str, u64> = held
-                    .remove(&pid)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(state, n)| (state.name(), n))
-                    .collect();
-                ProcessReport {
-                    pid,
-                    comm: stats.comm.clone(),
-                    opened: stats.opened,
-                    released: stats.released,
-                    open: open_by_state.values().sum(),
-                    open_by_state,
-                    time_wait_entries: stats.time_wait_entries,
-                    time_wait_per_s: round2(stats.time_wait_entries as f64 / secs),
-                    lifetime_ms: Percentiles::of(stats.lifetime_us.as_ref()),
-                    connect_latency_ms: Percentiles::of(stats.connect_latency_us.as_ref()),
-                    exited: stats.exited,
-                    findings: per_pid_findings.get(&pid).copied().unwrap_or(0),
-                }
-            })
-            .collect();
-        processes.sort_by(|a, b| {
-            (b.findings, b.open, b.opened, a.pid).cmp(&(a.findings, a.open, a.opened, b.pid))
-        });
+        let RunInfo { close_hook, duration, events, losses } = *run;
+        warnings.extend(losses.warnings());
+        warnings.extend(completeness_warnings(agg, &losses));
         Self {
             close_hook,
             duration_s: round2(duration.as_secs_f64()),
             events,
-            events_lost,
+            events_lost: losses.events_lost(),
             evicted: agg.evicted,
             sweeps: agg.sweeps,
-            stack_failures: counters.stack_failures,
+            stack_failures: losses.stack_failures(),
+            read_failures: losses.kernel.read_failures,
             limits,
             warnings,
-            processes,
+            processes: process_reports(agg, &findings, duration),
             groups: group(&findings),
             findings,
         }
@@ -226,6 +157,77 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// What the losses and the aggregator's limits mean for the findings.
+fn completeness_warnings(agg: &Aggregator, losses: &Losses) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if losses.events_lost() > 0 {
+        warnings.push(
+            "findings may be wrong where events were lost: a lost release makes a closed socket \
+             look held (unclosed, close-wait, dead-fd may be false), a lost TIME_WAIT entry lowers \
+             time-wait-churn rates"
+                .to_owned(),
+        );
+    }
+    if agg.evicted > 0 {
+        warnings.push(format!(
+            "{} sockets were not tracked (table full): findings about them are missing",
+            agg.evicted
+        ));
+    }
+    if agg.exit_releases.dropped > 0 {
+        warnings.push(format!(
+            "{} closed-by-exit sockets beyond the first {} were not kept",
+            agg.exit_releases.dropped,
+            agg.exit_releases.kept.len()
+        ));
+    }
+    warnings
+}
+
+/// Every process seen, those with findings first, then by sockets held and opened.
+fn process_reports(
+    agg: &Aggregator,
+    findings: &[Finding],
+    duration: Duration,
+) -> Vec<ProcessReport> {
+    let mut held = agg.held_by_process();
+    let mut per_pid_findings: BTreeMap<u32, u64> = BTreeMap::new();
+    for f in findings {
+        *per_pid_findings.entry(f.pid).or_default() += 1;
+    }
+    let secs = duration.as_secs_f64().max(1e-3);
+    let mut processes: Vec<ProcessReport> = agg
+        .processes
+        .iter()
+        .map(|(&pid, stats)| {
+            let open_by_state: BTreeMap<&'static str, u64> = held
+                .remove(&pid)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(state, n)| (state.name(), n))
+                .collect();
+            ProcessReport {
+                pid,
+                comm: stats.comm.clone(),
+                opened: stats.opened,
+                released: stats.released,
+                open: open_by_state.values().sum(),
+                open_by_state,
+                time_wait_entries: stats.time_wait_entries,
+                time_wait_per_s: round2(stats.time_wait_entries as f64 / secs),
+                lifetime_ms: Percentiles::of(stats.lifetime_us.as_ref()),
+                connect_latency_ms: Percentiles::of(stats.connect_latency_us.as_ref()),
+                exited: stats.exited,
+                findings: per_pid_findings.get(&pid).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    processes.sort_by(|a, b| {
+        (b.findings, b.open, b.opened, a.pid).cmp(&(a.findings, a.open, a.opened, b.pid))
+    });
+    processes
 }
 
 /// Frames of a stack the text report shows; JSON has them all.
@@ -323,6 +325,7 @@ mod tests {
     use crate::{
         analysis::findings::detect,
         event::{Comm, Endpoints, TcpState},
+        kernel::counters::Counters,
         pipeline::connections::{Record, RecordKind},
     };
 
@@ -401,13 +404,29 @@ mod tests {
                 close_hook: CloseHook::Tracepoint,
                 duration: Duration::from_secs(100),
                 events: 0,
-                counters: Counters { lost_events: 1, ..Counters::default() },
+                losses: Losses {
+                    kernel: Counters { lost_events: 1, read_failures: 2, ..Counters::default() },
+                    ..Losses::default()
+                },
             },
             vec![],
         );
         let mut out = Vec::new();
         report.write_json(&mut out).unwrap();
         serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn losses_and_read_failures_are_reported() {
+        let report = sample();
+        assert_eq!(
+            (report["events_lost"].as_u64(), report["read_failures"].as_u64()),
+            (Some(1), Some(2))
+        );
+        let warnings: Vec<&str> =
+            report["warnings"].as_array().unwrap().iter().filter_map(|w| w.as_str()).collect();
+        assert!(warnings.iter().any(|w| w.starts_with("1 events lost")), "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.starts_with("2 kernel reads failed")), "{warnings:?}");
     }
 
     #[test]
@@ -448,7 +467,8 @@ mod tests {
         assert_eq!(report["findings"][0]["stack"][0]["symbol"], "db_checkout");
         assert_eq!(report["groups"].as_array().unwrap().len(), 2);
         assert_eq!(report["events_lost"], 1);
-        assert_eq!(report["warnings"].as_array().unwrap().len(), 1, "lost events are explained");
+        // The two losses, and what lost events mean for the findings.
+        assert_eq!(report["warnings"].as_array().unwrap().len(), 3, "{}", report["warnings"]);
     }
 
     #[test]
@@ -481,7 +501,7 @@ mod tests {
                     close_hook: CloseHook::Fentry,
                     duration: Duration::from_secs(1),
                     events: 1,
-                    counters: Counters::default(),
+                    losses: Losses::default(),
                 },
                 vec![],
             )

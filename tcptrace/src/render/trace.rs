@@ -15,7 +15,10 @@ use serde::Serialize;
 use crate::{
     event::Comm,
     kernel::close_hook::CloseHook,
-    pipeline::connections::{Record, RecordKind},
+    pipeline::{
+        Sink,
+        connections::{Record, RecordKind},
+    },
     stacks::OpenStack,
 };
 
@@ -107,6 +110,20 @@ struct JsonRecord<'a> {
     stack: Option<&'a OpenStack>,
 }
 
+/// `trace` renders the pipeline's records as they come.
+impl<W: Write> Sink for Renderer<W> {
+    fn record(&mut self, r: &Record) -> io::Result<()> {
+        match self.format {
+            Format::Text => self.text(r),
+            Format::Json => self.json(r),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 impl<W: Write> Renderer<W> {
     pub fn new(out: W, format: Format, clock: Clock, close_hook: CloseHook) -> Self {
         Self { out, format, clock, close_hook }
@@ -121,17 +138,6 @@ impl<W: Write> Renderer<W> {
             )?;
         }
         Ok(())
-    }
-
-    pub fn record(&mut self, r: &Record) -> io::Result<()> {
-        match self.format {
-            Format::Text => self.text(r),
-            Format::Json => self.json(r),
-        }
-    }
-
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
     }
 
     fn text(&mut self, r: &Record) -> io::Result<()> {

@@ -7,55 +7,10 @@
 mod build_ids;
 mod resolver;
 
-use std::{fmt, str::FromStr};
-
 use serde::{Serialize, Serializer};
 
 pub use self::resolver::StackResolver;
 use crate::symbolize::Frame;
-
-/// `--stacks`: which stacks the kernel captures at connect and accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StacksMode {
-    /// The process's stack: the functions that opened the connection.
-    User,
-    /// The kernel's stack (how the system call got to the socket).
-    Kernel,
-    Both,
-    Off,
-}
-
-impl StacksMode {
-    /// The kernel's `Settings::stacks` bits.
-    pub fn bits(self) -> u32 {
-        use tcptrace_common::{STACKS_KERNEL, STACKS_USER};
-        match self {
-            Self::User => STACKS_USER,
-            Self::Kernel => STACKS_KERNEL,
-            Self::Both => STACKS_USER | STACKS_KERNEL,
-            Self::Off => 0,
-        }
-    }
-}
-
-impl fmt::Display for StacksMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::User => "user",
-            Self::Kernel => "kernel",
-            Self::Both => "both",
-            Self::Off => "off",
-        })
-    }
-}
-
-impl FromStr for StacksMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        <Self as clap::ValueEnum>::from_str(s, false)
-    }
-}
 
 /// The `module` of kernel frames outside any module (the kernel image itself).
 pub const KERNEL_MODULE: &str = "[kernel]";
@@ -232,12 +187,5 @@ mod tests {
         assert_eq!(value.as_array().unwrap().len(), 5);
         assert_eq!(value[2]["symbol"], "db_checkout");
         assert_eq!(value[2]["line"], 61);
-    }
-
-    #[test]
-    fn modes_parse_and_set_the_kernel_bits() {
-        assert_eq!("both".parse::<StacksMode>().unwrap().bits(), 3);
-        assert_eq!(StacksMode::Off.bits(), 0);
-        assert!("all".parse::<StacksMode>().is_err());
     }
 }

@@ -18,7 +18,7 @@
 use std::{
     collections::HashMap,
     os::fd::{AsFd as _, AsRawFd as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -30,9 +30,8 @@ use super::{
     build_ids::{BuildId, BuildIds},
 };
 use crate::{
-    event::{Event, EventKind, StackIds},
+    event::StackIds,
     kernel::bpf_sys,
-    pipeline::connections::{Record, RecordKind},
     symbolize::{Frame, Symbolizer},
 };
 
@@ -73,31 +72,16 @@ impl StackResolver {
         }
     }
 
-    /// Gives the connect or accept `records` that `event` produced the stack it carries, and
-    /// learns from exec and exit what symbolizing later stacks needs.
-    pub fn attach(&mut self, event: &Event, records: &mut [Record]) {
-        match event.kind {
-            EventKind::Exit => self.symbolizer.forget(event.pid),
-            EventKind::Exec => {
-                if let Some(path) = &event.exec_path {
-                    self.build_ids.learn_exec(event.pid, path);
-                }
-                self.symbolizer.remember(event.pid);
-            }
-            EventKind::Connect | EventKind::Accept { .. } => {
-                if event.stacks == StackIds::default() {
-                    return;
-                }
-                let stack = self.resolve(event.pid, event.stacks);
-                for record in records
-                    .iter_mut()
-                    .filter(|r| matches!(r.kind, RecordKind::Connect | RecordKind::Accept { .. }))
-                {
-                    record.stack.clone_from(&stack);
-                }
-            }
-            EventKind::State { .. } | EventKind::Release { .. } => {}
-        }
+    /// A process exited: its symbols are no longer needed.
+    pub fn forget(&mut self, pid: u32) {
+        self.symbolizer.forget(pid);
+    }
+
+    /// A process exec'd `path`: its later stacks belong to that file, and its cached symbols
+    /// are stale.
+    pub fn exec(&mut self, pid: u32, path: &Path) {
+        self.build_ids.learn_exec(pid, path);
+        self.symbolizer.remember(pid);
     }
 
     /// The symbolized stacks `ids` name, captured in process `pid`; `None` when neither can be

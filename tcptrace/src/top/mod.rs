@@ -1,13 +1,17 @@
 //! The view of `tcptrace top`: a per-process table of socket counts and rates, redrawn every
 //! interval.
 //!
-//! This module only presents; it never looks at kernel events. Whatever aggregates them hands
-//! over a [`Frame`] (one row per process) and the caller picks a view: [`Tui`] when stdout is a
+//! This module only presents; it never looks at kernel events. `rates` turns the aggregator
+//! into a [`Frame`] (one row per process) and the caller picks a view: [`Tui`] when stdout is a
 //! terminal ([`is_terminal`]), [`render_plain`] otherwise, so `tcptrace top | tee log` still
 //! produces something a person or a script can read.
+//!
+//! May import `analysis`, `event` and `kernel`'s plain types; imported by `cli` (the sort key)
+//! and `cmd`.
 
 mod columns;
 mod plain;
+mod rates;
 mod row;
 mod sort;
 mod status;
@@ -17,6 +21,7 @@ mod tui;
 use std::io::IsTerminal;
 
 pub use plain::render_plain;
+pub use rates::{Rates, RunState};
 pub use row::{Frame, Row};
 pub use sort::{Sort, SortKey};
 pub use tui::{Action, Tui, action_for};

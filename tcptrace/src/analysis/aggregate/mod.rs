@@ -29,10 +29,25 @@ pub use socket::{Direction, Origin, TrackedSocket};
 use crate::{
     event::{Comm, ReleaseReason, TcpState},
     inventory::{InventorySocket, Snapshot},
-    pipeline::connections::{Record, RecordKind},
+    pipeline::{
+        Sink,
+        connections::{Record, RecordKind},
+    },
 };
 
 type Tuple = (SocketAddr, SocketAddr);
+
+/// The pipeline of `leaks`, `top` and `run` feeds the aggregator.
+impl Sink for Aggregator {
+    fn record(&mut self, record: &Record) -> std::io::Result<()> {
+        self.apply(record);
+        Ok(())
+    }
+
+    fn inventory(&mut self, snapshot: &Snapshot, taken_ns: u64) {
+        self.apply_inventory(snapshot, taken_ns);
+    }
+}
 
 pub struct Aggregator {
     /// Sockets known from events, by kernel address.

@@ -1,17 +1,21 @@
-//! Command-line interface. Usage errors exit with status 2 (clap's convention).
+//! Command-line interface: the flags (clap), validated once into typed options (`options`).
+//! Usage errors exit with status 2 (clap's convention).
+//!
+//! Imports the plain types of the layers below (`kernel`, `analysis`, `stacks`, `top`);
+//! imported by `cmd` and `main`.
+
+mod options;
 
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use tcptrace_common::{Filter, MAX_FILTER_PIDS};
 
+pub use self::options::{
+    DetectOptions, LeaksOptions, Options, RunOptions, TopOptions, TraceOptions, UsageError,
+};
 use crate::{
     analysis::findings::FindingKind,
-    kernel::{
-        close_hook::CloseHookChoice,
-        probes::{Bench, Changes, ProbeOptions},
-    },
-    stacks::StacksMode,
+    kernel::{close_hook::CloseHookChoice, options::StacksMode},
     top::SortKey,
 };
 
@@ -145,37 +149,14 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "WHICH", num_args = 0..=1, default_missing_value = "user")]
     pub stacks: Option<StacksMode>,
     /// Benchmarks only: attach every program, but have each return at once
+    #[cfg(feature = "bench")]
     #[arg(long, hide = true)]
     pub bench_floor: bool,
     /// Benchmarks only: the least per-connection work (one record at each open and CLOSE);
     /// `trace` only counts the records
+    #[cfg(feature = "bench")]
     #[arg(long, hide = true, conflicts_with = "bench_floor")]
     pub bench_minimum: bool,
-}
-
-impl ProbeArgs {
-    /// The kernel side's options; `stacks` is the command's default for `--stacks`, `changes`
-    /// what it does with state changes.
-    pub fn to_options(
-        &self,
-        stacks: StacksMode,
-        changes: Changes,
-    ) -> Result<ProbeOptions, UsageError> {
-        Ok(ProbeOptions {
-            filter: self.filter.to_filter()?,
-            close_hook: self.close_hook,
-            ring_bytes: self.ring_size << 20,
-            stacks: self.stacks.unwrap_or(stacks),
-            bench: if self.bench_minimum {
-                Bench::Minimum
-            } else if self.bench_floor {
-                Bench::Floor
-            } else {
-                Bench::Off
-            },
-            changes,
-        })
-    }
 }
 
 #[derive(Debug, Args)]
@@ -354,50 +335,6 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
     Ok(mib)
 }
 
-/// Bad input that clap cannot check by itself; reported with exit status 2.
-#[derive(Debug, thiserror::Error)]
-pub enum UsageError {
-    #[error("at most {MAX_FILTER_PIDS} --pid values")]
-    TooManyPids,
-    #[error("no process with pid {0}")]
-    NoSuchPid(u32),
-    #[error("--comm {0:?} is longer than 15 bytes, the kernel's limit for a task name")]
-    CommTooLong(String),
-    #[error("run follows its command and every descendant: --pid and --comm do not apply")]
-    RunFollowsItsCommand,
-}
-
-impl FilterArgs {
-    /// The in-kernel filter; checks that every `--pid` exists now.
-    pub fn to_filter(&self) -> Result<Filter, UsageError> {
-        let mut filter = Filter::none();
-        if self.pids.len() > MAX_FILTER_PIDS {
-            return Err(UsageError::TooManyPids);
-        }
-        for (slot, &pid) in filter.pids.iter_mut().zip(&self.pids) {
-            if pid == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return Err(UsageError::NoSuchPid(pid));
-            }
-            *slot = pid;
-        }
-        filter.n_pids = self.pids.len() as u32;
-        if let Some(comm) = &self.comm {
-            if comm.len() > 15 {
-                return Err(UsageError::CommTooLong(comm.clone()));
-            }
-            filter.has_comm = 1;
-            filter.comm[..comm.len()].copy_from_slice(comm.as_bytes());
-        }
-        filter.port = self.port.unwrap_or(0);
-        filter.family = match (self.ipv4, self.ipv6) {
-            (true, _) => 2,
-            (_, true) => 10,
-            _ => 0,
-        };
-        Ok(filter)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -419,35 +356,12 @@ mod tests {
     }
 
     #[test]
-    fn builds_the_kernel_filter() {
-        let pid = std::process::id();
-        let cli =
-            parse(&["trace", "-p", &pid.to_string(), "-c", "redis-server", "--port", "6379", "-6"])
-                .expect("parses");
-        let Command::Trace(args) = cli.command else { panic!("trace") };
-        let filter = args.probe.filter.to_filter().expect("valid");
-        assert_eq!((filter.n_pids, filter.pids[0]), (1, pid));
-        assert_eq!(&filter.comm[..12], b"redis-server");
-        assert_eq!((filter.port, filter.family), (6379, 10));
-    }
-
-    #[test]
     fn rejects_bad_input() {
         assert!(parse(&["trace", "-4", "-6"]).is_err());
         assert!(parse(&["trace", "--port", "0"]).is_err());
         assert!(parse(&["trace", "--close-hook", "uprobe"]).is_err());
         assert!(parse(&["trace", "--duration", "soon"]).is_err());
         assert!(parse(&["trace", "--ring-size", "3"]).is_err());
-        let Command::Trace(args) = parse(&["trace", "-p", "999999999"]).unwrap().command else {
-            panic!("trace")
-        };
-        assert!(matches!(args.probe.filter.to_filter(), Err(UsageError::NoSuchPid(999999999))));
-        let Command::Trace(args) =
-            parse(&["trace", "-c", "a-very-long-process-name"]).unwrap().command
-        else {
-            panic!("trace")
-        };
-        assert!(matches!(args.probe.filter.to_filter(), Err(UsageError::CommTooLong(_))));
         assert!(parse(&["leaks", "--min-age", "never"]).is_err());
         assert!(parse(&["leaks", "--time-wait-rate", "-1"]).is_err());
         assert!(parse(&["leaks", "--sweep", "1ms"]).is_err());

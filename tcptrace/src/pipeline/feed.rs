@@ -1,0 +1,132 @@
+//! One ring record's way through user space: decoded, attributed to its socket's owner
+//! (`connections`), given the code path that opened it (`stacks`), handed to the sink.
+
+use std::io;
+
+use super::connections::{Connections, Record, RecordKind};
+use crate::{
+    event::{Event, EventKind, StackIds},
+    inventory::Snapshot,
+    stacks::StackResolver,
+};
+
+/// Where the records go: `trace`'s renderer, or the aggregator of `leaks`, `top` and `run`.
+pub trait Sink {
+    /// One attributed record. An error ends the pipeline (the reader of `trace` left).
+    fn record(&mut self, record: &Record) -> io::Result<()>;
+
+    /// An inventory sweep taken at `taken_ns` (CLOCK_MONOTONIC), applied after every event
+    /// from before it.
+    fn inventory(&mut self, _snapshot: &Snapshot, _taken_ns: u64) {}
+
+    /// After each batch of records.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything the events feed, apart from the stream they come from (so the stream's callback
+/// can borrow it).
+pub struct Feed<S> {
+    conns: Connections,
+    records: Vec<Record>,
+    stacks: Option<StackResolver>,
+    pub sink: S,
+    /// Kernel events decoded.
+    pub events: u64,
+    /// Ring records that did not decode.
+    pub decode_errors: u64,
+    /// The sink's first error; nothing more is fed after it.
+    pub error: Option<io::Error>,
+    /// `--bench-minimum`: events are counted, nothing more, so that the bench's minimum
+    /// measures the kernel's least work and not user space.
+    #[cfg(feature = "bench")]
+    pub count_only: bool,
+}
+
+impl<S: Sink> Feed<S> {
+    pub fn new(capacity: usize, stacks: Option<StackResolver>, sink: S) -> Self {
+        Self {
+            conns: Connections::new(capacity),
+            records: Vec::new(),
+            stacks,
+            sink,
+            events: 0,
+            decode_errors: 0,
+            error: None,
+            #[cfg(feature = "bench")]
+            count_only: false,
+        }
+    }
+
+    pub fn handle(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        let Ok(event) = Event::try_from(bytes) else {
+            self.decode_errors += 1;
+            return;
+        };
+        self.events += 1;
+        #[cfg(feature = "bench")]
+        if self.count_only {
+            return;
+        }
+        self.records.clear();
+        self.conns.apply(&event, &mut self.records);
+        if let Some(stacks) = &mut self.stacks {
+            attach_stack(stacks, &event, &mut self.records);
+        }
+        for record in &self.records {
+            if let Err(e) = self.sink.record(record) {
+                self.error = Some(e);
+                return;
+            }
+        }
+    }
+
+    /// Flushes the sink after a batch (unless it already failed).
+    pub fn flush(&mut self) {
+        if self.error.is_none()
+            && let Err(e) = self.sink.flush()
+        {
+            self.error = Some(e);
+        }
+    }
+
+    /// Sockets the attribution table had no room for.
+    pub fn untracked(&self) -> u64 {
+        self.conns.untracked
+    }
+
+    /// Stack ids the kernel handed over whose stack could not be read.
+    pub fn unreadable_stacks(&self) -> u64 {
+        self.stacks.as_ref().map_or(0, |s| s.unreadable)
+    }
+}
+
+/// Gives the connect or accept `records` that `event` produced the stack it carries, and tells
+/// the resolver of the execs and exits that decide how later stacks are symbolized.
+fn attach_stack(stacks: &mut StackResolver, event: &Event, records: &mut [Record]) {
+    match event.kind {
+        EventKind::Exit => stacks.forget(event.pid),
+        EventKind::Exec => {
+            if let Some(path) = &event.exec_path {
+                stacks.exec(event.pid, path);
+            }
+        }
+        EventKind::Connect | EventKind::Accept { .. } => {
+            if event.stacks == StackIds::default() {
+                return;
+            }
+            let stack = stacks.resolve(event.pid, event.stacks);
+            for record in records
+                .iter_mut()
+                .filter(|r| matches!(r.kind, RecordKind::Connect | RecordKind::Accept { .. }))
+            {
+                record.stack.clone_from(&stack);
+            }
+        }
+        EventKind::State { .. } | EventKind::Release { .. } => {}
+    }
+}
