@@ -143,7 +143,6 @@ impl Aggregator {
 
     /// Applies one record of `connections`.
     pub fn apply(&mut self, record: &Record) {
-        let ts = record.ts_ns;
         match record.kind {
             RecordKind::Connect => self.open(record, Direction::Active, TcpState::SynSent),
             RecordKind::Accept { state } => {
@@ -154,87 +153,10 @@ impl Aggregator {
             RecordKind::State { old: TcpState::Close, new: TcpState::Listen } => {
                 self.open(record, Direction::Listen, TcpState::Listen);
             }
-            RecordKind::State { old, new } => {
-                let created = || {
-                    // A listener's child is opened by the handshake; anything else existed
-                    // before tracing (or its open was filtered out).
-                    Some(if old == TcpState::Listen {
-                        TrackedSocket::new(Origin::Events, Direction::Passive, old, ts)
-                    } else {
-                        TrackedSocket::new(Origin::Inventory, Direction::Unknown, old, ts)
-                    })
-                };
-                let Some(socket) = self.socket(record, created) else { return };
-                socket.set_state(new, ts);
-                set_endpoints(socket, record);
-                if socket.pid().is_none() {
-                    socket.set_pid(record.pid);
-                    socket.set_fd(record.fd);
-                }
-                let latency = (old == TcpState::SynSent && new == TcpState::Established)
-                    .then(|| socket.take_connect_started_ns())
-                    .flatten()
-                    .map(|started| ts.saturating_sub(started));
-                let pid = socket.pid();
-                if let (Some(latency), Some(pid)) = (latency, pid) {
-                    self.process(pid, None).record_connect_latency(latency);
-                }
-            }
-            RecordKind::TimeWait { .. } => {
-                let known = self.sockets.get(&record.skaddr);
-                let pid = known.and_then(TrackedSocket::pid).or(record.pid);
-                let remote = record.endpoints.map(|e| e.remote).or(known.and_then(|s| s.remote()));
-                let stack = known.and_then(|s| s.stack.clone());
-                if let Some(remote) = remote {
-                    self.remotes.time_wait(remote);
-                }
-                if let Some(pid) = pid {
-                    self.process(pid, None).time_wait_entries += 1;
-                    if let Some(remote) = remote {
-                        self.churn.record(pid, remote, ts, stack);
-                    }
-                }
-            }
-            RecordKind::Close { lifetime_ns, .. } => {
-                let pid = match self.sockets.get_mut(&record.skaddr) {
-                    Some(socket) => {
-                        socket.set_state(TcpState::Close, ts);
-                        let (pid, released) = (socket.pid(), socket.released());
-                        if released {
-                            self.sockets.remove(&record.skaddr);
-                        }
-                        pid
-                    }
-                    // Not tracked (table full): the owner the record names still gets the lifetime.
-                    None => record.pid,
-                };
-                if let (Some(pid), Some(lifetime)) = (pid, lifetime_ns) {
-                    self.process(pid, None).record_lifetime(lifetime);
-                }
-            }
-            RecordKind::Release { reason } => {
-                let Some(socket) = self.socket(record, || None) else {
-                    // Never seen open and not in the inventory: count the release only.
-                    if let Some(pid) = record.pid {
-                        self.process(pid, comm(record).as_deref()).released += 1;
-                    }
-                    return;
-                };
-                socket.set_released(true);
-                set_endpoints(socket, record);
-                let by_exit = (reason == ReleaseReason::Exit).then(|| socket.clone());
-                if socket.state == TcpState::Close {
-                    self.sockets.remove(&record.skaddr);
-                }
-                if let Some(exited) = by_exit
-                    && let Some(pid) = record.pid.or(exited.pid())
-                {
-                    self.exit_releases.record(&exited, pid, record.fd, ts);
-                }
-                if let Some(pid) = record.pid {
-                    self.process(pid, comm(record).as_deref()).released += 1;
-                }
-            }
+            RecordKind::State { old, new } => self.state_change(record, old, new),
+            RecordKind::TimeWait { .. } => self.time_wait(record),
+            RecordKind::Close { lifetime_ns, .. } => self.protocol_close(record, lifetime_ns),
+            RecordKind::Release { reason } => self.release(record, reason),
             RecordKind::Exit => {
                 if let Some(pid) = record.pid
                     && let Some(stats) = self.processes.get_mut(&pid)
@@ -242,6 +164,98 @@ impl Aggregator {
                     stats.exited = true;
                 }
             }
+        }
+    }
+
+    fn state_change(&mut self, record: &Record, old: TcpState, new: TcpState) {
+        let ts = record.ts_ns;
+        let created = || {
+            // A listener's child is opened by the handshake; anything else existed
+            // before tracing (or its open was filtered out).
+            Some(if old == TcpState::Listen {
+                TrackedSocket::new(Origin::Events, Direction::Passive, old, ts)
+            } else {
+                TrackedSocket::new(Origin::Inventory, Direction::Unknown, old, ts)
+            })
+        };
+        let Some(socket) = self.socket(record, created) else { return };
+        socket.set_state(new, ts);
+        set_endpoints(socket, record);
+        if socket.pid().is_none() {
+            socket.set_pid(record.pid);
+            socket.set_fd(record.fd);
+        }
+        let latency = (old == TcpState::SynSent && new == TcpState::Established)
+            .then(|| socket.take_connect_started_ns())
+            .flatten()
+            .map(|started| ts.saturating_sub(started));
+        let pid = socket.pid();
+        if let (Some(latency), Some(pid)) = (latency, pid) {
+            self.process(pid, None).record_connect_latency(latency);
+        }
+    }
+
+    /// The full socket went to TIME_WAIT: churn per (process, remote).
+    fn time_wait(&mut self, record: &Record) {
+        let ts = record.ts_ns;
+        let known = self.sockets.get(&record.skaddr);
+        let pid = known.and_then(TrackedSocket::pid).or(record.pid);
+        let remote = record.endpoints.map(|e| e.remote).or(known.and_then(|s| s.remote()));
+        let stack = known.and_then(|s| s.stack.clone());
+        if let Some(remote) = remote {
+            self.remotes.time_wait(remote);
+        }
+        if let Some(pid) = pid {
+            self.process(pid, None).time_wait_entries += 1;
+            if let Some(remote) = remote {
+                self.churn.record(pid, remote, ts, stack);
+            }
+        }
+    }
+
+    /// TCP reached CLOSE: the lifetime, and the socket leaves if it was released too.
+    fn protocol_close(&mut self, record: &Record, lifetime_ns: Option<u64>) {
+        let ts = record.ts_ns;
+        let pid = match self.sockets.get_mut(&record.skaddr) {
+            Some(socket) => {
+                socket.set_state(TcpState::Close, ts);
+                let (pid, released) = (socket.pid(), socket.released());
+                if released {
+                    self.sockets.remove(&record.skaddr);
+                }
+                pid
+            }
+            // Not tracked (table full): the owner the record names still gets the lifetime.
+            None => record.pid,
+        };
+        if let (Some(pid), Some(lifetime)) = (pid, lifetime_ns) {
+            self.process(pid, None).record_lifetime(lifetime);
+        }
+    }
+
+    /// The process gave up its last descriptor: the socket leaves if TCP closed it too.
+    fn release(&mut self, record: &Record, reason: ReleaseReason) {
+        let ts = record.ts_ns;
+        let Some(socket) = self.socket(record, || None) else {
+            // Never seen open and not in the inventory: count the release only.
+            if let Some(pid) = record.pid {
+                self.process(pid, comm(record).as_deref()).released += 1;
+            }
+            return;
+        };
+        socket.set_released(true);
+        set_endpoints(socket, record);
+        let by_exit = (reason == ReleaseReason::Exit).then(|| socket.clone());
+        if socket.state == TcpState::Close {
+            self.sockets.remove(&record.skaddr);
+        }
+        if let Some(exited) = by_exit
+            && let Some(pid) = record.pid.or(exited.pid())
+        {
+            self.exit_releases.record(&exited, pid, record.fd, ts);
+        }
+        if let Some(pid) = record.pid {
+            self.process(pid, comm(record).as_deref()).released += 1;
         }
     }
 
