@@ -13,24 +13,14 @@ use tcptrace_common::{
     KIND_RELEASE, KIND_STATE, RawEvent, RawExec,
 };
 
-use super::types::{Comm, Endpoints, Event, EventKind, ReleaseReason, StackIds, TcpState};
+use super::{
+    error::DecodeError,
+    types::{Comm, Endpoints, Event, EventKind, ReleaseReason, StackIds, TcpState},
+};
 
+// FIXME(merge): from tcptrace_common
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("record of {0} bytes is shorter than an event")]
-    Short(usize),
-    #[error("unknown event kind {0}")]
-    Kind(u8),
-    #[error("unknown TCP state {0}")]
-    State(u8),
-    #[error("unknown release reason {0}")]
-    Reason(u8),
-    #[error("unknown address family {0}")]
-    Family(u16),
-}
 
 fn ip(family: u16, raw: &[u8; 16]) -> Result<IpAddr, DecodeError> {
     match family {

@@ -7,7 +7,8 @@
 
 pub mod clock;
 mod decode;
+mod error;
 mod types;
 
-pub use decode::DecodeError;
+pub use error::DecodeError;
 pub use types::*;

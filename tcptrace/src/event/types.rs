@@ -5,7 +5,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf};
 
 use tcptrace_common::{RELEASE_CLOSE, RELEASE_CLOSE_RANGE, RELEASE_DUP, RELEASE_EXIT};
 
-use super::decode::DecodeError;
+use super::error::DecodeError;
 
 /// TCP states, numbered as include/net/tcp_states.h.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
