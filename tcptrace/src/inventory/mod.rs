@@ -8,7 +8,11 @@
 //!
 //! Files, one reason to change each: `proc_fds` (the /proc walk), `netns` (finding and entering
 //! namespaces), `sock_diag` (the netlink dump), `tcp_info` and `keepalive` (pure readings of
-//! what the kernel reported), `warnings`.
+//! what the kernel reported), `filter` (the command's filters, as the kernel applies them to
+//! events), `warnings`.
+//!
+//! May import `event`; imported by `pipeline` (which sweeps) and `analysis` (which applies the
+//! snapshots).
 //!
 //! What it cannot see:
 //! - Sockets in CLOSE that the kernel already unhashed (after a reset, or never bound) are in no

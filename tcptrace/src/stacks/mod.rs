@@ -3,6 +3,9 @@
 //!
 //! `resolver` reads the kernel's stack map and symbolizes (with a cache per process); this file
 //! is the result and how it is named in one line.
+//!
+//! May import `kernel` (the maps and `bpf_sys`), `event` and `symbolize`; imported by
+//! `pipeline`, `analysis` and `render`.
 
 mod build_ids;
 mod resolver;

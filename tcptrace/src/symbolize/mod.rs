@@ -27,6 +27,9 @@
 //!
 //! A `Symbolizer` is not `Send` (blazesym's caches are single-threaded): keep it on the thread
 //! that handles events.
+//!
+//! The bottom of user space: imports nothing from the crate; `stacks` uses it (and `analysis`
+//! and `render` its `Frame`).
 
 mod backend;
 mod cache;

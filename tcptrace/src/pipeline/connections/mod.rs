@@ -1,5 +1,5 @@
-//! Per-socket bookkeeping for `tcptrace trace`: turns kernel events into the records a user
-//! reads — who owns each state change, when TIME_WAIT was entered, and each connection's
+//! Per-socket bookkeeping for every command: turns kernel events into the records the sinks
+//! read — who owns each state change, when TIME_WAIT was entered, and each connection's
 //! lifetime at close. Pure: unit-tested without root.
 
 mod comms;
