@@ -12,6 +12,8 @@
 //! - `stacks` and `symbolize`: the code path that opened a connection;
 //! - `event`: ring records decoded into domain types;
 //! - `kernel`: loading, attaching and reading the kernel programs.
+//!
+//! `stdio` (every message to stderr, never a panic when stderr is gone) is a leaf any layer uses.
 
 pub mod analysis;
 pub mod cli;
@@ -22,5 +24,6 @@ pub mod kernel;
 pub mod pipeline;
 pub mod render;
 pub mod stacks;
+pub mod stdio;
 pub mod symbolize;
 pub mod top;

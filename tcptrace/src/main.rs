@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("tcptrace: error: starting the async runtime: {e}");
+            tcptrace::say!("tcptrace: error: starting the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("tcptrace: error: {e:#}");
+    tcptrace::say!("tcptrace: error: {e:#}");
     if e.downcast_ref::<UsageError>().is_some() {
         ExitCode::from(EXIT_USAGE)
     } else {

@@ -32,8 +32,13 @@ pub enum UsageError {
     NoSuchPid(u32),
     #[error("--comm {0:?} is longer than 15 bytes, the kernel's limit for a task name")]
     CommTooLong(String),
+    #[error("--comm is empty: no process has an empty name")]
+    EmptyComm,
     #[error("run follows its command and every descendant: --pid and --comm do not apply")]
     RunFollowsItsCommand,
+    /// A report path that cannot be written (checked before the command starts).
+    #[error("{0}")]
+    Output(String),
 }
 
 /// A command with its validated options.
@@ -214,6 +219,9 @@ impl FilterArgs {
         }
         filter.n_pids = self.pids.len() as u32;
         if let Some(comm) = &self.comm {
+            if comm.is_empty() {
+                return Err(UsageError::EmptyComm);
+            }
             if comm.len() > 15 {
                 return Err(UsageError::CommTooLong(comm.clone()));
             }
@@ -276,6 +284,7 @@ mod tests {
             args.extend(["-p", pid]);
         }
         assert!(matches!(validate(&args), Err(UsageError::TooManyPids)));
+        assert!(matches!(validate(&["top", "-c", ""]), Err(UsageError::EmptyComm)));
         assert!(matches!(
             validate(&["run", "-c", "x", "--", "true"]),
             Err(UsageError::RunFollowsItsCommand)

@@ -84,7 +84,7 @@ pub async fn run(options: LeaksOptions) -> anyhow::Result<()> {
     let tick = progress.then_some(PROGRESS_EVERY);
     pipeline.run(stop, tick, |p| show_progress(p, &limits)).await?;
     if progress {
-        eprint!("\r\x1b[K");
+        crate::say_partial!("\r\x1b[K");
     }
     let report = final_report(&mut pipeline, limits, warnings).await;
     let mut out = io::stdout().lock();
@@ -99,7 +99,7 @@ pub async fn run(options: LeaksOptions) -> anyhow::Result<()> {
 fn show_progress(p: &mut Pipeline<Aggregator>, limits: &Limits) -> anyhow::Result<bool> {
     let found = findings::detect(p.sink(), limits, monotonic_ns()).len();
     let secs = p.elapsed().as_secs_f64().max(1e-3);
-    eprint!(
+    crate::say_partial!(
         "\r\x1b[Ktcptrace: {:.0}s, {} sockets tracked, {:.0} events/s, {} findings so far",
         secs,
         p.sink().tracked(),

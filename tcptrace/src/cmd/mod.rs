@@ -5,6 +5,7 @@
 
 pub mod compare;
 pub mod leaks;
+pub mod output;
 pub mod run;
 pub mod stop;
 pub mod top;

@@ -4,10 +4,9 @@
 
 use std::{
     ffi::OsString,
-    fs::File,
-    io::{self, BufWriter, Write as _},
+    io::{self, Write as _},
     os::unix::process::ExitStatusExt as _,
-    path::Path,
+    path::PathBuf,
     process::ExitStatus,
     time::{Duration, Instant},
 };
@@ -24,10 +23,11 @@ use crate::{
         aggregate::Aggregator,
         budgets::{self, Measured, Verdict},
     },
-    cli::RunOptions,
+    cli::{RunOptions, UsageError},
     cmd::{
         EXIT_BUDGET,
         leaks::{final_report, limits},
+        output::OutputFile,
     },
     pipeline::Pipeline,
     render::{
@@ -46,6 +46,14 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 type Waited = io::Result<ExitStatus>;
 
 pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
+    // Before anything runs: a report that cannot be written is known now, not after the job.
+    let prepare = |path: &Option<PathBuf>| {
+        path.as_deref()
+            .map(OutputFile::prepare)
+            .transpose()
+            .map_err(|e| UsageError::Output(format!("{e:#}")))
+    };
+    let (report_file, junit_file) = (prepare(&options.report)?, prepare(&options.junit)?);
     let mut warnings = Vec::new();
     let limits = limits(&options.detect, &mut warnings);
     let capacity = options.detect.capacity;
@@ -59,7 +67,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let (pid, exited) = match spawn(follow_self, &options.command) {
         Ok(spawned) => spawned,
         Err(e) => {
-            eprintln!("tcptrace: error: cannot run `{command_line}`: {e}");
+            crate::say!("tcptrace: error: cannot run `{command_line}`: {e}");
             return Ok(match e.kind() {
                 io::ErrorKind::PermissionDenied => EXIT_NOT_EXECUTABLE,
                 _ => EXIT_NOT_FOUND,
@@ -80,8 +88,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         0 if exceeded => EXIT_BUDGET,
         code => code,
     };
-    summarize(&report, &verdicts, &command_line, command_status, exit)
-        .context("writing the summary")?;
+    // A closed stderr loses the summary only: the verdict is in the status and the files.
+    let _ = summarize(&report, &verdicts, &command_line, command_status, exit);
     let run_report = RunReport {
         command: options.command.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
         command_status,
@@ -90,11 +98,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         remotes: RemoteReport::list(&pipeline.sink().remotes),
         report: &report,
     };
-    if let Some(path) = &options.report {
-        write_file(path, |out| run_report.write_json(out))?;
+    // A file that cannot be written now is said, and the status stays the documented one.
+    if let Some(file) = &report_file
+        && let Err(e) = file.write(|out| run_report.write_json(out))
+    {
+        crate::say!("tcptrace: error: {e:#}");
     }
-    if let Some(path) = &options.junit {
-        write_file(path, |out| run_report.write_junit(out))?;
+    if let Some(file) = &junit_file
+        && let Err(e) = file.write(|out| run_report.write_junit(out))
+    {
+        crate::say!("tcptrace: error: {e:#}");
     }
     Ok(exit)
 }
@@ -193,17 +206,6 @@ fn summarize(
         (None, None) => "ended".to_owned(),
     };
     writeln!(summary, "tcptrace: `{command_line}` {ended}; tcptrace exits with {exit}")
-}
-
-fn write_file(
-    path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
-) -> anyhow::Result<()> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut out = BufWriter::new(file);
-    write(&mut out)
-        .and_then(|()| out.flush())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Ctrl-C and SIGTERM go to the command (it decides how to end), not to tcptrace, which ends

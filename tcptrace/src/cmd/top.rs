@@ -30,7 +30,7 @@ pub async fn run(options: TopOptions) -> anyhow::Result<()> {
             .await?;
     pipeline.announce("TCP connections", None);
     for warning in &warnings {
-        eprintln!("tcptrace: note: {warning}");
+        crate::say!("tcptrace: note: {warning}");
     }
     let mut view = View { rates: Rates::default(), sort: Sort::from(sort), limits };
     if !is_terminal() {

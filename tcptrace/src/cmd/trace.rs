@@ -55,18 +55,24 @@ fn written(e: io::Error) -> anyhow::Result<()> {
     }
 }
 
-/// The end-of-trace lines on stderr: events read and lost, then each kind of loss.
+/// The end-of-trace lines on stderr: events read, lost and read failures, then each kind of
+/// loss.
 fn summarize<S: Sink>(pipeline: &Pipeline<S>) {
     match pipeline.losses() {
         Ok(losses) => {
             // One line benchmarks and users can count on (bcc's tools print their losses the
             // same way).
-            eprintln!("tcptrace: {} events read, {} lost", pipeline.events(), losses.events_lost());
+            crate::say!(
+                "tcptrace: {} events read, {} lost, {} kernel read failures",
+                pipeline.events(),
+                losses.events_lost(),
+                losses.kernel.read_failures
+            );
             for warning in losses.warnings() {
-                eprintln!("tcptrace: {warning}");
+                crate::say!("tcptrace: {warning}");
             }
         }
-        Err(e) => eprintln!(
+        Err(e) => crate::say!(
             "tcptrace: {} events read; kernel counters unreadable ({e:#}): losses unknown",
             pipeline.events()
         ),

@@ -14,6 +14,17 @@ pub fn ensure_mounted() -> anyhow::Result<()> {
     if events.is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
         return Ok(());
     }
+    // Mounted, but closed to this process: tracefs is root's, mode 0700, so a non-root user
+    // with CAP_BPF and CAP_PERFMON alone cannot read the tracepoint ids. Mounting would fail
+    // too, with a reason that hides this one.
+    if let Err(e) = fs::metadata(&events)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        bail!(
+            "{TRACEFS} is not readable by this process ({e}): as a user other than root, tcptrace \
+             needs CAP_DAC_READ_SEARCH besides CAP_BPF and CAP_PERFMON to read tracepoint ids"
+        );
+    }
     let source = c"nodev";
     let target = c"/sys/kernel/tracing";
     let fstype = c"tracefs";

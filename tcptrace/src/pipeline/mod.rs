@@ -87,9 +87,9 @@ impl<S: Sink> Pipeline<S> {
     /// degraded on this kernel.
     pub fn announce(&self, subject: &str, purpose: Option<&str>) {
         let purpose = purpose.map(|p| format!("; {p}")).unwrap_or_default();
-        eprintln!("tcptrace: tracing {subject} (close hook: {}){purpose}", self.close_hook());
+        crate::say!("tcptrace: tracing {subject} (close hook: {}){purpose}", self.close_hook());
         for note in self.probes.notes() {
-            eprintln!("tcptrace: note: {note}");
+            crate::say!("tcptrace: note: {note}");
         }
     }
 

@@ -81,9 +81,16 @@ impl BuildIds {
         let cwd =
             std::fs::read_link(format!("/proc/{pid}/cwd")).or_else(|_| std::env::current_dir());
         if let Ok(cwd) = cwd {
-            self.learn_file(&cwd.join(path));
+            self.learn_file(&absolute(&cwd, path));
         }
     }
+}
+
+/// `path` (as execve() was given it) from `cwd`, without the `.` components a reader would
+/// stumble on (`./bin` run in `/tmp` is `/tmp/bin`, not `/tmp/./bin`). `..` stays: it may
+/// cross a symbolic link.
+fn absolute(cwd: &Path, path: &Path) -> PathBuf {
+    cwd.join(path).components().collect()
 }
 
 /// A build id as the kernel reports it: zero-padded to 20 bytes (longer ones do not fit).
@@ -106,6 +113,14 @@ mod tests {
         if let Ok(Some(id)) = read_elf_build_id(&exe) {
             assert_eq!(ids.path(&padded(&id).unwrap()), Some(exe.as_path()));
         }
+    }
+
+    #[test]
+    fn exec_paths_are_shown_without_dot_components() {
+        let cwd = Path::new("/tmp");
+        assert_eq!(absolute(cwd, Path::new("./bin")), Path::new("/tmp/bin"));
+        assert_eq!(absolute(cwd, Path::new("a/./b")), Path::new("/tmp/a/b"));
+        assert_eq!(absolute(cwd, Path::new("../x")), Path::new("/tmp/../x"));
     }
 
     #[test]
