@@ -4,7 +4,44 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde::Deserialize;
+
+/// The part of a report (`run --report`, `leaks --json`) that `compare` reads, typed: a report
+/// of another shape is refused with the field and line at fault, and everything else in it
+/// (stacks, findings' details) is skipped while parsing, so a large report costs little memory.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReportDoc {
+    processes: Vec<ProcessDoc>,
+    findings: Vec<FindingDoc>,
+    /// Only in `run --report`.
+    #[serde(default)]
+    remotes: Vec<RemoteDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ProcessDoc {
+    comm: String,
+    opened: f64,
+    time_wait_entries: f64,
+    lifetime_ms: Option<LifetimeDoc>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct LifetimeDoc {
+    p50: f64,
+    p99: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct FindingDoc {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RemoteDoc {
+    remote: String,
+    connections: f64,
+}
 
 /// One compared quantity.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +65,7 @@ impl Metric {
 }
 
 /// The metrics of two reports, in a stable order: totals, then by process, then by remote.
-pub fn diff(base: &Value, new: &Value) -> Vec<Metric> {
+pub fn diff(base: &ReportDoc, new: &ReportDoc) -> Vec<Metric> {
     let (base, new) = (Summary::of(base), Summary::of(new));
     let mut metrics = Vec::new();
     let both = |name: &str, b: f64, n: f64| Metric {
@@ -92,35 +129,30 @@ struct ProcessSummary {
 }
 
 impl Summary {
-    fn of(report: &Value) -> Self {
+    fn of(report: &ReportDoc) -> Self {
         let mut s = Self::default();
-        let items = |key: &str| report[key].as_array().cloned().unwrap_or_default();
-        for p in items("processes") {
-            let comm = p["comm"].as_str().unwrap_or("?").to_owned();
-            let entry = s.processes.entry(comm).or_default();
-            entry.opened += p["opened"].as_f64().unwrap_or(0.0);
-            entry.time_wait += p["time_wait_entries"].as_f64().unwrap_or(0.0);
+        for p in &report.processes {
+            let entry = s.processes.entry(p.comm.clone()).or_default();
+            entry.opened += p.opened;
+            entry.time_wait += p.time_wait_entries;
             // Several processes of one name: the slowest stands for them.
             let worst = |old: Option<f64>, new: Option<f64>| match (old, new) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
-            entry.p50 = worst(entry.p50, p["lifetime_ms"]["p50"].as_f64());
-            entry.p99 = worst(entry.p99, p["lifetime_ms"]["p99"].as_f64());
-            s.time_wait += p["time_wait_entries"].as_f64().unwrap_or(0.0);
+            entry.p50 = worst(entry.p50, p.lifetime_ms.map(|l| l.p50));
+            entry.p99 = worst(entry.p99, p.lifetime_ms.map(|l| l.p99));
+            s.time_wait += p.time_wait_entries;
         }
-        for f in items("findings") {
-            *s.findings.entry(f["kind"].as_str().unwrap_or("?").to_owned()).or_default() += 1.0;
+        for f in &report.findings {
+            *s.findings.entry(f.kind.clone()).or_default() += 1.0;
         }
-        let remotes = items("remotes");
-        for r in &remotes {
-            let connections = r["connections"].as_f64().unwrap_or(0.0);
-            *s.remotes.entry(r["remote"].as_str().unwrap_or("?").to_owned()).or_default() +=
-                connections;
-            s.connections += connections;
+        for r in &report.remotes {
+            *s.remotes.entry(r.remote.clone()).or_default() += r.connections;
+            s.connections += r.connections;
         }
         // A leaks report has no remotes: its processes' opens stand for the connections.
-        if remotes.is_empty() {
+        if report.remotes.is_empty() {
             s.connections = s.processes.values().map(|p| p.opened).sum();
         }
         s
@@ -140,8 +172,8 @@ pub(crate) mod tests {
 
     use super::*;
 
-    pub(crate) fn report(opened: u64, time_wait: u64, findings: &[&str], db: u64) -> Value {
-        json!({
+    pub(crate) fn report(opened: u64, time_wait: u64, findings: &[&str], db: u64) -> ReportDoc {
+        serde_json::from_value(json!({
             "processes": [
                 {"comm": "pytest", "opened": opened, "time_wait_entries": time_wait,
                  "lifetime_ms": {"p50": 1.0, "p99": 4.0}},
@@ -149,7 +181,8 @@ pub(crate) mod tests {
             ],
             "findings": findings.iter().map(|k| json!({"kind": k})).collect::<Vec<_>>(),
             "remotes": [{"remote": "127.0.0.1:5432", "connections": db, "time_wait_entries": 0}],
-        })
+        }))
+        .expect("a report")
     }
 
     fn metric<'a>(metrics: &'a [Metric], name: &str) -> &'a Metric {
@@ -178,5 +211,20 @@ pub(crate) mod tests {
         assert!(metrics.iter().all(|m| !m.regressed(0.0)));
         // Lifetimes are shown, never judged.
         assert!(!metric(&metrics, "pytest: lifetime p99 ms").gated);
+    }
+
+    #[test]
+    fn a_report_of_another_shape_is_refused_with_its_field() {
+        let bad = serde_json::from_value::<ReportDoc>(json!({
+            "processes": [], "findings": [], "remotes": "x"
+        }));
+        let err = bad.unwrap_err().to_string();
+        assert!(err.contains("invalid type: string \"x\", expected a sequence"), "{err}");
+        let missing = serde_json::from_value::<ReportDoc>(json!({"findings": []}));
+        assert!(missing.unwrap_err().to_string().contains("missing field `processes`"));
+        // A leaks report has no remotes.
+        assert!(
+            serde_json::from_value::<ReportDoc>(json!({"processes": [], "findings": []})).is_ok()
+        );
     }
 }

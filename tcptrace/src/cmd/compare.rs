@@ -2,31 +2,25 @@
 //! `analysis::compare`), and exits with status 3 when a metric regressed past the threshold.
 
 use std::{
-    fs,
-    io::{self, Write as _},
+    fs::File,
+    io::{self, BufReader, Write as _},
     path::Path,
 };
 
 use anyhow::Context as _;
-use serde_json::Value;
 
 use crate::{
-    analysis::compare::diff,
+    analysis::compare::{ReportDoc, diff},
     cli::CompareArgs,
     cmd::EXIT_BUDGET,
     render::compare::{render_markdown, render_text},
 };
 
-fn load(path: &Path) -> anyhow::Result<Value> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a JSON report", path.display()))?;
-    anyhow::ensure!(
-        value["processes"].is_array() && value["findings"].is_array(),
-        "{} is not a tcptrace report (no processes or findings)",
-        path.display()
-    );
-    Ok(value)
+/// Reads a report, parsing only what is compared (see `ReportDoc`).
+fn load(path: &Path) -> anyhow::Result<ReportDoc> {
+    let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_reader(BufReader::new(file))
+        .with_context(|| format!("{} is not a tcptrace report", path.display()))
 }
 
 /// The command: prints the comparison; status 3 when a metric regressed.
