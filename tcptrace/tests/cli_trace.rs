@@ -1,30 +1,29 @@
 //! End to end: the `tcptrace` binary as a user runs it.
 
+#[allow(dead_code, reason = "shared by several test binaries; each uses a subset")]
+mod support {
+    pub mod peers;
+    pub mod process;
+    pub mod raw;
+    pub mod sockets;
+    pub mod tracer;
+}
+
 use std::{
-    io::{BufRead, BufReader, Read},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    os::unix::process::CommandExt,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
+    ffi::CStr,
+    net::TcpListener,
+    os::{fd::RawFd, unix::process::CommandExt},
+    process::{Command, Stdio},
 };
 
-const TCPTRACE: &str = env!("CARGO_BIN_EXE_tcptrace");
-
-fn tcptrace(args: &[&str]) -> Command {
-    let mut cmd = Command::new(TCPTRACE);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd
-}
-
-fn run_to_end(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().expect("run tcptrace");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{
+    peers::{ClientChild, Ending, ServerChild},
+    process::{forks, no_forks, requested_close_hook_name},
+    sockets::{
+        LOCALHOST_V4, accept, addr_of, connect, listen, loopback, set_linger_zero, unused_port,
+    },
+    tracer::{TCPTRACE, Tracer, run_to_end, tcptrace},
+};
 
 #[test]
 fn bad_flags_are_usage_errors_with_status_2() {
@@ -88,108 +87,36 @@ fn without_privileges_it_names_what_is_missing() {
     assert!(stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"), "{stderr}");
 }
 
-/// Runs `body` in a forked child named `comm`; the child exits with `body`'s status.
-fn fork_named(comm: &'static [u8], body: impl FnOnce() -> i32) -> libc::pid_t {
-    // SAFETY: the child only makes plain syscalls and leaves with _exit.
-    match unsafe { libc::fork() } {
-        -1 => panic!("fork: {}", std::io::Error::last_os_error()),
-        0 => {
-            // SAFETY: NUL-terminated name; prctl and _exit have no preconditions.
-            unsafe {
-                libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
-                libc::_exit(body());
-            }
-        }
-        pid => pid,
-    }
-}
-
-fn wait(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    libc::WEXITSTATUS(status)
-}
-
-/// A pipe on which each child reports its pid and the fd it used.
-fn pipe() -> (i32, i32) {
-    let mut fds = [0; 2];
-    // SAFETY: valid out-array.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    (fds[0], fds[1])
-}
-
-fn report(fd: i32, value: i32) {
-    let bytes = value.to_ne_bytes();
-    // SAFETY: valid buffer.
-    unsafe { libc::write(fd, bytes.as_ptr().cast(), 4) };
-}
-
-fn read_report(fd: i32) -> i32 {
-    let mut bytes = [0u8; 4];
-    // SAFETY: valid buffer.
-    let n = unsafe { libc::read(fd, bytes.as_mut_ptr().cast(), 4) };
-    assert_eq!(n, 4, "child did not report");
-    i32::from_ne_bytes(bytes)
-}
-
-fn start_trace(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = tcptrace(args).spawn().expect("spawn tcptrace");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let first = rx.recv_timeout(Duration::from_secs(30)).expect("tcptrace said nothing on stderr");
-    assert!(first.starts_with("tcptrace: tracing"), "tcptrace did not start: {first}");
-    (child, rx)
+/// Starts `tcptrace COMMAND --json --port PORT --duration 4s --close-hook HOOK`, the hook the
+/// VM tier asks for (it runs this binary once per close hook: cargo xtask vm-test); and HOOK.
+fn start_json(command: &[&str], port: u16) -> (Tracer, String) {
+    let hook = requested_close_hook_name();
+    let port = port.to_string();
+    let mut args = command.to_vec();
+    args.extend(["--json", "--port", &port, "--duration", "4s", "--close-hook", &hook]);
+    (Tracer::start(&args), hook)
 }
 
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn trace_json_attributes_both_ends_to_their_processes() {
-    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let port = listener.local_addr().unwrap().port();
-    // The VM tier runs this binary once per close hook (cargo xtask vm-test).
-    let hook = std::env::var("TCPTRACE_TEST_CLOSE_HOOK").unwrap_or_else(|_| "auto".to_owned());
-    let port_arg = port.to_string();
-    let (mut trace, _stderr) = start_trace(&[
-        "trace",
-        "--json",
-        "--port",
-        &port_arg,
-        "--duration",
-        "4s",
-        "--close-hook",
-        &hook,
-    ]);
+    let _serial = forks();
+    let listener = listen(LOCALHOST_V4);
+    let port = addr_of(&listener).port();
+    let (trace, hook) = start_json(&["trace"], port);
 
-    let (server_rd, server_wr) = pipe();
-    let server = fork_named(b"tt-server\0", || {
-        use std::os::fd::AsRawFd;
-        let Ok((conn, _)) = listener.accept() else { return 1 };
-        report(server_wr, conn.as_raw_fd());
-        let mut buf = [0u8; 1];
-        let _ = (&conn).read(&mut buf); // until the client closes
-        drop(conn);
-        0
-    });
-    let (client_rd, client_wr) = pipe();
-    let client = fork_named(b"tt-client\0", move || {
-        use std::os::fd::AsRawFd;
-        let Ok(conn) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else { return 1 };
-        report(client_wr, conn.as_raw_fd());
-        drop(conn);
-        0
-    });
-    let (server_fd, client_fd) = (read_report(server_rd), read_report(client_rd));
-    assert_eq!((wait(client), wait(server)), (0, 0), "children failed");
+    // The server reads until the client closes, then closes too.
+    let server_child = ServerChild::fork(c"tt-server", &listener, Ending::Close);
+    let client_child = ClientChild::fork(c"tt-client", addr_of(&listener), Ending::Close);
+    let (client, server) = (client_child.child().pid, server_child.child().pid);
+    let (client_fd, _) = client_child.connect();
+    let server_fd = server_child.accept();
+    client_child.finish();
+    server_child.wait();
 
-    let mut stdout = String::new();
-    trace.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    assert!(trace.wait().unwrap().success());
+    let out = trace.wait();
+    let stdout = out.stdout;
+    assert!(out.status.success(), "{}", out.stderr);
     let records: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
@@ -234,91 +161,47 @@ fn trace_json_attributes_both_ends_to_their_processes() {
     assert!(records.iter().any(|r| r["event"] == "time-wait" && r["pid"] == client), "{stdout}");
 }
 
-/// A forked client that connects to `port`, reports its descriptor, then holds the socket
-/// until the write end of the `done` pipe is closed.
+/// A forked client that connects to `listener` and holds its socket until `finish`, which makes
+/// it exit: its pid and descriptor.
 fn holding_client(
-    comm: &'static [u8],
-    port: u16,
-    (done, done_wr): (i32, i32),
-) -> (libc::pid_t, i32) {
-    let (rd, wr) = pipe();
-    let pid = fork_named(comm, move || {
-        // SAFETY: the child's copy of the write end, which would keep `done` from ending.
-        unsafe { libc::close(done_wr) };
-        use std::os::fd::AsRawFd;
-        let Ok(conn) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else { return 1 };
-        report(wr, conn.as_raw_fd());
-        let mut byte = [0u8; 1];
-        // SAFETY: valid buffer; returns at EOF, when the test closes its end.
-        unsafe { libc::read(done, byte.as_mut_ptr().cast(), 1) };
-        0
-    });
-    (pid, read_report(rd))
+    comm: &'static CStr,
+    listener: &TcpListener,
+) -> (ClientChild, libc::pid_t, RawFd) {
+    let client = ClientChild::fork(comm, addr_of(listener), Ending::Exit);
+    let pid = client.child().pid;
+    let (fd, _) = client.connect();
+    (client, pid, fd)
 }
 
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn leaks_json_names_each_leaking_socket_and_nothing_else() {
-    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let port = listener.local_addr().unwrap().port();
-    let hook = std::env::var("TCPTRACE_TEST_CLOSE_HOOK").unwrap_or_else(|_| "auto".to_owned());
-    let port_arg = port.to_string();
-    let (leaks, stderr) = start_trace(&[
-        "leaks",
-        "--json",
-        "--port",
-        &port_arg,
-        "--min-age",
-        "1s",
-        "--duration",
-        "4s",
-        "--close-hook",
-        &hook,
-    ]);
-    let (done_rd, done_wr) = pipe();
+    let _serial = forks();
+    let listener = listen(LOCALHOST_V4);
+    let (leaks, hook) = start_json(&["leaks", "--min-age", "1s"], addr_of(&listener).port());
 
     // The server closes: the client sits in CLOSE_WAIT, never closing.
-    let (close_wait, close_wait_fd) = holding_client(b"tt-closewait\0", port, (done_rd, done_wr));
-    drop(listener.accept().expect("accept").0);
+    let (close_wait_child, close_wait, close_wait_fd) = holding_client(c"tt-closewait", &listener);
+    drop(accept(&listener));
     // The server resets: the client's descriptor outlives its connection.
-    let (dead, dead_fd) = holding_client(b"tt-deadfd\0", port, (done_rd, done_wr));
-    let (reset, _) = listener.accept().expect("accept");
-    {
-        use std::os::fd::AsRawFd;
-        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-        // SAFETY: a valid socket and option value.
-        let ret = unsafe {
-            libc::setsockopt(
-                reset.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(ret, 0, "SO_LINGER");
-    }
+    let (dead_child, dead, dead_fd) = holding_client(c"tt-deadfd", &listener);
+    let reset = accept(&listener);
+    set_linger_zero(&reset);
     drop(reset);
     // Opened and held, unused: unclosed. The server side held too is not a finding.
-    let (holder, holder_fd) = holding_client(b"tt-holder\0", port, (done_rd, done_wr));
-    let (_held, _) = listener.accept().expect("accept");
+    let (holder_child, holder, holder_fd) = holding_client(c"tt-holder", &listener);
+    let _held = accept(&listener);
 
-    let output = leaks.wait_with_output().expect("leaks report");
-    // SAFETY: our own pipe; closing the write end releases the children.
-    unsafe { libc::close(done_wr) };
-    for pid in [close_wait, dead, holder] {
-        assert_eq!(wait(pid), 0, "child {pid} failed");
+    let output = leaks.wait();
+    for child in [close_wait_child, dead_child, holder_child] {
+        child.finish();
     }
     // tcptrace has exited, so its stderr (notes, errors) is complete: it goes with any failure
     // below.
-    let printed = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        stderr.iter().collect::<Vec<_>>().join("\n")
-    );
+    let printed = format!("{}\n{}", output.stdout, output.stderr);
     assert!(output.status.success(), "{printed}");
     let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("one JSON document");
+        serde_json::from_str(&output.stdout).expect("one JSON document");
     let mut found: Vec<(String, i64, i64)> = report["findings"]
         .as_array()
         .expect("findings")
@@ -355,21 +238,19 @@ fn leaks_json_names_each_leaking_socket_and_nothing_else() {
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn top_prints_plain_tables_when_stdout_is_not_a_terminal() {
+    let _serial = no_forks();
     // A free port, listened on only once top runs: its listen() is seen as an event, with or
     // without the inventory (the VM tier has no sock_diag).
-    let port = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = unused_port();
     let port_arg = port.to_string();
-    let (top, _stderr) =
-        start_trace(&["top", "--port", &port_arg, "--interval", "500ms", "--duration", "2s"]);
-    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).expect("bind");
-    let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
-    let _server = listener.accept().expect("accept");
-    let output = top.wait_with_output().expect("top output");
-    assert!(output.status.success());
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let top =
+        Tracer::start(&["top", "--port", &port_arg, "--interval", "500ms", "--duration", "2s"]);
+    let listener = listen(loopback(port));
+    let _client = connect(addr_of(&listener));
+    let _server = accept(&listener);
+    let output = top.wait();
+    assert!(output.status.success(), "{}", output.stderr);
+    let stdout = output.stdout;
     let tables = stdout.matches("PID COMM").count();
     assert!(tables >= 2, "one table per interval:\n{stdout}");
     // The last table has this process with its listener and both ends of the connection.

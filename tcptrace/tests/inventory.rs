@@ -7,73 +7,42 @@
 //! Run with `cargo xtask test`, or as root:
 //! `cargo test -p tcptrace --test inventory -- --include-ignored`.
 
+#[allow(dead_code, reason = "shared by several test binaries; each uses a subset")]
+mod support {
+    pub mod netns;
+    pub mod process;
+    pub mod raw;
+    pub mod sockets;
+}
+
 use std::{
-    ffi::CString,
     fs, io,
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        fd::{AsRawFd, RawFd},
         unix::fs::MetadataExt,
-    },
-    path::PathBuf,
-    sync::{
-        RwLock, RwLockReadGuard, RwLockWriteGuard,
-        atomic::{AtomicBool, Ordering},
     },
     thread,
     time::{Duration, Instant},
 };
 
+use support::{
+    netns::Netns,
+    process::{Actor, DEADLINE, forks, no_forks, poll_until},
+    raw,
+    sockets::{LOCALHOST_V4, LOCALHOST_V6, addr_of, listen, local_addr as local, loopback, pair},
+};
 use tcptrace::{
     event::TcpState::{self, CloseWait, Established, FinWait2, Listen},
     inventory::{FdOwner, InventorySocket, Snapshot, snapshot},
 };
 
-const LOCALHOST_V4: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-const LOCALHOST_V6: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0);
-/// How long a state the kernel reaches asynchronously (a FIN's arrival) may take.
-const DEADLINE: Duration = Duration::from_secs(5);
 /// include/uapi/asm-generic/socket.h; the libc crate does not export it for Linux.
 const SO_COOKIE: libc::c_int = 57;
 
 // ---------------------------------------------------------------------------------------------
-// Serialisation
-
-/// A forked child inherits every descriptor of this process, so while it lives, the sockets of
-/// tests running in other threads would have it as an extra owner. The forking test takes this
-/// lock exclusively; the others share it.
-static FORK_LOCK: RwLock<()> = RwLock::new(());
-
-fn no_forks() -> RwLockReadGuard<'static, ()> {
-    FORK_LOCK.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn forks() -> RwLockWriteGuard<'static, ()> {
-    FORK_LOCK.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sockets and facts about them from outside the inventory
-
-fn listen(addr: SocketAddr) -> TcpListener {
-    TcpListener::bind(addr).unwrap_or_else(|e| panic!("binding {addr}: {e}"))
-}
-
-fn addr_of(listener: &TcpListener) -> SocketAddr {
-    listener.local_addr().expect("listener address")
-}
-
-/// A connected (client, server) pair through `listener`.
-fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
-    let client = TcpStream::connect(addr_of(listener)).expect("connect");
-    let (server, _) = listener.accept().expect("accept");
-    (client, server)
-}
-
-fn local(stream: &TcpStream) -> SocketAddr {
-    stream.local_addr().expect("local address")
-}
+// Facts about sockets from outside the inventory
 
 /// The inode `/proc/<pid>/fd/<fd>` names, read with stat(2) rather than through procfs.
 fn inode_of(fd: RawFd) -> u64 {
@@ -81,29 +50,14 @@ fn inode_of(fd: RawFd) -> u64 {
 }
 
 fn cookie_of(fd: RawFd) -> u64 {
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: a valid socket and an 8-byte out buffer with its length.
-    let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, SO_COOKIE, (&raw mut cookie).cast(), &raw mut len)
-    };
-    assert_eq!(rc, 0, "SO_COOKIE: {}", io::Error::last_os_error());
-    cookie
+    // SAFETY: SO_COOKIE is a u64.
+    let cookie = unsafe { raw::get_option(fd, libc::SOL_SOCKET, SO_COOKIE) };
+    cookie.unwrap_or_else(|| panic!("SO_COOKIE: {}", io::Error::last_os_error()))
 }
 
 fn set_keepalive(fd: RawFd, on: bool) {
-    let value = libc::c_int::from(on);
-    // SAFETY: a valid socket and an int option.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_KEEPALIVE,
-            (&raw const value).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_KEEPALIVE: {}", io::Error::last_os_error());
+    let set = raw::set_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, libc::c_int::from(on));
+    assert!(set, "SO_KEEPALIVE: {}", io::Error::last_os_error());
 }
 
 fn netns_of(path: &str) -> u64 {
@@ -173,14 +127,7 @@ fn find(
 /// Snapshots until `done` holds or the deadline passes; returns the last one either way, so
 /// the caller's assertions say what was wrong.
 fn wait_for(done: impl Fn(&Snapshot) -> bool) -> Snapshot {
-    let start = Instant::now();
-    loop {
-        let snapshot = take();
-        if done(&snapshot) || start.elapsed() > DEADLINE {
-            return snapshot;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(DEADLINE, || Some(take()).filter(|s| done(s))).unwrap_or_else(take)
 }
 
 fn unspecified(addr: SocketAddr) -> SocketAddr {
@@ -205,6 +152,12 @@ fn assert_socket(
     assert_eq!(socket.owners, owners, "{socket:?}");
 }
 
+/// `assert_socket` for a socket this process holds as `fd` alone.
+#[track_caller]
+fn assert_mine(socket: &InventorySocket, state: TcpState, netns: u64, fd: RawFd) {
+    assert_socket(socket, state, netns, fd, &owned_by_me(&[fd]));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests in this process's namespace
 
@@ -226,7 +179,7 @@ fn loopback_sockets_appear_with_states_addresses_and_owners() {
         assert!(snapshot.taken_at <= snapshot.finished_at);
 
         let listening = find(&snapshot, netns, addr_of(&listener), unspecified(bind));
-        assert_socket(listening, Listen, netns, lfd, &owned_by_me(&[lfd]));
+        assert_mine(listening, Listen, netns, lfd);
         assert_eq!((listening.idle, listening.keepalive), (None, None), "{listening:?}");
 
         let client_side = find(&snapshot, netns, local(&client), addr_of(&listener));
@@ -236,7 +189,7 @@ fn loopback_sockets_appear_with_states_addresses_and_owners() {
         assert!(client_side.idle.is_some(), "an ESTABLISHED socket has tcp_info: {client_side:?}");
 
         let server_side = find(&snapshot, netns, addr_of(&listener), local(&client));
-        assert_socket(server_side, Established, netns, sfd, &owned_by_me(&[sfd]));
+        assert_mine(server_side, Established, netns, sfd);
     }
 }
 
@@ -334,13 +287,7 @@ fn a_socket_whose_peer_closed_is_in_close_wait() {
             && find(s, netns, server_key.0, server_key.1).state == FinWait2
     });
     let waiting = find(&snapshot, netns, client_key.0, client_key.1);
-    assert_socket(
-        waiting,
-        CloseWait,
-        netns,
-        client.as_raw_fd(),
-        &owned_by_me(&[client.as_raw_fd()]),
-    );
+    assert_mine(waiting, CloseWait, netns, client.as_raw_fd());
     assert_eq!(waiting.keepalive, Some(false), "{waiting:?}");
     assert!(waiting.idle.is_some(), "{waiting:?}");
     // The closed side: no process holds it any more.
@@ -389,168 +336,63 @@ fn raise_fd_limit(wanted: u64) {
 // ---------------------------------------------------------------------------------------------
 // Other namespaces
 
-/// Brings up `lo` in the calling thread's network namespace (`ip link set lo up`), with raw
-/// syscalls only, so a forked child may call it.
-///
-/// # Safety
-/// None beyond the syscalls'; unsafe so the child's code path reads as such.
-unsafe fn loopback_up() -> bool {
-    // SAFETY: plain syscalls on a socket this function owns; ifreq is zeroed then named "lo".
-    unsafe {
-        let control = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if control < 0 {
-            return false;
-        }
-        let mut request: libc::ifreq = std::mem::zeroed();
-        request.ifr_name[..2].copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char]);
-        let ok = libc::ioctl(control, libc::SIOCGIFFLAGS, &raw mut request) == 0 && {
-            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(control, libc::SIOCSIFFLAGS, &raw const request) == 0
-        };
-        libc::close(control);
-        ok
-    }
-}
-
 /// A forked child in a network namespace of its own (unshare(CLONE_NEWNET)), holding a
 /// listener and both ends of a connection on its loopback until dropped. Dropping kills and
 /// reaps it, which also removes the namespace, whether or not the test failed.
 struct NetnsChild {
-    pid: libc::pid_t,
+    actor: Actor,
     listener_fd: RawFd,
     client_fd: RawFd,
     server_fd: RawFd,
     port: u16,
-    /// Closing it (EOF) lets the child exit.
-    _release: OwnedFd,
 }
 
 impl NetnsChild {
+    /// The child: a namespace, loopback up, a listener, a connected pair; it reports (listener
+    /// fd, client fd, server fd, port) and holds them. Exits with the number of the step that
+    /// failed.
     fn spawn() -> Self {
-        let (report_read, report_write) = pipe();
-        let (release_read, release_write) = pipe();
-        let any_port = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: the child only makes syscalls (async-signal-safe) and leaves with _exit.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
-        if pid == 0 {
-            // SAFETY: in the child: descriptors inherited from the parent, raw syscalls.
-            unsafe {
-                libc::close(release_write.as_raw_fd());
-                libc::close(report_read.as_raw_fd());
-                child_main(report_write.as_raw_fd(), release_read.as_raw_fd(), any_port)
+        let actor = Actor::fork(c"tt-inv-netns", |steps| {
+            // SAFETY: unshare changes only this (child) process's namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return 10;
             }
-        }
-        drop((report_write, release_read));
-        let mut child = Self {
-            pid,
-            listener_fd: -1,
-            client_fd: -1,
-            server_fd: -1,
-            port: 0,
-            _release: release_write,
-        };
-        let mut report = [0u8; 16];
-        let mut reader = fs::File::from(report_read);
-        if let Err(error) = reader.read_exact(&mut report) {
-            let mut status = 0;
-            // SAFETY: our child.
-            unsafe { libc::waitpid(pid, &raw mut status, 0) };
-            child.pid = -1;
-            panic!(
-                "the namespace child failed ({error}): wait status {status:#x} (exit code = failed step)"
-            );
-        }
-        let word = |i: usize| i32::from_ne_bytes(report[i * 4..i * 4 + 4].try_into().unwrap());
-        (child.listener_fd, child.client_fd, child.server_fd) = (word(0), word(1), word(2));
-        child.port = u16::try_from(word(3)).expect("port");
-        child
-    }
-}
-
-impl Drop for NetnsChild {
-    fn drop(&mut self) {
-        if self.pid > 0 {
-            // SAFETY: our own child, killed and reaped once.
-            unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
-                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            if !raw::loopback_up() {
+                return 11;
             }
-        }
+            let Some((listener, port)) = raw::listen_loopback() else {
+                return 12;
+            };
+            let Some(client) = raw::connect(&raw::RawAddr::from(loopback(port))) else {
+                return 14;
+            };
+            let Some(server) = raw::accept(listener) else {
+                return 15;
+            };
+            if ![listener, client, server, i32::from(port)].into_iter().all(|w| steps.report(w)) {
+                return 16;
+            }
+            steps.wait_go();
+            0
+        });
+        let listener_fd = actor.recv("the listener's descriptor");
+        let client_fd = actor.recv("the client's descriptor");
+        let server_fd = actor.recv("the server's descriptor");
+        let port = u16::try_from(actor.recv("the port")).expect("port");
+        Self { actor, listener_fd, client_fd, server_fd, port }
     }
-}
-
-/// The forked child: a namespace, loopback up, a listener, a connected pair; reports
-/// (listener fd, client fd, server fd, port) and waits for EOF on `release`. Exits with the
-/// number of the step that failed.
-unsafe fn child_main(report: RawFd, release: RawFd, mut addr: libc::sockaddr_in) -> ! {
-    // SAFETY: raw syscalls on descriptors this child owns, buffers that outlive each call.
-    unsafe {
-        let fail = |step: i32| -> ! { libc::_exit(step) };
-        if libc::unshare(libc::CLONE_NEWNET) != 0 {
-            fail(10);
-        }
-        if !loopback_up() {
-            fail(11);
-        }
-        let addr_len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let listener = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        if listener < 0 || libc::bind(listener, (&raw const addr).cast(), addr_len) != 0 {
-            fail(12);
-        }
-        let mut len = addr_len;
-        if libc::listen(listener, 8) != 0
-            || libc::getsockname(listener, (&raw mut addr).cast(), &raw mut len) != 0
-        {
-            fail(13);
-        }
-        let client = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        if client < 0 || libc::connect(client, (&raw const addr).cast(), addr_len) != 0 {
-            fail(14);
-        }
-        let server = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
-        if server < 0 {
-            fail(15);
-        }
-        let words = [listener, client, server, i32::from(u16::from_be(addr.sin_port))];
-        let mut bytes = [0u8; 16];
-        for (i, word) in words.iter().enumerate() {
-            bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-        if libc::write(report, bytes.as_ptr().cast(), bytes.len()) != 16 {
-            fail(16);
-        }
-        let mut byte = 0u8;
-        libc::read(release, (&raw mut byte).cast(), 1);
-        libc::_exit(0)
-    }
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: a two-int out array.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2");
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn a_socket_in_a_child_network_namespace_is_found_with_its_owner() {
     let _serial = forks();
-    // The child is named after the thread that forks it.
-    let comm = fs::read_to_string("/proc/thread-self/comm").expect("comm").trim_end().to_owned();
     let child = NetnsChild::spawn();
-    let child_netns = netns_of(&format!("/proc/{}/ns/net", child.pid));
+    let (pid, comm) = (child.actor.pid(), child.actor.comm().to_owned());
+    let child_netns = netns_of(&format!("/proc/{pid}/ns/net"));
     assert_ne!(child_netns, own_netns(), "the child has a namespace of its own");
-    let pid = u32::try_from(child.pid).unwrap();
     let owner = |fd| vec![FdOwner { pid, fd, comm: comm.clone() }];
-    let port_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), child.port);
+    let port_addr = loopback(child.port);
 
     let snapshot = take();
     assert!(snapshot.namespaces.contains(&child_netns), "{:?}", snapshot.namespaces);
@@ -574,87 +416,17 @@ fn a_socket_in_a_child_network_namespace_is_found_with_its_owner() {
     );
 }
 
-/// A named network namespace, as `ip netns add NAME` makes it: the namespace file of a thread
-/// that unshared, bind-mounted on /run/netns/NAME. Dropping unmounts and removes it, whether
-/// or not the test failed.
-struct NamedNetns {
-    path: PathBuf,
-    mounted: bool,
-}
-
-impl NamedNetns {
-    fn new() -> Self {
-        let dir = PathBuf::from("/run/netns");
-        fs::create_dir_all(&dir).expect("creating /run/netns");
-        let path = dir.join(format!("tt-inv-{}", me()));
-        fs::File::create(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        Self { path, mounted: false }
-    }
-
-    /// Runs `f` in a thread inside a new namespace mounted on this name (lo up), returning
-    /// what `f` returns and the namespace's inode. Only that thread ever enters it.
-    fn create_and_run<T: Send>(&mut self, f: impl FnOnce() -> T + Send) -> (T, u64) {
-        let target = CString::new(self.path.as_os_str().as_encoded_bytes()).unwrap();
-        let source = CString::new("/proc/thread-self/ns/net").unwrap();
-        let mounted = AtomicBool::new(false);
-        let outcome = thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: unshare changes only this thread's namespace; mount gets valid
-                    // NUL-terminated paths.
-                    unsafe {
-                        assert_eq!(
-                            libc::unshare(libc::CLONE_NEWNET),
-                            0,
-                            "unshare: {}",
-                            io::Error::last_os_error()
-                        );
-                        let rc = libc::mount(
-                            source.as_ptr(),
-                            target.as_ptr(),
-                            std::ptr::null(),
-                            libc::MS_BIND,
-                            std::ptr::null(),
-                        );
-                        assert_eq!(
-                            rc,
-                            0,
-                            "bind-mounting the namespace: {}",
-                            io::Error::last_os_error()
-                        );
-                        mounted.store(true, Ordering::Relaxed);
-                        assert!(loopback_up(), "lo up: {}", io::Error::last_os_error());
-                    }
-                    (f(), netns_of("/proc/thread-self/ns/net"))
-                })
-                .join()
-        });
-        // Recorded before any panic is resumed, so Drop unmounts.
-        self.mounted = mounted.load(Ordering::Relaxed);
-        outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    }
-}
-
-impl Drop for NamedNetns {
-    fn drop(&mut self) {
-        if self.mounted {
-            let target = CString::new(self.path.as_os_str().as_encoded_bytes()).unwrap();
-            // SAFETY: a valid path; MNT_DETACH never blocks.
-            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        }
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn a_socket_in_a_named_namespace_is_found_through_run_netns() {
     let _serial = no_forks();
-    let mut named = NamedNetns::new();
-    let ((listener, client, server), netns) = named.create_and_run(|| {
+    // `ip netns add`: the namespace file of a thread that unshared, bind-mounted on
+    // /run/netns/NAME; removed on drop, whether or not the test failed.
+    let named = Netns::new("inv");
+    let ((listener, client, server), netns) = named.run(|| {
         let listener = listen(LOCALHOST_V4);
         let (client, server) = pair(&listener);
-        (listener, client, server)
+        ((listener, client, server), netns_of("/proc/thread-self/ns/net"))
     });
     // No process is in it (only the thread, now gone): /run/netns is the only way in.
     assert_ne!(netns, own_netns());
@@ -662,29 +434,11 @@ fn a_socket_in_a_named_namespace_is_found_through_run_netns() {
     let snapshot = take();
     assert!(snapshot.namespaces.contains(&netns), "{:?}", snapshot.namespaces);
     let listening = find(&snapshot, netns, addr_of(&listener), unspecified(LOCALHOST_V4));
-    assert_socket(
-        listening,
-        Listen,
-        netns,
-        listener.as_raw_fd(),
-        &owned_by_me(&[listener.as_raw_fd()]),
-    );
+    assert_mine(listening, Listen, netns, listener.as_raw_fd());
     let client_side = find(&snapshot, netns, local(&client), addr_of(&listener));
-    assert_socket(
-        client_side,
-        Established,
-        netns,
-        client.as_raw_fd(),
-        &owned_by_me(&[client.as_raw_fd()]),
-    );
+    assert_mine(client_side, Established, netns, client.as_raw_fd());
     let server_side = find(&snapshot, netns, addr_of(&listener), local(&client));
-    assert_socket(
-        server_side,
-        Established,
-        netns,
-        server.as_raw_fd(),
-        &owned_by_me(&[server.as_raw_fd()]),
-    );
+    assert_mine(server_side, Established, netns, server.as_raw_fd());
     // The same endpoints are not reported in this process's own namespace.
     assert!(
         !snapshot.sockets.iter().any(|s| s.netns != netns && s.inode == client_side.inode),

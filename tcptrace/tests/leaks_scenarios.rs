@@ -13,8 +13,15 @@
 //! Run with `cargo xtask test`, or as root (nginx and redis-server installed by `cargo xtask
 //! setup`): `cargo test -p tcptrace --test leaks_scenarios -- --include-ignored`.
 
-mod common;
 mod scenarios;
+#[allow(dead_code, reason = "shared by several test binaries; each uses a subset")]
+mod support {
+    pub mod netns;
+    pub mod process;
+    pub mod raw;
+    pub mod sockets;
+    pub mod tracer;
+}
 
 use std::{
     collections::BTreeSet,
@@ -26,14 +33,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::RawAddr;
 use scenarios::{
-    actor::{Actor, sys},
-    netns::{Netns, VETH, Veth},
-    nginx::{KEEPALIVE_TIMEOUT, Nginx},
-    redis::Redis,
+    leaks::{Finding, Leaks, Report},
+    nginx::{self, KEEPALIVE_TIMEOUT, Nginx},
+    redis::{self, Redis},
     sockets::{self, Timer},
-    tracer::{Finding, Leaks, Report},
+};
+use support::{
+    netns::{Netns, VETH, Veth},
+    process::Actor,
+    raw::{self, RawAddr},
+    sockets::loopback,
 };
 
 /// The limits the tests pass (`--min-age`, `--idle`), short so that scenarios take seconds.
@@ -117,10 +127,6 @@ fn check_socket_finding(f: &Finding, x: &Expect<'_>, report: &Report) {
     );
 }
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-}
-
 // ---------------------------------------------------------------------------------------------
 // a. An HTTP client that reads a keep-alive response and never closes the connection
 
@@ -135,15 +141,15 @@ impl HttpKeepAlive {
         let ns = Netns::new("http");
         let nginx = Nginx::start(&ns);
         let server = RawAddr::from(nginx.addr);
-        let client = Actor::fork(c"tt-http", &ns, |steps| {
+        let client = ns.fork(c"tt-http", |steps| {
             if !steps.wait_go() {
                 return 10;
             }
-            let Some(fd) = sys::connect(&server) else {
+            let Some(fd) = raw::connect(&server) else {
                 return 11;
             };
             let mut response = [0u8; 1024];
-            if !sys::http_get(fd, &mut response) {
+            if !nginx::http_get(fd, &mut response) {
                 return 12;
             }
             if !steps.report(fd) {
@@ -189,7 +195,7 @@ fn fixture_http_keepalive_timeout_leaves_the_client_in_close_wait() {
     );
     assert_eq!(row.remote, s.nginx.addr);
 
-    let ss = s.ns.ss();
+    let ss = sockets::ss(&s.ns);
     let table = sockets::show_ss(&ss);
     let client = ss.iter().find(|r| r.held_by(s.client.pid(), fd));
     let client = client.unwrap_or_else(|| panic!("no socket held by tt-http fd {fd}:\n{table}"));
@@ -252,18 +258,18 @@ struct ResetPeer {
 impl ResetPeer {
     fn start() -> Self {
         let ns = Netns::new("reset");
-        let server = Actor::fork(c"tt-rst-server", &ns, |steps| {
-            let Some((listener, port)) = sys::listen_loopback() else {
+        let server = ns.fork(c"tt-rst-server", |steps| {
+            let Some((listener, port)) = raw::listen_loopback() else {
                 return 20;
             };
             if !steps.report(i32::from(port)) || !steps.wait_go() {
                 return 21;
             }
-            let Some(fd) = sys::accept(listener) else {
+            let Some(fd) = raw::accept(listener) else {
                 return 22;
             };
             // SO_LINGER 0: close(2) aborts the connection with a RST.
-            if !sys::linger_zero(fd) || !sys::close(fd) || !steps.report(1) {
+            if !raw::linger_zero(fd) || !raw::close(fd) || !steps.report(1) {
                 return 23;
             }
             if !steps.wait_go() {
@@ -273,18 +279,18 @@ impl ResetPeer {
         });
         let server_addr = loopback(server.recv("the server's port") as u16);
         let raw_server = RawAddr::from(server_addr);
-        let client = Actor::fork(c"tt-rst-client", &ns, |steps| {
+        let client = ns.fork(c"tt-rst-client", |steps| {
             if !steps.wait_go() {
                 return 10;
             }
-            let Some(fd) = sys::connect(&raw_server) else {
+            let Some(fd) = raw::connect(&raw_server) else {
                 return 11;
             };
             if !steps.report(fd) || !steps.wait_go() {
                 return 12;
             }
             // What the program sees: an error, then end of file. It never closes the socket.
-            if !steps.report(sys::read_one(fd)) || !steps.report(sys::read_one(fd)) {
+            if !steps.report(raw::read_one(fd)) || !steps.report(raw::read_one(fd)) {
                 return 13;
             }
             if !steps.wait_go() {
@@ -336,7 +342,7 @@ fn fixture_reset_by_the_peer_leaves_a_dead_descriptor() {
     let table = sockets::tcp_table(pid);
     assert!(!table.iter().any(|r| r.inode == socket.inode), "still in the TCP table: {socket:?}");
     assert_eq!(sockets::peek(pid, fd).state, "CLOSE");
-    let ss = s.ns.ss();
+    let ss = sockets::ss(&s.ns);
     assert!(
         !ss.iter().any(|r| r.users.iter().any(|u| u.pid == pid)),
         "ss lists no CLOSE socket:\n{}",
@@ -393,21 +399,21 @@ impl RedisGhost {
         let veth = Veth::between(&server_ns, &client_ns);
         let redis = Redis::start(&server_ns, IpAddr::V4(veth.a_addr), keepalive_s);
         let server = RawAddr::from(redis.addr);
-        let client = Actor::fork(c"tt-redis-cli", &client_ns, |steps| {
+        let client = client_ns.fork(c"tt-redis-cli", |steps| {
             if !steps.wait_go() {
                 return 10;
             }
-            let Some(fd) = sys::connect(&server) else {
+            let Some(fd) = raw::connect(&server) else {
                 return 11;
             };
-            if !sys::redis_ping(fd) {
+            if !redis::ping(fd) {
                 return 12;
             }
-            if !steps.report(fd) || !steps.report(common::raw::local_port(fd)) || !steps.wait_go() {
+            if !steps.report(fd) || !steps.report(raw::local_port(fd)) || !steps.wait_go() {
                 return 13;
             }
             // Gone for good: the close cannot reach the server any more.
-            if !sys::close(fd) || !steps.report(1) || !steps.wait_go() {
+            if !raw::close(fd) || !steps.report(1) || !steps.wait_go() {
                 return 14;
             }
             0
@@ -446,7 +452,7 @@ fn fixture_redis_ghost(keepalive_s: u32) {
     let keepalive = keepalive_s > 0;
     let redis = s.redis.pid();
 
-    let ss = s.server_ns.ss();
+    let ss = sockets::ss(&s.server_ns);
     let table = sockets::show_ss(&ss);
     let row = ss.iter().find(|r| r.held_by(redis, c.server_fd));
     let row = row
@@ -572,52 +578,52 @@ impl Churn {
         // stands for) nothing is reused: every connection keeps its TIME_WAIT for 60 s.
         ns.run(|| fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "0")).expect("setting tcp_tw_reuse");
         // Echoes one byte per connection, waits for the client's FIN, then closes: second.
-        let server = Actor::fork(c"tt-churn-srv", &ns, |steps| {
-            let Some((listener, port)) = sys::listen_loopback() else {
+        let server = ns.fork(c"tt-churn-srv", |steps| {
+            let Some((listener, port)) = raw::listen_loopback() else {
                 return 20;
             };
             if !steps.report(i32::from(port)) {
                 return 21;
             }
             loop {
-                let Some(fd) = sys::accept(listener) else {
+                let Some(fd) = raw::accept(listener) else {
                     return 22;
                 };
                 let mut byte = [0u8];
-                if !sys::read_exact(fd, &mut byte)
-                    || !sys::write_all(fd, &byte)
-                    || sys::read_one(fd) != 0
+                if !raw::read_exact(fd, &mut byte)
+                    || !raw::write_all(fd, &byte)
+                    || raw::read_one(fd) != 0
                 {
                     return 23;
                 }
-                if !sys::close(fd) {
+                if !raw::close(fd) {
                     return 24;
                 }
             }
         });
         let server_addr = loopback(server.recv("the server's port") as u16);
         let raw_server = RawAddr::from(server_addr);
-        let client = Actor::fork(c"tt-churn", &ns, |steps| {
+        let client = ns.fork(c"tt-churn", |steps| {
             if !steps.wait_go() {
                 return 10;
             }
-            let start = sys::now_us();
+            let start = raw::now_us();
             let (mut first, mut last, mut count) = (0, 0, 0);
-            while sys::now_us() - start < CHURN_FOR.as_micros() as i64 {
-                let Some(fd) = sys::connect(&raw_server) else {
+            while raw::now_us() - start < CHURN_FOR.as_micros() as i64 {
+                let Some(fd) = raw::connect(&raw_server) else {
                     return 11;
                 };
                 let mut byte = [b'x'];
-                if !sys::write_all(fd, &byte) || !sys::read_exact(fd, &mut byte) || !sys::close(fd)
+                if !raw::write_all(fd, &byte) || !raw::read_exact(fd, &mut byte) || !raw::close(fd)
                 {
                     return 12;
                 }
-                last = sys::now_us();
+                last = raw::now_us();
                 if count == 0 {
                     first = last;
                 }
                 count += 1;
-                sys::sleep(CHURN_PACE);
+                raw::sleep(CHURN_PACE);
             }
             if !steps.report(count) || !steps.report((last - first) as i32) || !steps.wait_go() {
                 return 13;
@@ -660,7 +666,7 @@ fn fixture_churning_client_fills_time_wait() {
         "{} conn/s: too slow for the leaks test's limit",
         run.rate()
     );
-    let ss = s.ns.ss();
+    let ss = sockets::ss(&s.ns);
     let server = s.server_addr.to_string();
     let client_side = ss.iter().filter(|r| r.state == "TIME-WAIT" && r.peer == server).count();
     let server_side = ss.iter().filter(|r| r.state == "TIME-WAIT" && r.local == server).count();
@@ -734,18 +740,18 @@ impl Holder {
         server_closes: bool,
     ) -> Self {
         let ns = Netns::new(label);
-        let server = Actor::fork(c"tt-hold-server", &ns, |steps| {
-            let Some((listener, port)) = sys::listen_loopback() else {
+        let server = ns.fork(c"tt-hold-server", |steps| {
+            let Some((listener, port)) = raw::listen_loopback() else {
                 return 20;
             };
             if !steps.report(i32::from(port)) || !steps.wait_go() {
                 return 21;
             }
             for _ in 0..connections {
-                let Some(fd) = sys::accept(listener) else {
+                let Some(fd) = raw::accept(listener) else {
                     return 22;
                 };
-                if server_closes && !sys::close(fd) {
+                if server_closes && !raw::close(fd) {
                     return 23;
                 }
             }
@@ -756,12 +762,12 @@ impl Holder {
         });
         let server_addr = loopback(server.recv("the server's port") as u16);
         let raw_server = RawAddr::from(server_addr);
-        let client = Actor::fork(client_comm, &ns, |steps| {
+        let client = ns.fork(client_comm, |steps| {
             if !steps.wait_go() {
                 return 10;
             }
             for _ in 0..connections {
-                let Some(fd) = sys::connect(&raw_server) else {
+                let Some(fd) = raw::connect(&raw_server) else {
                     return 11;
                 };
                 if !steps.report(fd) {
@@ -795,6 +801,23 @@ impl Holder {
         fds.iter()
             .map(|&fd| (fd, sockets::wait_state(self.client.pid(), fd, state, SETTLE).local))
             .collect()
+    }
+
+    /// Fails unless `ss` lists each of the client's `fds` in `state` (as ss names it), to the
+    /// server; what ss listed, and as a table for failure messages.
+    fn expect_ss_rows(&self, fds: &BTreeSet<RawFd>, state: &str) -> (Vec<sockets::SsRow>, String) {
+        let ss = sockets::ss(&self.ns);
+        let table = sockets::show_ss(&ss);
+        for &fd in fds {
+            let row = ss.iter().find(|r| r.held_by(self.client.pid(), fd));
+            let row = row.unwrap_or_else(|| panic!("fd {fd} not in ss:\n{table}"));
+            assert_eq!(
+                (row.state.as_str(), row.peer.clone()),
+                (state, self.server_addr.to_string()),
+                "{table}"
+            );
+        }
+        (ss, table)
     }
 
     /// Exactly one `kind` finding per descriptor in `locals`, all the client's, and no other
@@ -841,17 +864,7 @@ fn fixture_held_connections_stay_established() {
     let s = Holder::start("held", c"tt-holder", HELD, false);
     let fds = s.connect();
     s.wait_all(&fds, "ESTABLISHED");
-    let ss = s.ns.ss();
-    let table = sockets::show_ss(&ss);
-    for &fd in &fds {
-        let row = ss.iter().find(|r| r.held_by(s.client.pid(), fd));
-        let row = row.unwrap_or_else(|| panic!("fd {fd} not in ss:\n{table}"));
-        assert_eq!(
-            (row.state.as_str(), row.peer.clone()),
-            ("ESTAB", s.server_addr.to_string()),
-            "{table}"
-        );
-    }
+    let (ss, table) = s.expect_ss_rows(&fds, "ESTAB");
     let accepted = ss
         .iter()
         .filter(|r| r.state == "ESTAB" && r.users.iter().any(|u| u.pid == s.server.pid()))
@@ -884,17 +897,7 @@ fn fixture_connections_closed_by_the_peer_wait_in_close_wait() {
     let s = Holder::start("cwait", c"tt-cwait", PRE_EXISTING, true);
     let fds = s.connect();
     s.wait_all(&fds, "CLOSE_WAIT");
-    let ss = s.ns.ss();
-    let table = sockets::show_ss(&ss);
-    for &fd in &fds {
-        let row = ss.iter().find(|r| r.held_by(s.client.pid(), fd));
-        let row = row.unwrap_or_else(|| panic!("fd {fd} not in ss:\n{table}"));
-        assert_eq!(
-            (row.state.as_str(), row.peer.clone()),
-            ("CLOSE-WAIT", s.server_addr.to_string()),
-            "{table}"
-        );
-    }
+    let (ss, table) = s.expect_ss_rows(&fds, "CLOSE-WAIT");
     assert!(
         !ss.iter().any(|r| r.state != "LISTEN" && r.users.iter().any(|u| u.pid == s.server.pid())),
         "{table}"
@@ -935,13 +938,13 @@ impl Pool {
         // No keepalive on redis-server's side either: only activity keeps it out of findings.
         let redis = Redis::start(&ns, IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
         let server = RawAddr::from(redis.addr);
-        let client = Actor::fork(c"tt-pool", &ns, |steps| {
+        let client = ns.fork(c"tt-pool", |steps| {
             if !steps.wait_go() {
                 return 10;
             }
             let mut fds = [0; POOL as usize];
             for fd in &mut fds {
-                let Some(connected) = sys::connect(&server) else {
+                let Some(connected) = raw::connect(&server) else {
                     return 11;
                 };
                 *fd = connected;
@@ -951,7 +954,7 @@ impl Pool {
             }
             let mut requests = 0;
             loop {
-                if !sys::redis_ping(fds[requests % fds.len()]) {
+                if !redis::ping(fds[requests % fds.len()]) {
                     return 13;
                 }
                 requests += 1;
@@ -960,7 +963,7 @@ impl Pool {
                 }
             }
             for fd in fds {
-                if !sys::close(fd) {
+                if !raw::close(fd) {
                     return 14;
                 }
             }
@@ -1003,7 +1006,7 @@ fn fixture_pool_keeps_every_connection_busy() {
             "pool fd {fd} idle: {peek:?}"
         );
     }
-    let ss = s.ns.ss();
+    let ss = sockets::ss(&s.ns);
     let table = sockets::show_ss(&ss);
     let served = ss
         .iter()

@@ -3,19 +3,27 @@
 //! server in this process.
 
 mod fixtures;
+#[allow(dead_code, reason = "shared by several test binaries; each uses a subset")]
+mod support {
+    pub mod raw;
+    pub mod sockets;
+    pub mod tracer;
+}
 
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::Output,
     thread,
     time::Duration,
 };
 
-use fixtures::{Fixture, line_of, server, start_tcptrace};
+use fixtures::{Fixture, line_of};
 use serde_json::Value;
-
-const TCPTRACE: &str = env!("CARGO_BIN_EXE_tcptrace");
+use support::{
+    sockets::holding_server,
+    tracer::{Tracer, tcptrace},
+};
 /// `tcptrace run`'s status when a budget is exceeded.
 const EXIT_BUDGET: i32 = 3;
 
@@ -38,8 +46,7 @@ struct Run {
 fn run(test: &str, args: &[&str], command: &[&str]) -> Run {
     let dir = scratch(test);
     let (report, junit) = (dir.join("report.json"), dir.join("junit.xml"));
-    let Output { status, stderr, .. } = Command::new(TCPTRACE)
-        .arg("run")
+    let Output { status, stderr, .. } = tcptrace(&["run"])
         .args(args)
         .arg("--report")
         .arg(&report)
@@ -47,7 +54,6 @@ fn run(test: &str, args: &[&str], command: &[&str]) -> Run {
         .arg(&junit)
         .arg("--")
         .args(command)
-        .stdin(Stdio::null())
         .output()
         .expect("running tcptrace");
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
@@ -74,7 +80,7 @@ fn checkout_line() -> u32 {
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn a_clean_command_passes_every_budget() {
-    let port = server();
+    let port = holding_server();
     let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port}; exec 3>&-");
     let run = run(
         "clean",
@@ -102,7 +108,7 @@ fn a_clean_command_passes_every_budget() {
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn a_leaking_command_exceeds_its_budget_and_names_the_code_path() {
-    let port = server().to_string();
+    let port = holding_server().to_string();
     // With stdin at end of file the fixture exits as soon as its connections are open: the
     // kernel closes them, which is what closed-by-exit means.
     let run = run(
@@ -150,7 +156,7 @@ fn a_failing_command_keeps_its_status_even_over_budget() {
     assert_eq!(run1.status, 7, "{}", run1.stderr);
     assert_eq!(run1.report["command_status"]["exit_code"], 7);
     // It leaked too: the command's failure is what CI must see first.
-    let port = server();
+    let port = holding_server();
     let script = format!("{} {port} 1 </dev/null; exit 5", leaky());
     let run2 = run("failing-leaking", &["--max-closed-by-exit", "0"], &["sh", "-c", &script]);
     assert_eq!(run2.status, 5, "{}", run2.stderr);
@@ -160,7 +166,7 @@ fn a_failing_command_keeps_its_status_even_over_budget() {
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn forked_workers_are_followed_and_their_leaks_are_theirs() {
-    let port = server();
+    let port = holding_server();
     let leaky = leaky();
     let script = format!("{leaky} {port} 1 </dev/null & {leaky} {port} 1 </dev/null & wait");
     let run = run("workers", &["--max-closed-by-exit", "0"], &["sh", "-c", &script]);
@@ -179,35 +185,22 @@ fn sigterm_goes_to_the_command_and_the_report_is_still_made() {
     let dir = scratch("signal");
     let report = dir.join("report.json");
     let report_arg = report.to_str().expect("a UTF-8 path");
-    let (mut child, rx) = start_tcptrace(&["run", "--report", report_arg, "--", "sleep", "30"]);
+    let tracer = Tracer::start(&["run", "--report", report_arg, "--", "sleep", "30"]);
     // The command is spawned right after that line.
     thread::sleep(Duration::from_millis(500));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
-    assert_eq!(status, 128 + libc::SIGTERM);
+    tracer.signal(libc::SIGTERM);
+    let out = tracer.wait();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{}", out.stderr);
     let report: Value =
         serde_json::from_str(&fs::read_to_string(&report).expect("report")).unwrap();
     assert_eq!(report["command_status"]["signal"], libc::SIGTERM);
-    let rest: Vec<String> = rx.try_iter().collect();
-    assert!(rest.iter().any(|l| l.contains("was killed by signal 15")), "{rest:#?}");
-}
-
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> i32 {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting") {
-            return status.code().unwrap_or(-1);
-        }
-        assert!(std::time::Instant::now() < deadline, "tcptrace did not end");
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(out.stderr.contains("was killed by signal 15"), "{}", out.stderr);
 }
 
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn compare_flags_a_regression_and_passes_the_same_report() {
-    let port = server().to_string();
+    let port = holding_server().to_string();
     let base = run("compare-base", &[], &[&leaky(), &port, "1"]);
     let new = run("compare-new", &[], &[&leaky(), &port, "3"]);
     assert_eq!((base.status, new.status), (0, 0), "no budgets: the command's status");
@@ -217,8 +210,7 @@ fn compare_flags_a_regression_and_passes_the_same_report() {
     fs::write(&new_file, new.report.to_string()).unwrap();
 
     let compare = |args: &[&Path], extra: &[&str]| {
-        let out = Command::new(TCPTRACE)
-            .arg("compare")
+        let out = tcptrace(&["compare"])
             .args(args)
             .args(extra)
             .output()
@@ -245,13 +237,12 @@ fn compare_flags_a_regression_and_passes_the_same_report() {
 
 #[test]
 fn bad_run_and_compare_input_are_one_line_errors() {
-    let out = Command::new(TCPTRACE).args(["run", "-p", "1", "--", "true"]).output().unwrap();
+    let out = tcptrace(&["run", "-p", "1", "--", "true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--pid and --comm do not apply"), "{stderr}");
-    let out =
-        Command::new(TCPTRACE).args(["compare", "/nonexistent.json", "/x.json"]).output().unwrap();
+    let out = tcptrace(&["compare", "/nonexistent.json", "/x.json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -263,7 +254,7 @@ fn bad_run_and_compare_input_are_one_line_errors() {
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn a_command_that_does_not_exist_is_127() {
-    let out = Command::new(TCPTRACE).args(["run", "--", "/nonexistent/cmd"]).output().unwrap();
+    let out = tcptrace(&["run", "--", "/nonexistent/cmd"]).output().unwrap();
     assert_eq!(out.status.code(), Some(127));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot run `/nonexistent/cmd`"), "{stderr}");

@@ -10,25 +10,24 @@
 //! Rust's std connect is generic and compiled into the fixture, which keeps open_conn.
 
 mod fixtures;
-
-use std::{
-    path::Path,
-    process::{Child, Output},
-};
-
-use fixtures::{Fixture, line_of, server, start_tcptrace};
-use serde_json::Value;
-
-/// Starts tcptrace and waits until it traces.
-fn start(args: &[&str]) -> Child {
-    start_tcptrace(args).0
+#[allow(dead_code, reason = "shared by several test binaries; each uses a subset")]
+mod support {
+    pub mod raw;
+    pub mod sockets;
+    pub mod tracer;
 }
 
-fn finish(child: Child) -> String {
-    let Output { status, stdout, .. } = child.wait_with_output().expect("tcptrace's output");
-    let stdout = String::from_utf8(stdout).expect("UTF-8 output");
-    assert!(status.success(), "tcptrace failed: {stdout}");
-    stdout
+use std::path::Path;
+
+use fixtures::{Fixture, line_of};
+use serde_json::Value;
+use support::{sockets::holding_server, tracer::Tracer};
+
+/// Waits for the end of its `--duration`; its stdout.
+fn finish(tracer: Tracer) -> String {
+    let out = tracer.wait();
+    assert!(out.status.success(), "tcptrace failed: {}\n{}", out.stdout, out.stderr);
+    out.stdout
 }
 
 /// When the fixture ends.
@@ -45,10 +44,10 @@ enum Ending {
 /// `tcptrace leaks` on the fixture's connections (N along each path). Returns the report and
 /// the fixture's pid.
 fn leaks(fixture: Fixture, n: u32, extra: &[&str], ending: Ending) -> (String, u32) {
-    let port = server().to_string();
+    let port = holding_server().to_string();
     let mut args = vec!["leaks", "--port", &port, "--min-age", "1s", "--duration", "4s"];
     args.extend_from_slice(extra);
-    let child = start(&args);
+    let child = Tracer::start(&args);
     let mut running = fixture.spawn(&[&port, &n.to_string()]);
     assert_eq!(running.line(), "ready");
     let pid = running.pid();
@@ -204,9 +203,10 @@ fn a_process_that_exits_before_the_report_keeps_its_symbolized_stacks() {
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn trace_stacks_prints_the_path_of_each_open() {
-    let port = server();
+    let port = holding_server();
     let port_arg = port.to_string();
-    let child = start(&["trace", "--stacks", "--json", "--port", &port_arg, "--duration", "3s"]);
+    let child =
+        Tracer::start(&["trace", "--stacks", "--json", "--port", &port_arg, "--duration", "3s"]);
     let mut running = Fixture::C.spawn(&[&port_arg, "1"]);
     assert_eq!(running.line(), "ready");
     let pid = running.pid();

@@ -1,56 +1,27 @@
-//! Fixtures for the leak scenarios: network namespaces made by the test, real Debian servers
-//! (nginx, redis-server) started inside them, forked processes driven step by step, readers of
-//! the kernel's socket tables (`/proc`, `ss`), and `tcptrace leaks` run as a user runs it.
+//! Fixtures for the leak scenarios: real Debian servers (nginx, redis-server) started inside
+//! network namespaces made by the test, readers of the kernel's socket tables (`/proc`, `ss`),
+//! and the report of `tcptrace leaks --json`. The generic pieces (namespaces, forked actors,
+//! raw socket calls, running tcptrace) are the test support's.
 //!
 //! Every scenario runs in namespaces of its own, so ports never collide and the tests run in
 //! parallel. The test process itself holds no TCP socket: servers and clients are separate
 //! processes, and a forked one closes every descriptor it inherited except its own pipes (see
-//! `actor`), so no process ever holds a copy of another scenario's socket.
+//! `Netns::fork`), so no process ever holds a copy of another scenario's socket.
 
-pub mod actor;
-pub mod netns;
+pub mod leaks;
 pub mod nginx;
 pub mod redis;
 pub mod sockets;
-pub mod tracer;
 
 use std::{
     env, fs,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process, thread,
-    time::{Duration, Instant},
+    process,
+    time::Duration,
 };
 
-/// Where a program the scenarios run is installed; a failure names the package to install.
-pub fn tool(name: &str) -> PathBuf {
-    let path = env::var_os("PATH").unwrap_or_default();
-    let dirs = env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from));
-    for dir in dirs {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "{name} is not installed: run `cargo xtask setup` (it installs nginx, redis-server and iproute2)"
-    )
-}
-
-/// Polls `probe` every 20 ms until it returns a value, for at most `timeout`.
-pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
+use crate::support::process::poll_until;
 
 /// A directory of its own under the system's temporary directory, removed on drop.
 pub struct TempDir(PathBuf);

@@ -1,8 +1,13 @@
-//! redis-server inside a namespace, without persistence, with the keepalive setting under test.
+//! redis-server inside a namespace, without persistence, with the keepalive setting under test;
+//! and a PING as an actor sends it (no allocation).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::fd::RawFd,
+};
 
-use super::{Daemon, TempDir, netns::Netns, tool};
+use super::{Daemon, TempDir};
+use crate::support::{netns::Netns, process::tool, raw};
 
 pub struct Redis {
     pub addr: SocketAddr,
@@ -39,4 +44,14 @@ impl Redis {
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
     }
+}
+
+/// RESP `PING` and its `+PONG` reply, as a Redis client speaks them.
+pub const RESP_PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+pub const RESP_PONG: &[u8; 7] = b"+PONG\r\n";
+
+/// One PING/PONG round trip on a Redis connection.
+pub fn ping(fd: RawFd) -> bool {
+    let mut reply = [0u8; 7];
+    raw::write_all(fd, RESP_PING) && raw::read_exact(fd, &mut reply) && &reply == RESP_PONG
 }

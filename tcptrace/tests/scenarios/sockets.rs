@@ -6,10 +6,15 @@ use std::{
     fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    process::Stdio,
     time::Duration,
 };
 
-use super::poll_until;
+use crate::support::{
+    netns::Netns,
+    process::{poll_until, tool},
+    raw,
+};
 
 /// Kernel TCP state names as tcptrace prints them, indexed by the kernel's number.
 const STATES: [&str; 13] = [
@@ -263,6 +268,19 @@ pub fn parse_ss(text: &str) -> Vec<SsRow> {
     rows
 }
 
+/// `ss -tanpeioH` inside `ns` (ss lists no socket in CLOSE).
+pub fn ss(ns: &Netns) -> Vec<SsRow> {
+    let out = ns
+        .command(tool("ss"))
+        .arg("-tanpeioH")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null()) // "Failed to find cgroup2 mount" without cgroup2
+        .output()
+        .expect("running ss");
+    assert!(out.status.success(), "ss failed in {}: {}", ns.name(), out.status);
+    parse_ss(&String::from_utf8_lossy(&out.stdout))
+}
+
 pub fn show_ss(rows: &[SsRow]) -> String {
     rows.iter().map(|r| format!("  {}\n", r.text)).collect()
 }
@@ -294,33 +312,18 @@ pub fn peek(pid: u32, fd: RawFd) -> Peek {
         assert!(dup >= 0, "pidfd_getfd({pid}, {fd}): {}", io::Error::last_os_error());
         OwnedFd::from_raw_fd(dup as RawFd)
     };
-    // SAFETY: all-zero is a valid tcp_info.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: valid buffer and length.
-    let ret = unsafe {
-        libc::getsockopt(
-            dup.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(ret, 0, "TCP_INFO on fd {fd} of pid {pid}: {}", io::Error::last_os_error());
-    let mut keepalive: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid buffer and length.
-    let ret = unsafe {
-        libc::getsockopt(
-            dup.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_KEEPALIVE,
-            (&raw mut keepalive).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(ret, 0, "SO_KEEPALIVE on fd {fd} of pid {pid}: {}", io::Error::last_os_error());
+    // SAFETY: TCP_INFO fills a tcp_info (C integers).
+    let info: Option<libc::tcp_info> =
+        unsafe { raw::get_option(dup.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO) };
+    let info = info.unwrap_or_else(|| {
+        panic!("TCP_INFO on fd {fd} of pid {pid}: {}", io::Error::last_os_error())
+    });
+    // SAFETY: SO_KEEPALIVE is an int.
+    let keepalive: Option<libc::c_int> =
+        unsafe { raw::get_option(dup.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE) };
+    let keepalive = keepalive.unwrap_or_else(|| {
+        panic!("SO_KEEPALIVE on fd {fd} of pid {pid}: {}", io::Error::last_os_error())
+    });
     Peek {
         state: state_name(info.tcpi_state),
         last_data_recv_ms: info.tcpi_last_data_recv,

@@ -1,9 +1,9 @@
 //! Network namespaces as guards: `ip netns add tt-<label>-<pid>` with lo up, deleted on drop
 //! (also when the test panics); veth pairs between two of them; running code, commands and
-//! forked children inside.
+//! forked actors inside.
 
 use std::{
-    ffi::OsStr,
+    ffi::{CStr, OsStr},
     fs::File,
     io,
     net::{Ipv4Addr, SocketAddr, TcpListener},
@@ -16,7 +16,7 @@ use std::{
     thread,
 };
 
-use super::{sockets, tool};
+use super::process::{Actor, Steps, close_inherited, forks, tool};
 
 /// `ip netns add` makes /run/netns a shared mount the first time; two first times at once can
 /// stack two mounts and hide a namespace under the second. One creation at a time.
@@ -108,22 +108,28 @@ impl Netns {
         })
     }
 
+    /// Forks `body` as an actor named `comm` inside the namespace. Right after fork it closes
+    /// every descriptor it inherited except its two pipes: the test threads of other scenarios
+    /// keep opening pipes and namespace files, and a copy of one (a tracer's stdout, a pipe the
+    /// test reads to EOF) must not live on in an unrelated process. `forks()` is held across
+    /// the fork so that forks never interleave. Exit codes 90-99 are this wrapper's.
+    pub fn fork(&self, comm: &'static CStr, body: impl FnOnce(&Steps<'_>) -> i32) -> Actor {
+        let ns_fd = self.fd();
+        let _one_fork_at_a_time = forks();
+        Actor::fork(comm, |steps| {
+            if !enter(ns_fd) {
+                return 90;
+            }
+            if !close_inherited(steps.fds()) {
+                return 91;
+            }
+            body(steps)
+        })
+    }
+
     /// Whether the namespace has a network device named `name`.
     pub fn has_link(&self, name: &str) -> bool {
         ip(&["-n", &self.name, "link", "show", "dev", name]).is_ok()
-    }
-
-    /// `ss -tanpeioH` inside the namespace (ss lists no socket in CLOSE).
-    pub fn ss(&self) -> Vec<sockets::SsRow> {
-        let out = self
-            .command(tool("ss"))
-            .arg("-tanpeioH")
-            .stdin(Stdio::null())
-            .stderr(Stdio::null()) // "Failed to find cgroup2 mount" without cgroup2
-            .output()
-            .expect("running ss");
-        assert!(out.status.success(), "ss failed in {}: {}", self.name, out.status);
-        sockets::parse_ss(&String::from_utf8_lossy(&out.stdout))
     }
 }
 
