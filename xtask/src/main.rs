@@ -30,7 +30,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: unit and root tests on this kernel, then the VM tier
+    /// Set up, then run every test: unit and root tests on this kernel (those of the `bench`
+    /// feature too), then the VM tier
     Test {
         /// Skip the VM tier (stock distro kernel under qemu)
         #[arg(long)]
@@ -126,11 +127,41 @@ fn test(host_only: bool) -> Result<()> {
     setup::setup()?;
     // Root tests are #[ignore]d so a plain unprivileged `cargo test` passes; here they run.
     run_checked(cargo().args(["test", "--", "--include-ignored"]))?;
+    bench_feature_tests()?;
     if !host_only {
         vm_test()?;
     }
     Ok(())
 }
+
+/// The root tests of tcptrace's `bench` feature (the floor's and the minimum's programs), which
+/// the default-feature run above cannot see: `kernel_events`' tests with `bench` in their names,
+/// on this kernel. Fails when they fail or when the filter matches none.
+fn bench_feature_tests() -> Result<()> {
+    let out = cargo()
+        .args(["test", "-p", "tcptrace", "--features", bench::FEATURE, "--test", "kernel_events"])
+        .args(["--", "--include-ignored", BENCH_TEST_FILTER])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the bench feature's tests")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    let (passed, failed) = count_results(&stdout);
+    println!("bench feature tests: {passed} passed, {failed} failed");
+    if !out.status.success() {
+        bail!("the bench feature's tests failed ({})", out.status);
+    }
+    if passed == 0 {
+        bail!(
+            "no test of kernel_events matches `{BENCH_TEST_FILTER}` with --features {}",
+            bench::FEATURE
+        );
+    }
+    Ok(())
+}
+
+/// libtest's name filter for the tests that need the `bench` feature.
+const BENCH_TEST_FILTER: &str = "bench";
 
 /// Test binaries that only the host tier runs: the leak scenarios start Debian's nginx and
 /// redis-server and use iproute2 in network namespaces, the inventory tests need sock_diag,
@@ -254,5 +285,11 @@ mod tests {
     fn counts_libtest_summaries() {
         let out = "test result: ok. 12 passed; 0 failed; 1 ignored\n[vm] test result: FAILED. 3 passed; 2 failed; 0 ignored";
         assert_eq!(count_results(out), (15, 2));
+    }
+
+    #[test]
+    fn counts_a_filter_that_matched_nothing_as_none() {
+        let out = "running 0 tests\n\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 41 filtered out; finished in 0.00s";
+        assert_eq!(count_results(out), (0, 0));
     }
 }

@@ -5,6 +5,9 @@
 //! spreads over all of them; each line gives min/median/max of the connection rate, the median
 //! as a ratio of the untraced one, what the tracer delivered and lost, its CPU time and peak RSS.
 //! Replay: tcptrace's user space alone on a generated event stream (`tcptrace/examples/replay`).
+//!
+//! The binary measured is built with tcptrace's `bench` feature ([`FEATURE`]): the floor's and
+//! the minimum's flags (`--bench-floor`, `--bench-minimum`) exist only there.
 
 mod churn;
 mod tracers;
@@ -17,6 +20,10 @@ use clap::Args;
 use tracers::{Tracer, TracerCost};
 
 use crate::{cargo, run_checked, workspace_root};
+
+/// tcptrace's cargo feature that holds the benchmark's programs and flags; every build this
+/// module measures, and the root tests of those programs, enable it.
+pub const FEATURE: &str = "bench";
 
 /// `xtask bench-rounds`: the rounds alone (what the VM runs).
 #[derive(Debug, Args)]
@@ -75,7 +82,16 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if args.smoke {
         (rounds.rounds, rounds.seconds) = (1, 1);
     }
-    run_checked(cargo().args(["build", "--release", "-p", "tcptrace", "--bins", "--examples"]))?;
+    run_checked(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tcptrace",
+        "--features",
+        FEATURE,
+        "--bins",
+        "--examples",
+    ]))?;
     let root = workspace_root();
     let tcptrace = root.join("target/release/tcptrace");
 
