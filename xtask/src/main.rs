@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | run | test | vm-test | bench`.
+//! Project tasks: `cargo xtask setup | run | test | vm-test | bench | fuzz`.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -42,6 +43,14 @@ enum Task {
     /// Set up, then measure what tracing costs: loopback churn under every tracer side by side,
     /// and the user-space replay
     Bench(bench::BenchArgs),
+    /// Run every fuzz target of fuzz/ (parsers of untrusted input) for a bounded time with
+    /// cargo-fuzz on nightly, installing cargo-fuzz if missing; fails on a crash, naming the
+    /// reproducer. Needs no root
+    Fuzz {
+        /// Seconds per target
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Run one program inside Debian's stock kernel under qemu, as root, with the files it
     /// needs placed at their host paths (their libraries too), e.g. `cargo xtask vm-run --file
     /// /usr/sbin/bpftool -- /bin/sh -c 'bpftool prog'`
@@ -79,6 +88,7 @@ fn main() -> ExitCode {
             setup::bench_peers();
             bench::bench(&args)
         }),
+        Task::Fuzz { seconds } => fuzz::fuzz(seconds),
         Task::VmRun { files, timeout, command } => {
             setup::setup().and_then(|()| vm_run(&files, timeout, &command))
         }

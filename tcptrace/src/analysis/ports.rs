@@ -14,7 +14,9 @@ pub fn ephemeral_ports() -> anyhow::Result<u32> {
     parse_range(&text).with_context(|| format!("parsing {PORT_RANGE}: {text:?}"))
 }
 
-fn parse_range(text: &str) -> anyhow::Result<u32> {
+/// The number of ports in the text of `ip_local_port_range` (`"LOW\tHIGH\n"`); pure (fuzzed by
+/// `fuzz/`).
+pub fn parse_range(text: &str) -> anyhow::Result<u32> {
     let mut fields = text.split_whitespace().map(str::parse::<u32>);
     let (Some(Ok(low)), Some(Ok(high)), None) = (fields.next(), fields.next(), fields.next())
     else {

@@ -28,7 +28,7 @@ pub mod filter;
 mod keepalive;
 mod netns;
 mod proc_fds;
-mod sock_diag;
+pub mod sock_diag;
 mod tcp_info;
 mod warnings;
 

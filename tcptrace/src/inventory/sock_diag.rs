@@ -124,40 +124,55 @@ fn dump_family(
         if len > buffer.len() {
             bail!("a {len}-byte datagram did not fit the {}-byte buffer", buffer.len());
         }
-        let mut datagram = &buffer[..len];
-        while !datagram.is_empty() {
-            let header =
-                NetlinkBuffer::new_checked(datagram).context("malformed netlink message header")?;
-            let message_len = usize::try_from(header.length()).context("netlink message length")?;
-            let (message, rest) = datagram.split_at(message_len);
-            // NLMSG_ALIGN: messages start on 4-byte boundaries.
-            datagram =
-                rest.get(message_len.next_multiple_of(4) - message_len..).unwrap_or_default();
-            if header.sequence_number() != sequence {
-                continue;
-            }
-            match NetlinkMessage::<SockDiagMessage>::deserialize(message) {
-                Ok(NetlinkMessage { payload, .. }) => match payload {
-                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                        match DiagSocket::try_from(response.as_ref()) {
-                            Ok(socket) => dump.sockets.push(socket),
-                            Err(error) => dump.skip(error.to_string()),
-                        }
-                    }
-                    NetlinkPayload::Done(done) if done.code < 0 => {
-                        return Err(std::io::Error::from_raw_os_error(-done.code))
-                            .context("the kernel ended the dump");
-                    }
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::Error(error) if error.code.is_some() => {
-                        return Err(error.to_io()).context("the kernel refused the request");
-                    }
-                    _ => {}
-                },
-                Err(error) => dump.skip(error.to_string()),
-            }
+        if parse_reply(&buffer[..len], sequence, dump)? == Reply::Done {
+            return Ok(());
         }
     }
+}
+
+/// Whether the dump goes on after a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    More,
+    Done,
+}
+
+/// One datagram of the dump's reply (the kernel's bytes, untrusted): its messages of request
+/// `sequence` are parsed, the sockets appended to `dump` and what does not parse or convert
+/// counted there. Pure: no I/O (fuzzed by `fuzz/`).
+pub fn parse_reply(mut datagram: &[u8], sequence: u32, dump: &mut Dump) -> Result<Reply> {
+    while !datagram.is_empty() {
+        let header =
+            NetlinkBuffer::new_checked(datagram).context("malformed netlink message header")?;
+        let message_len = usize::try_from(header.length()).context("netlink message length")?;
+        let (message, rest) = datagram.split_at(message_len);
+        // NLMSG_ALIGN: messages start on 4-byte boundaries.
+        datagram = rest.get(message_len.next_multiple_of(4) - message_len..).unwrap_or_default();
+        if header.sequence_number() != sequence {
+            continue;
+        }
+        match NetlinkMessage::<SockDiagMessage>::deserialize(message) {
+            Ok(NetlinkMessage { payload, .. }) => match payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    match DiagSocket::try_from(response.as_ref()) {
+                        Ok(socket) => dump.sockets.push(socket),
+                        Err(error) => dump.skip(error.to_string()),
+                    }
+                }
+                NetlinkPayload::Done(done) if done.code < 0 => {
+                    return Err(std::io::Error::from_raw_os_error(-done.code))
+                        .context("the kernel ended the dump");
+                }
+                NetlinkPayload::Done(_) => return Ok(Reply::Done),
+                NetlinkPayload::Error(error) if error.code.is_some() => {
+                    return Err(error.to_io()).context("the kernel refused the request");
+                }
+                _ => {}
+            },
+            Err(error) => dump.skip(error.to_string()),
+        }
+    }
+    Ok(Reply::More)
 }
 
 impl TryFrom<&InetResponse> for DiagSocket {

@@ -10,6 +10,11 @@ const CAP_BPF: u32 = 39;
 /// Effective capability mask of this process.
 fn effective_caps() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
+    cap_eff(&status)
+}
+
+/// The `CapEff:` mask of a `/proc/<pid>/status` text; pure (fuzzed by `fuzz/`).
+pub fn cap_eff(status: &str) -> Option<u64> {
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
     u64::from_str_radix(hex, 16).ok()
 }

@@ -42,7 +42,7 @@ pub fn ensure_mounted() -> anyhow::Result<()> {
 }
 
 /// `(field name, offset, size)` as the kernel programs read them (tcptrace-ebpf/src/state.rs).
-const INET_SOCK_SET_STATE: &[(&str, usize, usize)] = &[
+pub const INET_SOCK_SET_STATE: &[(&str, usize, usize)] = &[
     ("skaddr", 8, 8),
     ("oldstate", 16, 4),
     ("newstate", 20, 4),
@@ -86,7 +86,7 @@ pub fn has_tracepoint(category: &str, name: &str) -> bool {
     Path::new(events_dir()).join(category).join(name).is_dir()
 }
 
-fn check_format(format: &str, expected: &[(&str, usize, usize)]) -> anyhow::Result<()> {
+pub fn check_format(format: &str, expected: &[(&str, usize, usize)]) -> anyhow::Result<()> {
     for &(name, offset, size) in expected {
         let line = field_line(format, name).with_context(|| format!("no field {name}"))?;
         if find_field(format, name) != Some((offset as u32, size as u32)) {
@@ -101,7 +101,7 @@ fn field_line<'a>(format: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// The (offset, size) of field `name`.
-fn find_field(format: &str, name: &str) -> Option<(u32, u32)> {
+pub fn find_field(format: &str, name: &str) -> Option<(u32, u32)> {
     let line = field_line(format, name)?;
     let value = |key: &str| {
         line.split(';').find_map(|part| part.trim().strip_prefix(key)?.parse::<u32>().ok())
