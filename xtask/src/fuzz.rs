@@ -30,41 +30,57 @@ pub fn fuzz(seconds: u32) -> Result<()> {
     let dir = workspace_root().join("fuzz");
     run_checked(nightly(&dir).args(["fuzz", "build"]))?;
     let targets = targets(&dir)?;
-    let mut summary = Vec::new();
+    let mut failures = Vec::new();
     for target in &targets {
-        let scratch = dir.join("target/corpus-run").join(target);
-        fs::create_dir_all(&scratch)
-            .with_context(|| format!("creating the scratch corpus {}", scratch.display()))?;
-        let seeds = dir.join("corpus").join(target);
-        let started = SystemTime::now();
-        println!("fuzz: {target} for {seconds} s");
-        // The first corpus directory is the one libFuzzer writes to.
-        let status = nightly(&dir)
-            .args(["fuzz", "run", target])
-            .arg(&scratch)
-            .arg(&seeds)
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"))
-            .arg(format!("-timeout={INPUT_TIMEOUT_S}"))
-            .arg("-print_final_stats=1")
-            .status()
-            .with_context(|| format!("running cargo fuzz run {target}"))?;
-        if !status.success() {
-            let found = artifacts_since(&dir.join("artifacts").join(target), started);
-            let Some(reproducer) = found.first() else {
-                bail!("fuzz target {target} failed ({status}) and left no reproducer");
-            };
-            bail!(
-                "fuzz target {target} failed ({status}); reproducer: {}; replay it with: cd fuzz && \
-                 cargo +nightly fuzz run {target} {}",
-                reproducer.display(),
-                reproducer.display()
-            );
+        if let Err(failure) = run_target(&dir, target, seconds) {
+            eprintln!("fuzz: {failure:#}");
+            failures.push(format!("{failure:#}"));
         }
-        summary.push(target.as_str());
     }
-    println!("fuzz: {seconds} s each, no failure: {}", summary.join(", "));
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} fuzz targets failed:\n{}",
+            failures.len(),
+            targets.len(),
+            failures.join("\n")
+        );
+    }
+    println!("fuzz: {seconds} s each, no failure: {}", targets.join(", "));
     Ok(())
+}
+
+/// Runs one target for `seconds`; on a crash, the error names the reproducer.
+fn run_target(dir: &Path, target: &str, seconds: u32) -> Result<()> {
+    let scratch = dir.join("target/corpus-run").join(target);
+    fs::create_dir_all(&scratch)
+        .with_context(|| format!("creating the scratch corpus {}", scratch.display()))?;
+    let seeds = dir.join("corpus").join(target);
+    let started = SystemTime::now();
+    println!("fuzz: {target} for {seconds} s");
+    // The first corpus directory is the one libFuzzer writes to.
+    let status = nightly(dir)
+        .args(["fuzz", "run", target])
+        .arg(&scratch)
+        .arg(&seeds)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-timeout={INPUT_TIMEOUT_S}"))
+        .arg("-print_final_stats=1")
+        .status()
+        .with_context(|| format!("running cargo fuzz run {target}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let found = artifacts_since(&dir.join("artifacts").join(target), started);
+    let Some(reproducer) = found.first() else {
+        bail!("{target} failed ({status}) and left no reproducer");
+    };
+    bail!(
+        "{target} failed ({status}); reproducer: {}; replay it with: cd fuzz && cargo +nightly \
+         fuzz run {target} {}",
+        reproducer.display(),
+        reproducer.display()
+    )
 }
 
 /// `cargo +nightly` in `dir`, through rustup's proxy (the `CARGO` that runs xtask is stable's).
