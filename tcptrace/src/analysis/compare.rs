@@ -95,7 +95,8 @@ impl Summary {
     fn of(report: &Value) -> Self {
         let mut s = Self::default();
         let items = |key: &str| report[key].as_array().cloned().unwrap_or_default();
-        for p in items("processes") {
+        // Exited processes folded by name (`exited_processes`) count as that name's.
+        for p in items("processes").iter().chain(&items("exited_processes")) {
             let comm = p["comm"].as_str().unwrap_or("?").to_owned();
             let entry = s.processes.entry(comm).or_default();
             entry.opened += p["opened"].as_f64().unwrap_or(0.0);
