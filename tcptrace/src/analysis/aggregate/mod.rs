@@ -389,6 +389,23 @@ impl Aggregator {
 
     fn open(&mut self, record: &Record, direction: Direction, state: TcpState) {
         let ts = record.ts_ns;
+        // Counted whether or not the table has room for the socket.
+        if let Some(pid) = record.pid {
+            // An exited process does not open: its pid is a new process's now.
+            if self.processes.get(&pid).is_some_and(|p| p.exited) {
+                self.retire(pid);
+            }
+            let stats = self.live_process(pid, comm(record).as_deref());
+            if direction != Direction::Listen {
+                stats.opened += 1;
+            }
+        }
+        if direction == Direction::Active
+            && let Some(e) = record.endpoints
+            && e.remote.port() != 0
+        {
+            self.remotes.connect(e.remote);
+        }
         let existing = self.sockets.remove(&record.skaddr);
         // The sweep that found it before this event did (a child accepted between the two):
         // the same socket, now known by its address.
@@ -424,16 +441,15 @@ impl Aggregator {
         if direction == Direction::Active {
             // A new socket (see above): connect() was called at its first sight.
             socket.start_connect();
-            if let Some(remote) = socket.remote() {
-                self.remotes.connect(remote);
-            }
         }
         self.sockets.insert(record.skaddr, socket);
-        if let Some(pid) = record.pid {
-            let stats = self.live_process(pid, comm(record).as_deref());
-            if direction != Direction::Listen {
-                stats.opened += 1;
-            }
+    }
+
+    /// Folds an exited process now, whatever it still holds: its pid belongs to another.
+    fn retire(&mut self, pid: u32) {
+        self.exited.remove(&pid);
+        if let Some(stats) = self.processes.remove(&pid) {
+            self.folded.fold(&stats);
         }
     }
 

@@ -162,6 +162,33 @@ fn records_after_a_fold_add_to_the_name_and_a_reused_pid_is_a_new_process() {
 }
 
 #[test]
+fn a_pid_reused_before_its_process_was_folded_is_a_new_process() {
+    let mut agg = Aggregator::new(100);
+    // Exits while a child it forked still holds its connection: not folded.
+    agg.apply(&record(0, 42, "curl", 1, RecordKind::Connect));
+    agg.apply(&record(SEC, 42, "curl", 0, RecordKind::Exit));
+    agg.fold_exited();
+    assert!(agg.processes[&42].exited);
+    // A new process with that pid opens a connection.
+    agg.apply(&record(2 * SEC, 42, "wget", 2, RecordKind::Connect));
+    let new = &agg.processes[&42];
+    assert_eq!((new.comm.as_str(), new.opened, new.exited), ("wget", 1, false));
+    assert_eq!(agg.folded.by_comm["curl"].stats.opened, 1);
+    // The new process is not folded for the old one's exit.
+    agg.fold_exited();
+    assert!(agg.processes.contains_key(&42));
+}
+
+#[test]
+fn an_open_the_full_table_cannot_track_is_still_counted() {
+    let mut agg = Aggregator::new(1);
+    agg.apply(&record(0, 7, "client", 1, RecordKind::Connect));
+    agg.apply(&record(0, 7, "client", 2, RecordKind::Connect));
+    assert_eq!((agg.tracked(), agg.evicted, agg.processes[&7].opened), (1, 1, 2));
+    assert_eq!(agg.remotes.by_remote[&addr(SERVER)].connections, 2);
+}
+
+#[test]
 fn a_process_costs_little_memory() {
     let mut stats = ProcessStats::new("curl".to_owned());
     stats.record_lifetime(1_500_000);
