@@ -470,9 +470,10 @@ impl Aggregator {
         let mut gone: Vec<u64> = Vec::new();
         // Owners the sweep named for sockets whose owner was unknown or gone.
         let mut owners: Vec<(u32, &str)> = Vec::new();
-        // The pipeline applied every event read before the snapshot ended. A sweep that could
-        // not read everything (warnings) is no proof that a socket is gone, unless the process
-        // that held it has exited (its exit released everything it held).
+        // The pipeline applied every event read before the snapshot ended. A socket a sweep
+        // does not find is gone if its holder has exited (the exit released everything it
+        // held), or if the sweep read everything (no warnings) and an earlier sweep found the
+        // socket (its addresses are written as the inventory writes them).
         let complete = snapshot.warnings.is_empty();
         let exited = |pid: Option<u32>| {
             pid.and_then(|pid| self.processes.get(&pid)).is_some_and(|p| p.exited)
@@ -482,7 +483,7 @@ impl Aggregator {
             let Some(found) = by_tuple.get(&(local, remote)) else {
                 // A dead-fd socket (CLOSE) is not in the kernel's tables, only in its
                 // descriptor: that one a sweep cannot see.
-                if (complete || exited(socket.pid()))
+                if (exited(socket.pid()) || complete && socket.swept())
                     && socket.held()
                     && socket.state != TcpState::Close
                     && socket.state_since_ns < now_ns
@@ -492,6 +493,7 @@ impl Aggregator {
                 }
                 continue;
             };
+            socket.set_swept();
             refresh(socket, found, now_ns);
             if let Some(state) = unsent_state(socket.state, found.state) {
                 socket.set_state(state, now_ns);
@@ -499,6 +501,7 @@ impl Aggregator {
             // Held after its process exited: a process it forked holds it now.
             if (socket.pid().is_none() || exited(socket.pid()))
                 && let Some(owner) = found.owners.first()
+                && Some(owner.pid) != socket.pid()
             {
                 socket.set_pid(Some(owner.pid));
                 socket.set_fd(Some(owner.fd));

@@ -246,6 +246,11 @@ fn a_held_socket_a_sweep_no_longer_finds_has_ended() {
     partial.warnings.push("network namespace 1: dump failed".to_owned());
     agg.apply_inventory(&partial, 2 * SEC);
     assert_eq!((agg.tracked(), agg.ended_unseen), (2, 0));
+    // Nor does one whose addresses never matched the inventory's.
+    agg.apply_inventory(&snapshot(vec![]), 2 * SEC);
+    assert_eq!((agg.tracked(), agg.ended_unseen), (2, 0));
+    let established = inventory(5, TcpState::Established, "10.0.0.1:30001", SERVER, 7);
+    agg.apply_inventory(&snapshot(vec![established]), 2 * SEC);
     agg.apply_inventory(&snapshot(vec![]), 3 * SEC);
     assert_eq!((agg.tracked(), agg.ended_unseen), (1, 1));
     assert_eq!(agg.held_by_process()[&7], HashMap::from([(TcpState::Close, 1)]));
