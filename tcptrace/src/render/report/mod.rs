@@ -235,6 +235,12 @@ mod tests {
 
     /// A report with one process, lifetimes and one finding of each shape.
     fn sample() -> serde_json::Value {
+        let mut out = Vec::new();
+        sample_report().write_json(&mut out).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    fn sample_report() -> Report {
         let mut agg = Aggregator::new(16);
         let endpoints = Endpoints {
             local: "10.0.0.1:40000".parse().unwrap(),
@@ -312,7 +318,7 @@ mod tests {
             ephemeral_ports: 28232,
         };
         let findings = detect(&agg, &limits, 100 * 1_000_000_000);
-        let report = Report::build(
+        Report::build(
             &agg,
             findings,
             limits,
@@ -326,10 +332,7 @@ mod tests {
                 },
             },
             vec![],
-        );
-        let mut out = Vec::new();
-        report.write_json(&mut out).unwrap();
-        serde_json::from_slice(&out).unwrap()
+        )
     }
 
     #[test]
@@ -389,6 +392,18 @@ mod tests {
         assert_eq!(report["exited_processes"][0]["lifetime_ms"]["p50"], 2.0);
         // The two losses, and what lost events mean for the findings.
         assert_eq!(report["warnings"].as_array().unwrap().len(), 3, "{}", report["warnings"]);
+    }
+
+    #[test]
+    fn text_report_lists_exited_processes_by_name() {
+        let mut out = Vec::new();
+        sample_report().write_text(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("exited processes, by name:"), "{text}");
+        assert!(
+            text.contains("curl ×1: opened 1, released 1, TIME_WAIT entries 0 lifetime p50=2.0ms"),
+            "{text}"
+        );
     }
 
     #[test]
