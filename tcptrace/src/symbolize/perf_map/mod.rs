@@ -15,10 +15,15 @@
 //! The time box: opening and reading a local regular file cannot block indefinitely once
 //! FIFOs, links and sizes are refused (see `open`), but a file on FUSE can, and a process in
 //! its own user and mount namespaces can put one at its `/tmp`. So each read runs on a thread
-//! of its own and the caller waits at most [`WAIT`]: past that the lookup goes on without the
-//! map, and the result is taken when it comes, at a later lookup. A thread still blocked stays
-//! so (nothing can interrupt it but the file system): at most [`MAX_READERS`] run at once, and
-//! when that many are blocked no more maps are read (a note says why).
+//! of its own, counting the bytes it reads, and the caller waits while it makes progress: at
+//! most [`STALL`] without a byte read, and [`MAX_WAIT`] in all. Past that the lookup goes on
+//! without the map, and the result is taken when it comes, at a later lookup. A thread still
+//! blocked stays so (nothing can interrupt it but the file system): at most [`MAX_READERS`]
+//! run at once, and when that many are blocked no more maps are read (a note says why).
+//!
+//! The cost: a map is read again (when it changed) at most every [`RECHECK`], or ten times
+//! as long as its last read took, so that a process rewriting a large map keeps tcptrace
+//! reading it a tenth of the time at most.
 //!
 //! Maps not read (refused, too large, timed out) are said on stderr, once per process and at
 //! most [`MAX_NOTES`] times in a run.
@@ -30,7 +35,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError, TryRecvError},
     },
     thread,
@@ -40,8 +45,12 @@ use std::{
 use self::open::{Loaded, Stamp};
 pub use self::table::Table;
 
-/// How long a lookup waits for a map to be read.
-pub const WAIT: Duration = Duration::from_secs(2);
+/// How long a lookup waits for a read that reads nothing.
+pub const STALL: Duration = Duration::from_secs(2);
+/// How long a lookup waits for a read in all (64 MiB on a slow machine, in a debug build).
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+/// How often a waiting lookup looks at the read's progress.
+const POLL: Duration = Duration::from_millis(50);
 /// How often a process's map is checked for changes, at most.
 pub const RECHECK: Duration = Duration::from_secs(2);
 /// Reading threads that may run at once (blocked ones included).
@@ -51,15 +60,15 @@ pub const MAX_CACHED_BYTES: usize = 256 << 20;
 /// Notes said in a run.
 const MAX_NOTES: usize = 8;
 
-/// Reads a process's map (`open::load`; another in tests).
-type Loader = Arc<dyn Fn(u32, Option<Stamp>) -> Loaded + Send + Sync>;
+/// Reads a process's map, counting the bytes read (`open::load`; another in tests).
+type Loader = Arc<dyn Fn(u32, Option<Stamp>, &AtomicU64) -> Loaded + Send + Sync>;
 
 /// Each process's perf map, read when needed.
 pub struct PerfMaps {
     by_pid: HashMap<u32, Known>,
     load: Loader,
-    /// [`WAIT`], shorter in tests.
-    wait: Duration,
+    /// [`STALL`], shorter in tests.
+    stall: Duration,
     /// Reading threads still running, blocked or not.
     readers: Arc<AtomicUsize>,
     /// Lookups so far: the clock of "least recently used".
@@ -73,7 +82,9 @@ struct Known {
     /// The version `table` was read from (or that was found unchanged since).
     stamp: Option<Stamp>,
     checked: Instant,
-    /// A read that took longer than [`WAIT`]: its result, when it comes.
+    /// How long the last read took.
+    took: Duration,
+    /// A read that was waited for no longer: its result, when it comes.
     pending: Option<Receiver<Loaded>>,
     /// Whether a note was said about this process.
     noted: bool,
@@ -82,23 +93,24 @@ struct Known {
 
 impl Default for PerfMaps {
     fn default() -> Self {
-        Self::with_loader(Arc::new(open::load), WAIT)
+        Self::with_loader(Arc::new(open::load), STALL)
     }
 }
 
 impl PerfMaps {
-    fn with_loader(load: Loader, wait: Duration) -> Self {
-        Self { by_pid: HashMap::new(), load, wait, readers: Arc::default(), uses: 0, notes: 0 }
+    fn with_loader(load: Loader, stall: Duration) -> Self {
+        Self { by_pid: HashMap::new(), load, stall, readers: Arc::default(), uses: 0, notes: 0 }
     }
 
     /// Process `pid`'s table. While `alive`, its map is read if it never was, or was checked
-    /// more than [`RECHECK`] ago and changed since; otherwise what was read before (if any).
+    /// long enough ago (see the module documentation) and changed since; otherwise what was
+    /// read before (if any).
     pub fn table(&mut self, pid: u32, alive: bool) -> Option<&Table> {
         self.uses += 1;
         let due = match self.by_pid.get_mut(&pid) {
             Some(known) => {
                 known.used = self.uses;
-                known.pending.is_none() && known.checked.elapsed() >= RECHECK
+                known.pending.is_none() && known.checked.elapsed() >= RECHECK.max(known.took * 10)
             }
             None => true,
         };
@@ -120,10 +132,11 @@ impl PerfMaps {
         self.by_pid.remove(&pid);
     }
 
-    /// Reads the map on a thread, waiting at most [`WAIT`].
+    /// Reads the map on a thread, waiting while it makes progress.
     fn refresh(&mut self, pid: u32) {
         let previous = self.known(pid).stamp;
-        self.known(pid).checked = Instant::now();
+        let started = Instant::now();
+        self.known(pid).checked = started;
         if self.readers.load(Ordering::Acquire) >= MAX_READERS {
             self.note(
                 pid,
@@ -135,11 +148,13 @@ impl PerfMaps {
             return;
         }
         let (tx, rx) = mpsc::sync_channel(1);
-        let (readers, load) = (Arc::clone(&self.readers), Arc::clone(&self.load));
+        let progress = Arc::new(AtomicU64::new(0));
+        let (readers, load, read) =
+            (Arc::clone(&self.readers), Arc::clone(&self.load), Arc::clone(&progress));
         readers.fetch_add(1, Ordering::AcqRel);
         let spawned = thread::Builder::new().name("perf-map".to_owned()).spawn(move || {
             let reading = Reading(readers);
-            let loaded = load(pid, previous);
+            let loaded = load(pid, previous, &read);
             // Counted until here: a result received is from a reader that has ended.
             drop(reading);
             // The receiver may be gone (abandoned): nothing to do then.
@@ -150,21 +165,37 @@ impl PerfMaps {
             self.note(pid, format_args!("perf map of pid {pid} not read: no thread: {err}"));
             return;
         }
-        match rx.recv_timeout(self.wait) {
-            Ok(loaded) => self.apply(pid, loaded),
-            Err(RecvTimeoutError::Timeout) => {
-                self.known(pid).pending = Some(rx);
-                let wait = self.wait;
+        let (mut read, mut moved) = (0, started);
+        loop {
+            match rx.recv_timeout(POLL) {
+                Ok(loaded) => {
+                    self.known(pid).took = started.elapsed();
+                    return self.apply(pid, loaded);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // The thread panicked: as if there were no map.
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let now = progress.load(Ordering::Relaxed);
+            if now != read {
+                (read, moved) = (now, Instant::now());
+            }
+            let waited = started.elapsed();
+            if moved.elapsed() >= self.stall || waited >= MAX_WAIT {
+                let known = self.known(pid);
+                known.pending = Some(rx);
+                known.took = waited;
+                let why =
+                    if moved.elapsed() >= self.stall { "nothing read" } else { "still reading" };
                 self.note(
                     pid,
                     format_args!(
-                        "perf map of pid {pid} not read within {wait:?}; its JIT frames looked \
-                         up meanwhile stay unnamed"
+                        "perf map of pid {pid} not read yet ({why} after {waited:.1?}); its JIT \
+                         frames looked up meanwhile stay unnamed"
                     ),
                 );
+                return;
             }
-            // The thread panicked: as if there were no map.
-            Err(RecvTimeoutError::Disconnected) => {}
         }
     }
 
@@ -220,6 +251,7 @@ impl PerfMaps {
             table: None,
             stamp: None,
             checked: Instant::now(),
+            took: Duration::ZERO,
             pending: None,
             noted: false,
             used,
@@ -293,8 +325,10 @@ mod tests {
         assert!(maps.table(pid, true).is_none());
         // Not read again while unchanged (the same test: one map per process).
         let map = OwnMap::write("1000 10 jitted\n");
-        let Loaded::Read(_, stamp) = open::load(pid, None) else { panic!("a map") };
-        assert!(matches!(open::load(pid, Some(stamp)), Loaded::Unchanged));
+        let progress = AtomicU64::new(0);
+        let Loaded::Read(_, stamp) = open::load(pid, None, &progress) else { panic!("a map") };
+        assert_eq!(progress.load(Ordering::Relaxed), 15);
+        assert!(matches!(open::load(pid, Some(stamp), &progress), Loaded::Unchanged));
         drop(map);
         assert_eq!(maps.readers.load(Ordering::Acquire), 0);
     }
@@ -304,7 +338,7 @@ mod tests {
         // Reads block until the gate opens, as on a file system that does not answer.
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let held = Arc::clone(&gate);
-        let load: Loader = Arc::new(move |pid, _| {
+        let load: Loader = Arc::new(move |pid, _, _| {
             let (open, opened) = &*held;
             let mut open = open.lock().unwrap();
             while !*open {
@@ -312,7 +346,7 @@ mod tests {
             }
             Loaded::Read(table::parse(format!("1000 10 f{pid}\n").as_bytes()), Stamp::test())
         });
-        let wait = Duration::from_millis(50);
+        let wait = Duration::from_millis(100);
         let mut maps = PerfMaps::with_loader(load, wait);
         for pid in 1..=MAX_READERS as u32 {
             let started = Instant::now();
@@ -343,5 +377,27 @@ mod tests {
         // A process forgotten while its read was blocked: its result is dropped.
         maps.forget(3);
         assert!(maps.table(3, false).is_none());
+    }
+
+    #[test]
+    fn a_slow_read_that_makes_progress_is_waited_for() {
+        let stall = Duration::from_millis(100);
+        // Reads a little every 20 ms for three times the stall.
+        let load: Loader = Arc::new(|pid, _, progress| {
+            for _ in 0..15 {
+                thread::sleep(Duration::from_millis(20));
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            Loaded::Read(table::parse(format!("1000 10 f{pid}\n").as_bytes()), Stamp::test())
+        });
+        let mut maps = PerfMaps::with_loader(load, stall);
+        assert_eq!(maps.table(1, true).and_then(|t| t.find(0x1000)), Some("f1"));
+        // Not read again before ten times as long as it took.
+        let took = maps.by_pid[&1].took;
+        assert!(took >= 3 * stall, "{took:?}");
+        maps.by_pid.get_mut(&1).unwrap().checked -= RECHECK;
+        let started = Instant::now();
+        assert!(maps.table(1, true).is_some());
+        assert!(started.elapsed() < stall, "read again: {:?}", started.elapsed());
     }
 }

@@ -32,6 +32,7 @@ use std::{
         unix::ffi::OsStrExt as _,
     },
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use super::table::{self, Table};
@@ -105,8 +106,8 @@ pub enum Loaded {
 }
 
 /// Reads process `pid`'s perf map (checked as the module documentation says), unless it is
-/// the version `previous` stamps.
-pub fn load(pid: u32, previous: Option<Stamp>) -> Loaded {
+/// the version `previous` stamps; `progress` counts the bytes read so far.
+pub fn load(pid: u32, previous: Option<Stamp>, progress: &AtomicU64) -> Loaded {
     // Everything through one descriptor of /proc/<pid>: if the pid is reused meanwhile, the
     // lookups below fail instead of mixing two processes.
     let Ok(proc) = open_dir(Path::new(&format!("/proc/{pid}"))) else { return Loaded::Missing };
@@ -129,7 +130,7 @@ pub fn load(pid: u32, previous: Option<Stamp>) -> Loaded {
     let owners = Owners { uids: process.uids };
     match open_checked(&tmp, &name, &owners, MAX_SIZE) {
         Ok((_, stamp)) if previous == Some(stamp) => Loaded::Unchanged,
-        Ok((file, stamp)) => match read(file) {
+        Ok((file, stamp)) => match read(file, progress) {
             Ok(table) => Loaded::Read(table, stamp),
             Err(err) => refused(Refusal::Io(err)),
         },
@@ -197,9 +198,25 @@ fn facts(stat: &libc::stat) -> (u64, Stamp) {
     (u64::from(stat.st_nlink), stamp)
 }
 
-/// Reads a file [`open_checked`] accepted, at most [`MAX_SIZE`] bytes whatever it has grown to.
-pub fn read(file: File) -> io::Result<Table> {
-    table::read(BufReader::with_capacity(64 << 10, file), MAX_SIZE)
+/// Reads a file [`open_checked`] accepted, at most [`MAX_SIZE`] bytes whatever it has grown to,
+/// counting the bytes read in `progress`.
+pub fn read(file: File, progress: &AtomicU64) -> io::Result<Table> {
+    let counted = Counted { inner: file, progress };
+    table::read(BufReader::with_capacity(64 << 10, counted), MAX_SIZE)
+}
+
+/// A reader that counts what it reads: the caller tells a slow read from a blocked one.
+struct Counted<'a, R> {
+    inner: R,
+    progress: &'a AtomicU64,
+}
+
+impl<R: io::Read> io::Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 /// A directory as an `O_PATH` descriptor, following links (`/proc/<pid>`).
@@ -339,7 +356,9 @@ mod tests {
         let dir = TempDir::new("regular");
         fs::write(dir.0.join("perf-1.map"), "1000 10 f\n").unwrap();
         let (file, _) = open_checked(&dir.fd(), "perf-1.map", &me(), MAX_SIZE).unwrap();
-        assert_eq!(read(file).unwrap().find(0x1008), Some("f"));
+        let progress = AtomicU64::new(0);
+        assert_eq!(read(file, &progress).unwrap().find(0x1008), Some("f"));
+        assert_eq!(progress.load(Ordering::Relaxed), 10);
         assert!(matches!(
             open_checked(&dir.fd(), "perf-2.map", &me(), MAX_SIZE),
             Err(Refusal::Io(err)) if is_missing(&err)
@@ -443,7 +462,7 @@ mod tests {
     #[test]
     fn a_process_that_is_gone_has_no_map() {
         // (This process's own map is read in `perf_map`'s tests: one file per process.)
-        assert!(matches!(load(u32::MAX, None), Loaded::Missing));
+        assert!(matches!(load(u32::MAX, None, &AtomicU64::new(0)), Loaded::Missing));
     }
 
     #[test]

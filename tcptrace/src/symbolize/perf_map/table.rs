@@ -15,7 +15,7 @@
 //! names its addresses). A size of 0 covers its start address only, as blazesym and perf do.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::{self, BufRead},
 };
 
@@ -25,7 +25,7 @@ pub const MAX_LINE: usize = 4096;
 pub const MAX_ENTRIES: usize = 1 << 20;
 
 /// Where a name is in [`Table::names`]: offset and length (a map is at most a few tens of MiB).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Name {
     offset: u32,
     len: u32,
@@ -73,8 +73,7 @@ impl Table {
     }
 
     fn name(&self, name: Name) -> &str {
-        let start = name.offset as usize;
-        &self.names[start..start + name.len as usize]
+        slice(&self.names, name)
     }
 }
 
@@ -159,9 +158,6 @@ impl Builder {
         let offset = self.names.len();
         let decoded = String::from_utf8_lossy(raw);
         self.names.extend(decoded.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }));
-        // Names are at most MAX_LINE bytes (tripled by replacement characters) and the input
-        // is bounded well below 4 GiB by the caller; saturate rather than wrap regardless.
-        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Name { offset: to_u32(offset), len: to_u32(self.names.len() - offset) }
     }
 
@@ -189,13 +185,38 @@ impl Builder {
         self.painted.insert(start, (end, name));
     }
 
+    /// The table, holding only the names still used (a JIT that reuses its memory leaves many
+    /// names painted over).
     fn build(self) -> Table {
-        let Self { painted, mut names, skipped } = self;
-        let entries: Vec<Entry> =
-            painted.into_iter().map(|(start, (end, name))| Entry { start, end, name }).collect();
+        let Self { painted, names: all, skipped } = self;
+        let mut names = String::new();
+        let mut kept: HashMap<Name, Name> = HashMap::new();
+        let entries: Vec<Entry> = painted
+            .into_iter()
+            .map(|(start, (end, name))| {
+                let name = *kept.entry(name).or_insert_with(|| {
+                    let offset = to_u32(names.len());
+                    names.push_str(slice(&all, name));
+                    Name { offset, len: name.len }
+                });
+                Entry { start, end, name }
+            })
+            .collect();
         names.shrink_to_fit();
         Table { entries, names, skipped }
     }
+}
+
+/// Names are at most [`MAX_LINE`] bytes (tripled by replacement characters) and the text is
+/// bounded well below 4 GiB by the caller: saturate rather than wrap regardless.
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The text of `name` in `names`; empty if it is not there (past 4 GiB).
+fn slice(names: &str, name: Name) -> &str {
+    let start = name.offset as usize;
+    names.get(start..start.saturating_add(name.len as usize)).unwrap_or("")
 }
 
 /// `START SIZE name` → (start, size, name); `None` when malformed.
@@ -385,6 +406,22 @@ mod tests {
         // The same line twice: one entry.
         let table = parse(b"1000 10 f\n1000 10 f\n1000 10 g\n");
         assert_eq!((table.len(), table.find(0x1000)), (1, Some("g")));
+    }
+
+    #[test]
+    fn names_painted_over_are_not_kept() {
+        let mut text = String::new();
+        for i in 0..10_000 {
+            text.push_str(&format!("1000 100 function_compiled_again_{i}\n"));
+        }
+        // Split by a later line: both pieces share one copy of the name.
+        text.push_str("1040 10 inner\n");
+        let table = parse(text.as_bytes());
+        assert_eq!(table.find(0x1000), Some("function_compiled_again_9999"));
+        assert_eq!(table.find(0x1040), Some("inner"));
+        assert_eq!(table.find(0x1050), Some("function_compiled_again_9999"));
+        assert_eq!(table.len(), 3);
+        assert!(table.bytes() < 200, "{} bytes kept", table.bytes());
     }
 
     #[test]
