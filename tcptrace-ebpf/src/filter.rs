@@ -15,7 +15,7 @@ pub fn following() -> bool {
 pub fn process_matches(tgid: u32, comm: &[u8; 16]) -> bool {
     let filter = filter();
     // SAFETY: plain map read; only looked up when it decides.
-    let followed = filter.follow != 0 && unsafe { FOLLOWED.get(&tgid) }.is_some();
+    let followed = filter.follow != 0 && unsafe { FOLLOWED.get(tgid) }.is_some();
     filter.process_matches(tgid, comm, followed)
 }
 

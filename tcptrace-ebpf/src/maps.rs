@@ -90,7 +90,7 @@ impl UserStacks {
             key_size: size_of::<u32>() as u32,
             value_size: (frame * USER_STACK_FRAMES) as u32,
             max_entries,
-            map_flags: flags as u32,
+            map_flags: flags,
             id: 0,
             pinning: 0,
         }))

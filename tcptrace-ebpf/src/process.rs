@@ -74,17 +74,17 @@ fn on_exit() -> Result<(), ReadFailed> {
         let pid_tgid = bpf_get_current_pid_tgid();
         let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
         if tid != tgid {
-            let _ = FOLLOWED.remove(&tid);
+            let _ = FOLLOWED.remove(tid);
         }
         if group_dead {
-            let _ = FOLLOWED.remove(&tgid);
+            let _ = FOLLOWED.remove(tgid);
         }
     }
     result
 }
 
 /// `tcptrace run`: a child of a followed task is followed from its first instruction, before it
-/// can exec or connect. Runs in the parent, in copy_process() (kernel/fork.c).
+/// can exec or connect. Runs in the parent, in kernel_clone() (kernel/fork.c).
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     #[cfg(feature = "bench")]
@@ -101,15 +101,15 @@ fn follow_child(ctx: &TracePointContext) -> Result<(), ReadFailed> {
     }
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: plain map read.
-    if unsafe { FOLLOWED.get(&parent) }.is_none() {
+    if unsafe { FOLLOWED.get(parent) }.is_none() {
         return Ok(());
     }
-    // `child_pid`'s offset moved when the comm fields became `__data_loc` strings (6.9); user
-    // space reads it from this kernel's tracepoint format.
+    // `child_pid`'s offset moved when the comm fields became `__data_loc` strings; user space
+    // reads it from this kernel's tracepoint format.
     let offset = global!(SETTINGS.fork_child_pid) as usize;
     // SAFETY: the offset comes from this kernel's tracepoint format, and the read is checked.
     let child = unsafe { ctx.read_at::<i32>(offset) }?;
-    if FOLLOWED.insert(&(child as u32), &1, 0).is_err() {
+    if FOLLOWED.insert(child as u32, 1, 0).is_err() {
         count(COUNTER_FOLLOW_FULL);
     }
     Ok(())

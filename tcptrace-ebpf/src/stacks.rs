@@ -70,7 +70,7 @@ fn user_stack<C: EbpfContext>(ctx: &C) -> Option<i32> {
     }
     let id = stack_id(ctx, USER_STACKS.as_ptr())?;
     // LRU: an insert always finds room.
-    let _ = SITE_STACKS.insert(&key, &id, 0);
+    let _ = SITE_STACKS.insert(&key, id, 0);
     Some(id)
 }
 

@@ -4,9 +4,8 @@
 //! unchanged through 6.18): skaddr@8, oldstate@16, newstate@20, sport@24, dport@26 (host
 //! order), family@28, protocol@30, saddr@32, daddr@36, saddr_v6@40, daddr_v6@56. User space
 //! checks these offsets against tracefs before loading. Fired by `inet_sk_state_store()` and
-//! `inet_sk_set_state()` (net/ipv4/inet_connection_sock.c, net/ipv4/af_inet.c) for every TCP
-//! state change, in whatever context makes it (the caller's thread for connect(), listen() and
-//! close(), softirq for most others).
+//! `inet_sk_set_state()` (net/ipv4/af_inet.c) for every TCP state change, in whatever context
+//! makes it (the caller's thread for connect(), listen() and close(), softirq for most others).
 //!
 //! `tcp:tcp_receive_reset` (include/trace/events/tcp.h, since 4.15): skaddr@8. Fired by
 //! `tcp_reset()` (net/ipv4/tcp_input.c) just before it moves the socket to CLOSE.
