@@ -26,9 +26,13 @@
 //! interrupt there gets an `outer` mark that nobody checks (the second is skipped for it). Left
 //! alone, that stale mark would leave one level of protection instead of two, and a later
 //! skipped change with the same socket address and transition (slab reuse makes the same
-//! address likely) would be taken as run. So `outer` ages out: a pending one waits only for the
-//! changes of one softirq run, a few thousand at most, so after `OUTER_PENDING_MAX` inner marks
-//! it is taken as stale and replaced. Whatever slips through is still not silent: a change
+//! address likely) would be taken as run, and the nesting the inner level protects would be
+//! reported twice. So `outer` ages out: a pending one waits only for one softirq run, a few
+//! thousand changes and a few milliseconds at most, so after `OUTER_PENDING_MAX` inner marks or
+//! `OUTER_PENDING_NS` it is taken as stale and replaced. Counting alone let a stale mark live
+//! through whole runs of a churning CPU (65536 changes), long enough for slab reuse to bring its
+//! socket address and transition back under emulation (one run of the VM tier's nesting test in
+//! about seven); the clock bounds it to a tenth of a second. Whatever slips through is still not silent: a change
 //! wrongly taken as run is a skip of the first program that `COUNTER_NESTED_CHANGES` does not
 //! cover, so it shows in the missed runs user space reports (the first's `recursion_misses`
 //! less the nested changes).
@@ -63,26 +67,38 @@ pub struct StateMarks {
     inner: ChangeId,
     /// Changes marked `inner` since `outer` was set.
     inner_marks: u64,
+    /// When `outer` was set (CLOCK_MONOTONIC ns).
+    outer_ns: u64,
 }
 
-const _: () = assert!(size_of::<StateMarks>() == 40);
+const _: () = assert!(size_of::<StateMarks>() == 48);
 
 /// How many inner marks a pending `outer` can outlive: far more than one softirq run makes
 /// (`netdev_budget`, 300 packets, per round and at most ten rounds), and about a second of
 /// changes on a CPU churning 7000 connections a second.
 pub const OUTER_PENDING_MAX: u64 = 1 << 16;
 
+/// How long a pending `outer` can wait: one softirq run is bounded in time (`net_rx_action`
+/// by `netdev_budget_usecs`, 2 ms; `__do_softirq` by 2 ms or ten restarts before ksoftirqd
+/// takes over), and an emulated kernel's clock runs slower than its host's; a mark older than
+/// this was left by the window, not pending.
+pub const OUTER_PENDING_NS: u64 = 100_000_000;
+
 impl StateMarks {
     /// Nothing pending: the map's initial (all-zero) value.
     pub const fn new() -> Self {
-        Self { outer: ChangeId::NONE, inner: ChangeId::NONE, inner_marks: 0 }
+        Self { outer: ChangeId::NONE, inner: ChangeId::NONE, inner_marks: 0, outer_ns: 0 }
     }
 
-    /// Called by the first program first thing, for every change it runs for.
+    /// Called by the first program first thing, for every change it runs for, at `now_ns`
+    /// (CLOCK_MONOTONIC).
     #[inline(always)]
-    pub fn first_runs(&mut self, change: ChangeId) {
-        if self.outer == ChangeId::NONE || self.inner_marks >= OUTER_PENDING_MAX {
+    pub fn first_runs(&mut self, change: ChangeId, now_ns: u64) {
+        let stale = self.inner_marks >= OUTER_PENDING_MAX
+            || now_ns.saturating_sub(self.outer_ns) > OUTER_PENDING_NS;
+        if self.outer == ChangeId::NONE || stale {
             self.outer = change;
+            self.outer_ns = now_ns;
             // Left over when the second was interrupted as above: checked by nobody since.
             self.inner = ChangeId::NONE;
             self.inner_marks = 0;
@@ -151,6 +167,8 @@ mod tests {
     #[derive(Default)]
     struct Cpu {
         marks: StateMarks,
+        /// The clock: a microsecond per change.
+        now_ns: u64,
         first_active: bool,
         second_active: bool,
         reports: HashMap<ChangeId, u32>,
@@ -169,10 +187,11 @@ mod tests {
                     }
                 }
             };
+            self.now_ns += 1_000;
             if !self.first_active {
                 self.first_active = true;
                 at(self, At::FirstBeforeMark);
-                self.marks.first_runs(change);
+                self.marks.first_runs(change, self.now_ns);
                 *self.reports.entry(change).or_default() += 1;
                 at(self, At::FirstAfterMark);
                 self.first_active = false;
@@ -283,7 +302,7 @@ mod tests {
         let (a, b) = (id(0), id(1));
         cpu.change(a, Some((At::SecondBeforeCheck, &[b])));
         assert_eq!(cpu.marks.inner, b, "the second was busy: nobody checks B's mark");
-        cpu.marks.first_runs(id(2));
+        cpu.marks.first_runs(id(2), cpu.now_ns);
         assert_eq!(cpu.marks.inner, ChangeId::NONE);
         assert!(cpu.marks.first_skipped(b), "a skipped change with B's id is detected");
     }
@@ -291,7 +310,7 @@ mod tests {
     #[test]
     fn first_runs_then_second_checks() {
         let mut marks = StateMarks::new();
-        marks.first_runs(id(1));
+        marks.first_runs(id(1), 1);
         assert!(!marks.first_skipped(id(1)));
         assert!(clear(&marks));
     }
@@ -301,7 +320,7 @@ mod tests {
         let mut marks = StateMarks::new();
         assert!(marks.first_skipped(id(1)));
         // Also while another change is pending, and with its transition differing only.
-        marks.first_runs(id(2));
+        marks.first_runs(id(2), 1);
         assert!(marks.first_skipped(id(3)));
         assert!(marks.first_skipped(ChangeId::new(id(2).skaddr, 1, 4)));
         assert!(!marks.first_skipped(id(2)));
@@ -312,8 +331,8 @@ mod tests {
     #[test]
     fn second_interrupted_before_its_check() {
         let mut marks = StateMarks::new();
-        marks.first_runs(id(1));
-        marks.first_runs(id(2));
+        marks.first_runs(id(1), 1);
+        marks.first_runs(id(2), 2);
         assert!(!marks.first_skipped(id(2)), "the interrupting change ran");
         assert!(!marks.first_skipped(id(1)), "the interrupted change ran");
         assert!(clear(&marks));
@@ -324,7 +343,7 @@ mod tests {
     #[test]
     fn first_interrupted_after_its_mark() {
         let mut marks = StateMarks::new();
-        marks.first_runs(id(1));
+        marks.first_runs(id(1), 1);
         assert!(marks.first_skipped(id(2)), "the first was busy with A: B is the second's");
         assert!(!marks.first_skipped(id(1)));
         assert!(clear(&marks));
@@ -335,12 +354,35 @@ mod tests {
     #[test]
     fn a_pending_outer_mark_outlives_a_long_softirq_run() {
         let mut marks = StateMarks::new();
-        marks.first_runs(id(0));
+        marks.first_runs(id(0), 1);
         for i in 1..=OUTER_PENDING_MAX {
-            marks.first_runs(id(i));
+            marks.first_runs(id(i), 1 + i);
             assert!(!marks.first_skipped(id(i)));
         }
         assert!(!marks.first_skipped(id(0)), "outer mark lost after a long softirq run");
+        // Nor after a slow one, short of `OUTER_PENDING_NS`.
+        marks.first_runs(id(0), 1);
+        marks.first_runs(id(1), 1 + OUTER_PENDING_NS);
+        assert!(!marks.first_skipped(id(1)));
+        assert!(!marks.first_skipped(id(0)), "outer mark lost after a slow softirq run");
+    }
+
+    /// A stale outer mark also ages out with time: the first change more than
+    /// `OUTER_PENDING_NS` after it replaces it, however few changes came in between.
+    #[test]
+    fn a_stale_outer_mark_ages_out_after_outer_pending_ns() {
+        let mut cpu = Cpu::default();
+        let stale = id(1);
+        cpu.change(id(0), Some((At::SecondAfterCheck, &[stale])));
+        assert!(!clear(&cpu.marks), "the window leaves a mark");
+        let set_ns = cpu.marks.outer_ns;
+        cpu.now_ns = set_ns + OUTER_PENDING_NS - 1_000;
+        cpu.quiet_changes(100, 1);
+        assert!(!cpu.marks.clone().first_skipped(stale), "aged out too early");
+        cpu.now_ns = set_ns + OUTER_PENDING_NS;
+        cpu.quiet_changes(101, 1);
+        assert!(cpu.marks.clone().first_skipped(stale), "stale outer mark never aged out");
+        assert!(clear(&cpu.marks));
     }
 
     /// The window: an interrupt after the second cleared its mark leaves an outer mark nobody

@@ -2,6 +2,7 @@
 //! `tcptrace_common::nested`, whose module docs explain the marks, the interleavings they
 //! handle and the one window they cannot close (and its tests check each).
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tcptrace_common::{ChangeId, StateMarks};
 
 use crate::maps::STATE_MARKS;
@@ -21,7 +22,8 @@ fn marks() -> Option<&'static mut StateMarks> {
 #[inline(always)]
 pub fn first_runs(change: ChangeId) {
     if let Some(marks) = marks() {
-        marks.first_runs(change);
+        // SAFETY: helper with no preconditions.
+        marks.first_runs(change, unsafe { bpf_ktime_get_ns() });
     }
 }
 
