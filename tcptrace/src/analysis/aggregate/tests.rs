@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Instant};
 use super::*;
 use crate::{
     event::{Comm, Endpoints, ReleaseReason},
-    inventory::FdOwner,
+    inventory::{FdOwner, InventorySocket},
 };
 
 const SEC: u64 = 1_000_000_000;
