@@ -1,5 +1,7 @@
 //! Builds the kernel programs (tcptrace-ebpf) for the BPF target with the nightly toolchain and
-//! bpf-linker, as aya-template does; the object is embedded by `include_bytes_aligned!`.
+//! bpf-linker, as aya-template does; the object is embedded by `include_bytes_aligned!`. With
+//! this crate's `bench` feature the kernel crate's `bench` feature is on too: without it the
+//! object has no bench code at all.
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 
@@ -11,12 +13,16 @@ fn main() -> anyhow::Result<()> {
         .find(|cargo_metadata::Package { name, .. }| name.as_str() == "tcptrace-ebpf")
         .ok_or_else(|| anyhow!("tcptrace-ebpf package not found"))?;
     let cargo_metadata::Package { name, manifest_path, .. } = ebpf_package;
+    // Cargo sets CARGO_FEATURE_<NAME> for each feature of this package it builds with.
+    let features: &[&str] =
+        if std::env::var_os("CARGO_FEATURE_BENCH").is_some() { &["bench"] } else { &[] };
     let ebpf_package = aya_build::Package {
         name: name.as_str(),
         root_dir: manifest_path
             .parent()
             .ok_or_else(|| anyhow!("no parent for {manifest_path}"))?
             .as_str(),
+        features,
         ..Default::default()
     };
     aya_build::build_ebpf([ebpf_package], Toolchain::default())

@@ -56,7 +56,7 @@ pub struct RawEvent {
     pub new_state: u8,
     /// `RELEASE_*` for releases, 0 otherwise.
     pub reason: u8,
-    /// `AF_INET` (2) or `AF_INET6` (10).
+    /// `AF_INET` or `AF_INET6`.
     pub family: u16,
     /// Local and remote ports, host byte order.
     pub lport: u16,
@@ -117,7 +117,12 @@ pub const COUNTER_FOLLOW_FULL: u32 = 4;
 /// the CPU, interrupted by the softirq making this change) and that `inet_sock_set_state_nested`
 /// handled instead.
 pub const COUNTER_NESTED_CHANGES: u32 = 5;
-pub const COUNTER_COUNT: u32 = 6;
+/// A kernel read failed (a `bpf_probe_read_kernel` fault walking task, descriptor table,
+/// file and socket, or a tracepoint field that could not be read), so an event or a release was
+/// not sent. An expected "no" (an empty descriptor slot, a file that is not a TCP socket, no BTF
+/// offsets) is not counted.
+pub const COUNTER_READ_FAILED: u32 = 6;
+pub const COUNTER_COUNT: u32 = 7;
 
 /// `RawEvent::user_stack`/`kernel_stack`: no stack captured.
 pub const STACK_NONE: i32 = -1;

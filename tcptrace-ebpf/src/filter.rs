@@ -1,56 +1,32 @@
-//! In-kernel filters (`--pid`, `--comm`, `--port`, `-4`/`-6`), configured by the `FILTER` global.
+//! In-kernel filters (`--pid`, `--comm`, `--port`, `-4`/`-6`, `tcptrace run`'s process tree),
+//! configured by the `FILTER` global. The decisions are `tcptrace_common::Filter`'s methods,
+//! shared with user space's inventory filter; this module adds the `FOLLOWED` lookup.
 
-use tcptrace_common::MAX_FILTER_PIDS;
-
-use crate::maps::{FILTER, FOLLOWED, global};
-
-#[inline(always)]
-pub fn filters_process() -> bool {
-    global!(FILTER.n_pids) != 0 || global!(FILTER.has_comm) != 0 || following()
-}
+use crate::maps::{FOLLOWED, filter};
 
 /// `tcptrace run`: only the command and its descendants.
 #[inline(always)]
 pub fn following() -> bool {
-    global!(FILTER.follow) != 0
+    filter().follow != 0
 }
 
 /// Whether the process `tgid` running `comm` is one the user asked for.
 #[inline(always)]
 pub fn process_matches(tgid: u32, comm: &[u8; 16]) -> bool {
-    if following() {
-        // SAFETY: plain map read.
-        return unsafe { FOLLOWED.get(&tgid) }.is_some();
-    }
-    let n_pids = global!(FILTER.n_pids) as usize;
-    if n_pids != 0 {
-        let mut found = false;
-        for i in 0..MAX_FILTER_PIDS {
-            if i < n_pids && global!(FILTER.pids[i]) == tgid {
-                found = true;
-            }
-        }
-        if !found {
-            return false;
-        }
-    }
-    if global!(FILTER.has_comm) != 0 {
-        for (i, byte) in comm.iter().enumerate() {
-            if global!(FILTER.comm[i]) != *byte {
-                return false;
-            }
-        }
-    }
-    true
+    let filter = filter();
+    // SAFETY: plain map read; only looked up when it decides.
+    let followed = filter.follow != 0 && unsafe { FOLLOWED.get(tgid) }.is_some();
+    filter.process_matches(tgid, comm, followed)
 }
 
 /// Whether a connection of `family` between `lport` and `rport` passes the address filters.
 #[inline(always)]
 pub fn addr_matches(family: u16, lport: u16, rport: u16) -> bool {
-    let want_family = global!(FILTER.family);
-    if want_family != 0 && want_family != family {
-        return false;
-    }
-    let port = global!(FILTER.port);
-    port == 0 || port == lport || port == rport
+    filter().addr_matches(family, lport, rport)
+}
+
+/// Whether a process filter is on (`Filter::filters_process`).
+#[inline(always)]
+pub fn filters_process() -> bool {
+    filter().filters_process()
 }

@@ -1,4 +1,7 @@
 //! Maps, load-time globals and the small accessors every hook shares.
+//!
+//! Each `#[map]` static and `#[no_mangle]` global is named after the constant of the same name
+//! in `tcptrace_common::names`, which user space loads it by: keep the two spellings equal.
 
 use core::{
     cell::UnsafeCell,
@@ -16,8 +19,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tcptrace_common::{
-    BENCH_MINIMUM, BuildIdFrame, CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT,
-    COUNTER_LOST_EVENTS, Filter, KernelOffsets, Owner, RawEvent, Settings, USER_STACK_FRAMES,
+    BuildIdFrame, CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT, COUNTER_LOST_EVENTS,
+    COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, Filter, KernelOffsets, Owner, RawEvent, Settings,
+    StateMarks, USER_STACK_FRAMES,
 };
 
 /// Reads a load-time global. The volatile read keeps the compiler from folding the zero
@@ -37,21 +41,21 @@ pub static FILTER: Filter = Filter::none();
 #[unsafe(no_mangle)]
 pub static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 
-/// Set by user space at load time (`--stacks`).
+/// Set by user space at load time (`--stacks`, lean mode, and `cargo xtask bench`'s
+/// reference points, read only with the `bench` feature).
 #[unsafe(no_mangle)]
 pub static SETTINGS: Settings = Settings::none();
 
-/// `cargo xtask bench`'s floor and minimum: the programs are attached and return at once (the
-/// minimum's do their bit first, see `bench`).
+/// The `FILTER` global, by reference, for `Filter`'s methods. The address goes through a
+/// volatile read for the reason `global!` reads volatile: a plain reference would let the
+/// compiler see the static's `Filter::none()` initialiser and fold every filter away. A
+/// reference rather than a copy: the 64 bytes would count against the 512-byte stack of the
+/// exit scan's call chain on 6.1 (see `process::report_exit`).
 #[inline(always)]
-pub fn bench_mode() -> bool {
-    global!(SETTINGS.bench) != 0
-}
-
-/// `cargo xtask bench`'s minimum (`BENCH_MINIMUM`).
-#[inline(always)]
-pub fn minimum() -> bool {
-    global!(SETTINGS.bench) == BENCH_MINIMUM
+pub fn filter() -> &'static Filter {
+    let address = &raw const FILTER;
+    // SAFETY: reads a local; the pointer it yields is the static's, valid for 'static.
+    unsafe { &*core::ptr::read_volatile(&address) }
 }
 
 /// Whether only the state changes an aggregating reader uses are sent (`Settings::lean`).
@@ -86,7 +90,7 @@ impl UserStacks {
             key_size: size_of::<u32>() as u32,
             value_size: (frame * USER_STACK_FRAMES) as u32,
             max_entries,
-            map_flags: flags as u32,
+            map_flags: flags,
             id: 0,
             pinning: 0,
         }))
@@ -160,6 +164,35 @@ pub static CONNECT_FD: HashMap<u32, i32> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static LAST_RESET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// This CPU's marks of the state changes `inet_sock_set_state_raw` ran for (see `nested`).
+#[map]
+pub static STATE_MARKS: PerCpuArray<StateMarks> = PerCpuArray::with_max_entries(1, 0);
+
+/// A kernel read failed: a `bpf_probe_read_kernel` fault, or a tracepoint field that could not
+/// be read. Not for an expected "no" (an empty descriptor slot, a file that is not a TCP
+/// socket, no BTF offsets): those are `Ok(None)` or `Ok(())` and cost nothing.
+#[derive(Clone, Copy)]
+pub struct ReadFailed;
+
+impl From<i32> for ReadFailed {
+    /// The error of aya's read helpers (`read_at`, `bpf_probe_read_kernel`): a negative errno.
+    #[inline(always)]
+    fn from(_errno: i32) -> Self {
+        Self
+    }
+}
+
+/// Every hook's last step: counts a failed read in `COUNTER_READ_FAILED`, the one place that
+/// does, and returns the program's value (0 for every hook: a tracepoint program's value only
+/// tells perf whether to keep its own sample, which nobody records).
+#[inline(always)]
+pub fn finish<R: Default>(result: Result<(), ReadFailed>) -> R {
+    if let Err(ReadFailed) = result {
+        count(COUNTER_READ_FAILED);
+    }
+    R::default()
+}
+
 #[inline(always)]
 pub fn count(counter: u32) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter) {
@@ -232,7 +265,7 @@ pub fn wakeup() -> u64 {
 pub fn remember_owner(skaddr: u64, pid: u32, fd: i32) -> bool {
     let owner = Owner { pid, fd, released: 0, _pad0: 0 };
     if OWNERS.insert(skaddr, owner, 0).is_err() {
-        count(tcptrace_common::COUNTER_OWNER_MAP_FULL);
+        count(COUNTER_OWNER_MAP_FULL);
         return false;
     }
     true

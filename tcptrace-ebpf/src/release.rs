@@ -2,8 +2,10 @@
 //! `tcp_close()`.
 //!
 //! Three ways to see it, chosen in user space (`--close-hook`):
-//! - fentry on `tcp_close` (net/ipv4/tcp.c, `void tcp_close(struct sock *sk, long timeout)`),
-//! - kprobe on the same function where trampolines are refused,
+//! - fentry on `tcp_close` (net/ipv4/tcp.c, `void tcp_close(struct sock *sk, long timeout)`,
+//!   that signature since 2.6; fentry needs 5.5+ and trampolines the kernel allows),
+//! - kprobe on the same function where trampolines are refused (its first argument, `sk`, in
+//!   the first argument register),
 //! - tracepoints only: close(2)/dup2/dup3/close_range at syscall entry when the file's reference
 //!   count is 1 (`syscalls` module), and at exit a scan of the descriptor table (`process`
 //!   module).
@@ -17,19 +19,25 @@ use tcptrace_common::{FLAG_ADDRS, KIND_RELEASE, RELEASE_CLOSE, RELEASE_EXIT, tcp
 use crate::{
     filter::{addr_matches, filters_process, process_matches},
     kernel::{FdTable, SockInfo, current_is_exiting, file_refs, sock_state, socket_sock},
-    maps::{OWNERS, bench_mode, current_event, emit, lean, offsets_valid},
+    maps::{OWNERS, ReadFailed, current_event, emit, finish, lean, offsets_valid},
 };
 
-/// Reports that the current process released `sk`. `info` is read here when the caller has not.
+/// Reports that the current process released `sk`. `info` is read here when the caller has not
+/// (`None`), which needs BTF offsets; without them the release carries no endpoints.
 #[inline(always)]
-pub fn report_release(sk: u64, info: Option<&SockInfo>, fd_hint: i32, reason: u8) {
+pub fn report_release(
+    sk: u64,
+    info: Option<&SockInfo>,
+    fd_hint: i32,
+    reason: u8,
+) -> Result<(), ReadFailed> {
     let mut event = current_event(KIND_RELEASE);
     let owner = OWNERS.get_ptr_mut(sk);
     let (owner_pid, owner_fd) = match owner {
         // SAFETY: a map value pointer is valid for the duration of the program.
         Some(owner) => unsafe {
             if (*owner).released != 0 {
-                return;
+                return Ok(());
             }
             ((*owner).pid, (*owner).fd)
         },
@@ -37,17 +45,27 @@ pub fn report_release(sk: u64, info: Option<&SockInfo>, fd_hint: i32, reason: u8
     };
     // With a process filter, owners are only remembered for matching processes.
     if filters_process() && owner.is_none() && !process_matches(event.pid, &event.comm) {
-        return;
+        return Ok(());
     }
+    // A failed read is counted, but the release is still sent: with state 0 and without
+    // endpoints, as when BTF offsets are missing, since user space knows the socket by its
+    // address and a lost release would look like a leak.
+    let mut read = Ok(());
     let state = if info.is_none() && owner.is_some() && lean() && offsets_valid() {
         // Lean mode: user space has an owned socket's endpoints (`Triage::addresses_known`).
-        sock_state(sk).unwrap_or(0)
+        sock_state(sk).unwrap_or_else(|e| {
+            read = Err(e);
+            0
+        })
     } else {
         let read_info;
         let info = match info {
             Some(info) => Some(info),
             None if offsets_valid() => {
-                read_info = SockInfo::read(sk).ok();
+                read_info = SockInfo::read(sk).unwrap_or_else(|e| {
+                    read = Err(e);
+                    None
+                });
                 read_info.as_ref()
             }
             None => None,
@@ -56,7 +74,7 @@ pub fn report_release(sk: u64, info: Option<&SockInfo>, fd_hint: i32, reason: u8
             // A socket that reached CLOSE has lost its ports; an owner entry means it passed
             // the address filters when it was opened.
             if owner.is_none() && !addr_matches(info.family, info.lport, info.rport) {
-                return;
+                return read;
             }
             event.family = info.family;
             event.lport = info.lport;
@@ -89,46 +107,57 @@ pub fn report_release(sk: u64, info: Option<&SockInfo>, fd_hint: i32, reason: u8
             unsafe { (*owner).released = 1 };
         }
     }
+    read
 }
 
 /// Tracepoint mode: reports a release if `fd` holds the last reference to a TCP socket.
 #[inline(always)]
-pub fn release_if_last(table: &FdTable, fd: u32, reason: u8) -> Result<(), i32> {
-    let file = table.file(fd)?;
-    let sk = socket_sock(file)?;
+pub fn release_if_last(table: &FdTable, fd: u32, reason: u8) -> Result<(), ReadFailed> {
+    let Some(file) = table.file(fd)? else {
+        return Ok(());
+    };
+    let Some(sk) = socket_sock(file)? else {
+        return Ok(());
+    };
     if file_refs(file)? != 1 {
         return Ok(());
     }
-    let info = SockInfo::read(sk)?;
-    report_release(sk, Some(&info), fd as i32, reason);
-    Ok(())
+    let Some(info) = SockInfo::read(sk)? else {
+        return Ok(());
+    };
+    report_release(sk, Some(&info), fd as i32, reason)
 }
 
 #[inline(always)]
-fn on_tcp_close(sk: u64) {
+fn on_tcp_close(sk: u64) -> Result<(), ReadFailed> {
     // Deferred fput() runs tcp_close() after the syscall returned, so the syscall that dropped
-    // the descriptor is no longer known here; exit is (PF_EXITING).
-    let reason = if current_is_exiting() { RELEASE_EXIT } else { RELEASE_CLOSE };
-    report_release(sk, None, -1, reason);
+    // the descriptor is no longer known here; exit is (PF_EXITING). Unknown, it is a close.
+    let exiting = current_is_exiting();
+    let reason = if exiting.unwrap_or(false) { RELEASE_EXIT } else { RELEASE_CLOSE };
+    report_release(sk, None, -1, reason)?;
+    exiting.map(|_| ())
 }
 
 #[fentry(function = "tcp_close")]
 pub fn tcp_close_fentry(ctx: FEntryContext) -> i32 {
-    if bench_mode() {
+    #[cfg(feature = "bench")]
+    if crate::bench::active() {
         return 0;
     }
-    let sk: u64 = ctx.arg(0);
-    on_tcp_close(sk);
-    0
+    finish(on_tcp_close(ctx.arg(0)))
 }
 
+/// A kprobe's `sk`: the first argument register (`pt_regs.di` on x86-64), which aya reads for
+/// the target architecture.
 #[kprobe]
 pub fn tcp_close_kprobe(ctx: ProbeContext) -> u32 {
-    if bench_mode() {
+    #[cfg(feature = "bench")]
+    if crate::bench::active() {
         return 0;
     }
-    if let Some(sk) = ctx.arg::<u64>(0) {
-        on_tcp_close(sk);
-    }
-    0
+    let Some(sk) = ctx.arg::<u64>(0) else {
+        // Reading a register of the context cannot fail on a supported architecture.
+        return finish(Err(ReadFailed));
+    };
+    finish(on_tcp_close(sk))
 }

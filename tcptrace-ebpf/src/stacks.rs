@@ -1,5 +1,6 @@
 //! The code path that opened a connection: user and kernel stacks captured at connect() and
-//! accept(), in the opening thread, as ids into the `USER_STACKS` and `STACKS` maps.
+//! accept(), in the opening thread, as ids into the `USER_STACKS` and `STACKS` maps
+//! (`bpf_get_stackid`; `BPF_F_STACK_BUILD_ID` stacks since 4.17).
 
 use core::ffi::c_void;
 
@@ -11,7 +12,10 @@ use tcptrace_common::{COUNTER_STACK_FAILED, RawEvent, STACKS_KERNEL, STACKS_USER
 
 use crate::{
     kernel::current_mm,
-    maps::{SETTINGS, SITE_STACKS, STACKS, SiteKey, USER_ADDR_STACKS, USER_STACKS, count, global},
+    maps::{
+        SETTINGS, SITE_STACKS, STACKS, SiteKey, USER_ADDR_STACKS, USER_STACKS, count, finish,
+        global,
+    },
 };
 
 /// Whether a hook's kernel stack says anything: inside connect() it is the TCP connect path;
@@ -49,7 +53,10 @@ pub fn capture<C: StackIdContext + EbpfContext>(
 /// space resolved it before, captured (and remembered) otherwise.
 #[inline(always)]
 fn user_stack<C: EbpfContext>(ctx: &C) -> Option<i32> {
-    let Ok(mm) = current_mm() else {
+    let mm = current_mm();
+    // A failed read costs the cache only: the stack is still captured.
+    finish::<u32>(mm.map(|_| ()));
+    let Ok(Some(mm)) = mm else {
         return stack_id(ctx, USER_STACKS.as_ptr());
     };
     // A stack the address map cannot hold (full, or its hash bucket taken) is still captured.
@@ -63,7 +70,7 @@ fn user_stack<C: EbpfContext>(ctx: &C) -> Option<i32> {
     }
     let id = stack_id(ctx, USER_STACKS.as_ptr())?;
     // LRU: an insert always finds room.
-    let _ = SITE_STACKS.insert(&key, &id, 0);
+    let _ = SITE_STACKS.insert(&key, id, 0);
     Some(id)
 }
 

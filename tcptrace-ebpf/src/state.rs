@@ -1,14 +1,18 @@
 //! TCP state changes.
 //!
-//! `sock:inet_sock_set_state` (include/trace/events/sock.h, stable since 4.16): skaddr@8,
-//! oldstate@16, newstate@20, sport@24, dport@26 (host order), family@28, protocol@30,
-//! saddr@32, daddr@36, saddr_v6@40, daddr_v6@56. User space checks these offsets against
-//! tracefs before loading.
+//! `sock:inet_sock_set_state` (include/trace/events/sock.h, since 4.16; the fields below are
+//! unchanged through 6.18): skaddr@8, oldstate@16, newstate@20, sport@24, dport@26 (host
+//! order), family@28, protocol@30, saddr@32, daddr@36, saddr_v6@40, daddr_v6@56. User space
+//! checks these offsets against tracefs before loading. Fired by `inet_sk_state_store()` and
+//! `inet_sk_set_state()` (net/ipv4/af_inet.c) for every TCP state change, in whatever context
+//! makes it (the caller's thread for connect(), listen() and close(), softirq for most others).
 //!
-//! `tcp:tcp_receive_reset` (include/trace/events/tcp.h): skaddr@8.
+//! `tcp:tcp_receive_reset` (include/trace/events/tcp.h, since 4.15): skaddr@8. Fired by
+//! `tcp_reset()` (net/ipv4/tcp_input.c) just before it moves the socket to CLOSE.
 //!
 //! Each hook exists twice: as a raw tracepoint reading the `struct sock` through BTF offsets
-//! (used whenever they are known) and as a classic tracepoint (the no-BTF fallback).
+//! (used whenever they are known; `TP_PROTO` arguments as declared in the same headers) and as
+//! a classic tracepoint (the no-BTF fallback).
 
 use core::ptr;
 
@@ -18,39 +22,53 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use tcptrace_common::{
-    COUNTER_NESTED_CHANGES, FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_CONNECT, KIND_STATE,
-    Owner, RawEvent, tcp_state::*,
+    AF_INET, COUNTER_NESTED_CHANGES, ChangeId, FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET,
+    IPPROTO_TCP, KIND_CONNECT, KIND_STATE, Owner, RawEvent, Triage, tcp_state::*,
 };
 
+#[cfg(feature = "bench")]
+use crate::bench;
 use crate::{
-    bench::minimum_change,
     filter::{addr_matches, filters_process, process_matches},
-    kernel::{AF_INET, IPPROTO_TCP, SockInfo},
+    kernel::SockInfo,
     maps::{
-        LAST_RESET, OWNERS, bench_mode, count, current_event, emit, lean, minimum, remember_owner,
+        LAST_RESET, OWNERS, ReadFailed, count, current_event, emit, finish, lean, remember_owner,
         stamped_event,
     },
-    nested::{ChangeId, first_runs, first_skipped},
+    nested::{first_runs, first_skipped},
     stacks::{KernelStack, capture},
     syscalls::connect_fd,
 };
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    if bench_mode() {
-        if minimum()
-            && let Ok(StateArgs { sk, old, new }) = StateArgs::classic(&ctx)
-        {
-            minimum_change(sk, old, new);
-        }
-        return 0;
+    #[cfg(feature = "bench")]
+    if bench::active() {
+        return finish(bench_classic_change(&ctx));
     }
-    if let Ok(Some(change)) = Change::from_tracepoint(&ctx)
-        && let Some(triage) = triage(change.skaddr, change.old, change.new)
-    {
-        let _ = on_change(&ctx, change, triage);
+    finish(try_inet_sock_set_state(&ctx))
+}
+
+#[inline(always)]
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), ReadFailed> {
+    let Some(change) = Change::from_tracepoint(ctx)? else {
+        return Ok(());
+    };
+    let Some(kept) = triage(change.skaddr, change.old, change.new) else {
+        return Ok(());
+    };
+    on_change(ctx, change, kept)
+}
+
+/// `cargo xtask bench`'s minimum on the classic tracepoint; nothing for its floor.
+#[cfg(feature = "bench")]
+#[inline(always)]
+fn bench_classic_change(ctx: &TracePointContext) -> Result<(), ReadFailed> {
+    if bench::minimum() {
+        let StateArgs { sk, old, new } = StateArgs::classic(ctx)?;
+        bench::minimum_change(sk, old, new);
     }
-    0
+    Ok(())
 }
 
 /// The same hook as a raw tracepoint (`TP_PROTO(const struct sock *sk, int oldstate, int
@@ -60,32 +78,32 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// only skipped when it re-enters itself, and `inet_sock_set_state_nested` catches that.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
-    if bench_mode() {
-        if minimum() {
-            let StateArgs { sk, old, new } = StateArgs::raw(&ctx);
-            minimum_change(sk, old, new);
+    let args = StateArgs::raw(&ctx);
+    #[cfg(feature = "bench")]
+    if bench::active() {
+        if bench::minimum() {
+            bench::minimum_change(args.sk, args.old, args.new);
         }
         return 0;
     }
-    let args = StateArgs::raw(&ctx);
     first_runs(args.change_id());
-    on_raw_change(&ctx, args);
-    0
+    finish(on_raw_change(&ctx, args))
 }
 
 /// The second program on the hook: handles the changes the kernel skipped the first for (see
 /// the `nested` module).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
-    if bench_mode() {
+    #[cfg(feature = "bench")]
+    if bench::active() {
         return 0;
     }
     let args = StateArgs::raw(&ctx);
-    if first_skipped(args.change_id()) {
-        count(COUNTER_NESTED_CHANGES);
-        on_raw_change(&ctx, args);
+    if !first_skipped(args.change_id()) {
+        return 0;
     }
-    0
+    count(COUNTER_NESTED_CHANGES);
+    finish(on_raw_change(&ctx, args))
 }
 
 /// The socket and its two states, as the tracepoint passes them.
@@ -103,7 +121,7 @@ impl StateArgs {
     }
 
     #[inline(always)]
-    fn classic(ctx: &TracePointContext) -> Result<Self, i32> {
+    fn classic(ctx: &TracePointContext) -> Result<Self, ReadFailed> {
         // SAFETY (all reads): offsets from the tracepoint format (module docs).
         Ok(Self {
             sk: unsafe { ctx.read_at(8)? },
@@ -119,37 +137,40 @@ impl StateArgs {
 }
 
 #[inline(always)]
-fn on_raw_change(ctx: &RawTracePointContext, StateArgs { sk, old, new }: StateArgs) {
+fn on_raw_change(
+    ctx: &RawTracePointContext,
+    StateArgs { sk, old, new }: StateArgs,
+) -> Result<(), ReadFailed> {
     // Decided before the socket is read: on a churning host, most changes end here.
-    let Some(triage) = triage(sk, old, new) else {
-        return;
+    let Some(kept) = triage(sk, old, new) else {
+        return Ok(());
     };
-    let change = if triage.addresses_known(old) {
-        Ok(Some(Change::bare(sk, old, new)))
+    let change = if kept.triage.addresses_known(old, lean()) {
+        Change::bare(sk, old, new)
     } else {
-        Change::from_sock(sk, old, new)
+        let Some(change) = Change::from_sock(sk, old, new)? else {
+            return Ok(());
+        };
+        change
     };
-    if let Ok(Some(change)) = change {
-        let _ = on_change(ctx, change, triage);
-    }
+    on_change(ctx, change, kept)
 }
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    if bench_mode() {
+    #[cfg(feature = "bench")]
+    if bench::active() {
         return 0;
     }
     // SAFETY: offset from the tracepoint format (module docs).
-    if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(8) } {
-        mark_reset(skaddr);
-    }
-    0
+    finish(unsafe { ctx.read_at::<u64>(8) }.map(mark_reset).map_err(ReadFailed::from))
 }
 
 /// `TP_PROTO(struct sock *sk)`; see `inet_sock_set_state_raw` for why raw is preferred.
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn tcp_receive_reset_raw(ctx: RawTracePointContext) -> i32 {
-    if bench_mode() {
+    #[cfg(feature = "bench")]
+    if bench::active() {
         return 0;
     }
     mark_reset(ctx.arg(0));
@@ -213,7 +234,7 @@ impl Change {
 
     /// None when the socket is not TCP or the address filters reject it.
     #[inline(always)]
-    fn from_tracepoint(ctx: &TracePointContext) -> Result<Option<Self>, i32> {
+    fn from_tracepoint(ctx: &TracePointContext) -> Result<Option<Self>, ReadFailed> {
         // SAFETY (all reads below): offsets from the tracepoint format (module docs).
         let protocol: u16 = unsafe { ctx.read_at(30)? };
         if protocol != IPPROTO_TCP {
@@ -250,9 +271,12 @@ impl Change {
         }))
     }
 
+    /// None when the socket is not an IPv4/IPv6 TCP socket or the address filters reject it.
     #[inline(always)]
-    fn from_sock(sk: u64, old: u8, new: u8) -> Result<Option<Self>, i32> {
-        let info = SockInfo::read(sk)?;
+    fn from_sock(sk: u64, old: u8, new: u8) -> Result<Option<Self>, ReadFailed> {
+        let Some(info) = SockInfo::read(sk)? else {
+            return Ok(None);
+        };
         if !addr_matches(info.family, info.lport, info.rport) {
             return Ok(None);
         }
@@ -286,69 +310,39 @@ fn take_reset(skaddr: u64) -> bool {
     false
 }
 
-/// What is known of a change before its socket is read. A struct with every field set on
-/// every path, not an enum: LLVM spills the absent payload of an enum variant as an undefined
-/// register, which the verifier rejects (`R0 !read_ok`).
+/// A change `triage` kept, and its owner. A struct with every field set on every path, the
+/// owner a pointer that may be null, not an `Option`: LLVM spills the absent payload of an
+/// enum variant as an undefined register, which the verifier rejects (`R0 !read_ok`).
 #[derive(Clone, Copy)]
-struct Triage {
-    /// connect() or listen(), in the caller's thread.
-    open: bool,
-    /// The socket's owner; null when unknown (or `open`).
+struct Kept {
+    /// `Open`, `Owned` or `Unowned`.
+    triage: Triage,
+    /// The socket's owner; null when unknown (or `Open`).
     owner: *mut Owner,
 }
 
-/// Whether a change is reported at all, decided from the states and the owner map alone.
+/// Whether a change is reported at all (`tcptrace_common::triage`), decided from the states
+/// and the owner map alone.
 #[inline(always)]
-fn triage(skaddr: u64, old: u8, new: u8) -> Option<Triage> {
-    // tcp_close_state() "moves" FIN_WAIT2, LAST_ACK, ... to the state they are in: no change.
-    if old == new {
-        return None;
-    }
-    if old == CLOSE && (new == SYN_SENT || new == LISTEN) {
-        return Some(Triage { open: true, owner: ptr::null_mut() });
-    }
-    // Decided from the states alone, before the owner-map lookup.
-    if lean() && !lifecycle_change(old, new) {
-        return None;
-    }
-    let owner = OWNERS.get_ptr_mut(skaddr).unwrap_or(ptr::null_mut());
-    if owner.is_null() && filters_process() {
-        return None;
-    }
-    Some(Triage { open: false, owner })
-}
-
-/// The changes (other than opens) that lean mode sends: the protocol close (lifetime, TIME_WAIT
-/// entry, a dead descriptor), the peer's close (CLOSE_WAIT), and a connect()'s outcome (its
-/// local port, its latency). The rest follow a close() or shutdown() of the owner's, or a
-/// listener child's handshake that accept() reports; the inventory sweeps show the states of
-/// sockets still held.
-#[inline(always)]
-fn lifecycle_change(old: u8, new: u8) -> bool {
-    new == CLOSE || new == CLOSE_WAIT || old == SYN_SENT
-}
-
-impl Triage {
-    /// Whether user space already has this socket's endpoints, so they need not be read: in
-    /// lean mode, a socket with an owner was reported with them by its connect(), listen() or
-    /// accept(), except the local port of a connect(), assigned after `CLOSE -> SYN_SENT`
-    /// and first read when it leaves SYN_SENT.
-    #[inline(always)]
-    fn addresses_known(&self, old: u8) -> bool {
-        lean() && !self.owner.is_null() && old != SYN_SENT
-    }
+fn triage(skaddr: u64, old: u8, new: u8) -> Option<Kept> {
+    let mut owner = ptr::null_mut();
+    let triage = tcptrace_common::triage(old, new, lean(), filters_process(), || {
+        owner = OWNERS.get_ptr_mut(skaddr).unwrap_or(ptr::null_mut());
+        !owner.is_null()
+    });
+    if triage == Triage::Skip { None } else { Some(Kept { triage, owner }) }
 }
 
 #[inline(always)]
 fn on_change<C: StackIdContext + EbpfContext>(
     ctx: &C,
     change: Change,
-    triage: Triage,
-) -> Result<(), i32> {
-    if triage.open {
+    kept: Kept,
+) -> Result<(), ReadFailed> {
+    if kept.triage == Triage::Open {
         return on_open(ctx, change);
     }
-    let owner = triage.owner;
+    let owner = kept.owner;
     let Change { skaddr, new, .. } = change;
     // Softirq context, mostly: the interrupted task is nobody's business, so its pid and comm
     // are not read; user space shows the owner.
@@ -378,22 +372,27 @@ fn on_change<C: StackIdContext + EbpfContext>(
 
 /// connect() and listen() make their changes in the caller's thread: that is the owner.
 #[inline(always)]
-fn on_open<C: StackIdContext + EbpfContext>(ctx: &C, change: Change) -> Result<(), i32> {
+fn on_open<C: StackIdContext + EbpfContext>(ctx: &C, change: Change) -> Result<(), ReadFailed> {
     let Change { skaddr, new, .. } = change;
     let mut event = current_event(KIND_STATE);
     if !process_matches(event.pid, &event.comm) {
         return Ok(());
     }
     change.describe(&mut event);
+    // A connect() whose descriptor could not be read is still reported, with fd -1.
+    let mut read = Ok(());
     if new == SYN_SENT {
         event.kind = KIND_CONNECT;
         capture(ctx, &mut event, KernelStack::Meaningful);
-        event.fd = connect_fd(event.tid);
+        event.fd = connect_fd(event.tid).unwrap_or_else(|e| {
+            read = Err(e);
+            -1
+        });
     }
     event.owner_pid = event.pid;
     if !remember_owner(skaddr, event.pid, event.fd) {
         event.flags |= FLAG_OWNER_LOST;
     }
     emit(&event);
-    Ok(())
+    read
 }

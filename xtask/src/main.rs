@@ -177,12 +177,21 @@ const BENCH_TEST_FILTER: &str = "bench";
 /// redis-server and use iproute2 in network namespaces, the inventory tests need sock_diag,
 /// which Debian's kernel builds as modules (inet_diag, tcp_diag), and the symbolization, stacks
 /// and run tests compile their fixtures with gcc and rustc (run also uses bash), the
-/// reliability tests run commands as another user with setpriv; the VM's initramfs holds
+/// reliability and perf-map tests run commands as another user, and the soak test's 3,000
+/// processes would take minutes under emulation; the VM's initramfs holds
 /// busybox and the test binaries only. The kernel side of stacks and of run's process
 /// following is tested in the VM by kernel_events. `leaks` itself runs in the VM (cli_trace),
 /// without the inventory, as it would on such a host.
-const HOST_ONLY_TESTS: &[&str] =
-    &["leaks_scenarios", "inventory", "symbolize", "stacks", "run", "reliability"];
+const HOST_ONLY_TESTS: &[&str] = &[
+    "leaks_scenarios",
+    "inventory",
+    "symbolize",
+    "stacks",
+    "run",
+    "reliability",
+    "perf_map_hostile",
+    "soak",
+];
 
 /// Test executables of the tcptrace package (unit tests and integration tests), built once.
 fn build_test_binaries() -> Result<Vec<(String, PathBuf)>> {

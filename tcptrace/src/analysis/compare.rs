@@ -12,6 +12,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReportDoc {
     processes: Vec<ProcessDoc>,
+    /// Exited processes folded by name (absent from reports of older versions).
+    #[serde(default)]
+    exited_processes: Vec<ProcessDoc>,
     findings: Vec<FindingDoc>,
     /// Only in `run --report`.
     #[serde(default)]
@@ -131,7 +134,8 @@ struct ProcessSummary {
 impl Summary {
     fn of(report: &ReportDoc) -> Self {
         let mut s = Self::default();
-        for p in &report.processes {
+        // Exited processes folded by name (`exited_processes`) count as that name's.
+        for p in report.processes.iter().chain(&report.exited_processes) {
             let entry = s.processes.entry(p.comm.clone()).or_default();
             entry.opened += p.opened;
             entry.time_wait += p.time_wait_entries;

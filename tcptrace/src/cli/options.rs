@@ -4,11 +4,7 @@
 
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use tcptrace_common::{Filter, MAX_FILTER_PIDS};
-
-// FIXME(merge): from tcptrace_common
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+use tcptrace_common::{AF_INET, AF_INET6, Filter, MAX_FILTER_PIDS};
 
 use super::{
     BudgetArgs, Cli, Command, CompareArgs, DetectArgs, FilterArgs, LeaksArgs, ProbeArgs, RunArgs,

@@ -16,6 +16,7 @@ use crate::{
     cli::{DetectOptions, LeaksOptions},
     cmd::stop::stop_signal,
     event::clock::monotonic_ns,
+    kernel::options::ProbeOptions,
     pipeline::{Pipeline, losses::Losses},
     render::report::{Report, RunInfo},
 };
@@ -64,16 +65,22 @@ pub async fn final_report(
     Report::build(pipeline.sink(), found, limits, &run, warnings)
 }
 
+/// The pipeline of `leaks` and `top`: the aggregator as its sink, inventory sweeps on.
+pub async fn aggregating(
+    probe: &ProbeOptions,
+    detect: &DetectOptions,
+) -> anyhow::Result<Pipeline<Aggregator>> {
+    let capacity = detect.capacity;
+    Pipeline::start(probe, capacity, Some(detect.sweep), |_| Aggregator::new(capacity)).await
+}
+
 pub async fn run(options: LeaksOptions) -> anyhow::Result<()> {
     let LeaksOptions { probe, detect, duration, json } = options;
     let mut warnings = Vec::new();
     let limits = limits(&detect, &mut warnings);
     // Before the banner: a Ctrl-C from then on ends the run with its report.
     let stop = stop_signal(duration)?;
-    let capacity = detect.capacity;
-    let mut pipeline =
-        Pipeline::start(&probe, capacity, Some(detect.sweep), |_| Aggregator::new(capacity))
-            .await?;
+    let mut pipeline = aggregating(&probe, &detect).await?;
     let purpose = match duration {
         Some(d) => format!("looking for leaks for {}", humantime::format_duration(d)),
         None => "looking for leaks until Ctrl-C".to_owned(),

@@ -10,7 +10,10 @@ use anyhow::Context as _;
 use crate::{
     analysis::{aggregate::Aggregator, findings::Limits},
     cli::TopOptions,
-    cmd::{leaks::limits, stop::stop_signal},
+    cmd::{
+        leaks::{aggregating, limits},
+        stop::stop_signal,
+    },
     pipeline::Pipeline,
     top::{Action, Rates, RunState, Sort, Tui, is_terminal, render_plain},
 };
@@ -24,10 +27,7 @@ pub async fn run(options: TopOptions) -> anyhow::Result<()> {
     let limits = limits(&detect, &mut warnings);
     // Before the banner: a Ctrl-C from then on ends the run.
     let stop = stop_signal(duration)?;
-    let capacity = detect.capacity;
-    let mut pipeline =
-        Pipeline::start(&probe, capacity, Some(detect.sweep), |_| Aggregator::new(capacity))
-            .await?;
+    let mut pipeline = aggregating(&probe, &detect).await?;
     pipeline.announce("TCP connections", None);
     for warning in &warnings {
         crate::say!("tcptrace: note: {warning}");

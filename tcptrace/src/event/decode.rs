@@ -9,18 +9,14 @@ use std::{
 };
 
 use tcptrace_common::{
-    FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_ACCEPT, KIND_CONNECT, KIND_EXEC, KIND_EXIT,
-    KIND_RELEASE, KIND_STATE, RawEvent, RawExec,
+    AF_INET, AF_INET6, FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_ACCEPT, KIND_CONNECT,
+    KIND_EXEC, KIND_EXIT, KIND_RELEASE, KIND_STATE, RawEvent, RawExec,
 };
 
 use super::{
     error::DecodeError,
     types::{Comm, Endpoints, Event, EventKind, ReleaseReason, StackIds, TcpState},
 };
-
-// FIXME(merge): from tcptrace_common
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 fn ip(family: u16, raw: &[u8; 16]) -> Result<IpAddr, DecodeError> {
     match family {

@@ -4,12 +4,9 @@
 
 use std::net::SocketAddr;
 
-use tcptrace_common::Filter;
+use tcptrace_common::{AF_INET, AF_INET6, Filter};
 
 use crate::inventory::InventorySocket;
-
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 pub struct InventoryFilter(Filter);
 
@@ -19,27 +16,29 @@ impl InventoryFilter {
     }
 
     /// Whether to keep `socket`; with a process filter, only the matching owners are kept.
+    /// The decisions are the kernel programs' own (`Filter::addr_matches`,
+    /// `Filter::process_matches`).
     pub fn keep(&self, socket: &mut InventorySocket) -> bool {
         let f = &self.0;
-        if f.port != 0 && socket.local.port() != f.port && socket.remote.port() != f.port {
+        let (local, remote) = (socket.local.port(), socket.remote.port());
+        if !f.addr_matches(family(&socket.local), local, remote) {
             return false;
         }
-        if f.family != 0 && family(&socket.local) != f.family {
-            return false;
-        }
-        let by_pid = f.n_pids > 0;
-        let by_comm = f.has_comm != 0;
-        if !by_pid && !by_comm {
+        if !f.filters_process() {
             return true;
         }
-        let pids = &f.pids[..(f.n_pids as usize).min(f.pids.len())];
-        let comm_len = f.comm.iter().position(|&b| b == 0).unwrap_or(f.comm.len());
-        let comm = &f.comm[..comm_len];
-        socket.owners.retain(|o| {
-            (!by_pid || pids.contains(&o.pid)) && (!by_comm || o.comm.as_bytes() == comm)
-        });
+        // `run` follows its processes in the kernel only, and sweeps nothing.
+        socket.owners.retain(|o| f.process_matches(o.pid, &comm(&o.comm), false));
         !socket.owners.is_empty()
     }
+}
+
+/// A task name as the kernel keeps it: its first 15 bytes, NUL-padded.
+fn comm(name: &str) -> [u8; 16] {
+    let mut raw = [0; 16];
+    let len = name.len().min(15);
+    raw[..len].copy_from_slice(&name.as_bytes()[..len]);
+    raw
 }
 
 /// Dual-stack sockets report IPv4 peers as `::ffff:a.b.c.d`; like the kernel's `skc_family`,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use tcptrace_common::{CLOSE_HOOK_FENTRY, CLOSE_HOOK_KPROBE, CLOSE_HOOK_TRACEPOINT};
+use tcptrace_common::{CLOSE_HOOK_FENTRY, CLOSE_HOOK_KPROBE, CLOSE_HOOK_TRACEPOINT, names};
 
 /// What the user asked for with `--close-hook`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,8 +40,8 @@ impl CloseHook {
     /// and `sched_process_exit` programs, always attached, do the work).
     pub const fn program(self) -> Option<&'static str> {
         match self {
-            Self::Fentry => Some("tcp_close_fentry"),
-            Self::Kprobe => Some("tcp_close_kprobe"),
+            Self::Fentry => Some(names::TCP_CLOSE_FENTRY),
+            Self::Kprobe => Some(names::TCP_CLOSE_KPROBE),
             Self::Tracepoint => None,
         }
     }

@@ -1,6 +1,8 @@
 //! Which programs a kernel and a close hook get, decided from what is known before attaching:
 //! pure, so every combination is unit-tested without root. `probes` carries the plan out.
 
+use tcptrace_common::names;
+
 use super::close_hook::{CloseHook, CloseHookChoice};
 
 /// A classic tracepoint program. Optional ones degrade a feature when absent.
@@ -12,25 +14,26 @@ pub struct Tracepoint {
     pub required: bool,
 }
 
+/// A program named after its tracepoint, as all of them are.
 const fn tp(program: &'static str, category: &'static str, required: bool) -> Tracepoint {
     Tracepoint { program, category, name: program, required }
 }
 
 /// Every classic tracepoint program, in attachment order.
 pub const TRACEPOINTS: &[Tracepoint] = &[
-    tp("inet_sock_set_state", "sock", true),
-    tp("tcp_receive_reset", "tcp", false),
-    tp("sys_enter_connect", "syscalls", true),
-    tp("sys_exit_connect", "syscalls", true),
-    tp("sys_exit_accept", "syscalls", false),
-    tp("sys_exit_accept4", "syscalls", true),
-    tp("sys_enter_close", "syscalls", true),
-    tp("sys_enter_dup2", "syscalls", false),
-    tp("sys_enter_dup3", "syscalls", false),
-    tp("sys_enter_close_range", "syscalls", false),
-    tp("sched_process_exit", "sched", true),
-    tp("sched_process_exec", "sched", false),
-    tp("sched_process_fork", "sched", true),
+    tp(names::INET_SOCK_SET_STATE, "sock", true),
+    tp(names::TCP_RECEIVE_RESET, "tcp", false),
+    tp(names::SYS_ENTER_CONNECT, "syscalls", true),
+    tp(names::SYS_EXIT_CONNECT, "syscalls", true),
+    tp(names::SYS_EXIT_ACCEPT, "syscalls", false),
+    tp(names::SYS_EXIT_ACCEPT4, "syscalls", true),
+    tp(names::SYS_ENTER_CLOSE, "syscalls", true),
+    tp(names::SYS_ENTER_DUP2, "syscalls", false),
+    tp(names::SYS_ENTER_DUP3, "syscalls", false),
+    tp(names::SYS_ENTER_CLOSE_RANGE, "syscalls", false),
+    tp(names::SCHED_PROCESS_EXIT, "sched", true),
+    tp(names::SCHED_PROCESS_EXEC, "sched", false),
+    tp(names::SCHED_PROCESS_FORK, "sched", true),
 ];
 
 /// A raw tracepoint program and the classic program it replaces when it attaches. Raw
@@ -51,7 +54,7 @@ pub const RAW_TRACEPOINTS: &[RawTracepoint] = &[
         replaces: "inet_sock_set_state",
     },
     RawTracepoint {
-        program: "tcp_receive_reset_raw",
+        program: names::TCP_RECEIVE_RESET_RAW,
         name: "tcp_receive_reset",
         replaces: "tcp_receive_reset",
     },
@@ -61,17 +64,21 @@ pub const RAW_TRACEPOINTS: &[RawTracepoint] = &[
 /// CPU, and the second program that handles those changes instead (see the kernel crate's
 /// `nested` module). The second must be attached after the first: the kernel runs a
 /// tracepoint's programs in attachment order.
-pub const STATE_PROGRAM: &str = "inet_sock_set_state_raw";
-pub const NESTED_STATE_PROGRAM: &str = "inet_sock_set_state_nested";
+pub const STATE_PROGRAM: &str = names::INET_SOCK_SET_STATE_RAW;
+pub const NESTED_STATE_PROGRAM: &str = names::INET_SOCK_SET_STATE_NESTED;
 
 /// The programs that derive releases from descriptor syscalls: only attached in tracepoint
 /// mode. With fentry or kprobe they would run on every close(2) of the host to do nothing.
-const RELEASE_TRACEPOINTS: &[&str] =
-    &["sys_enter_close", "sys_enter_dup2", "sys_enter_dup3", "sys_enter_close_range"];
+const RELEASE_TRACEPOINTS: &[&str] = &[
+    names::SYS_ENTER_CLOSE,
+    names::SYS_ENTER_DUP2,
+    names::SYS_ENTER_DUP3,
+    names::SYS_ENTER_CLOSE_RANGE,
+];
 
 /// The programs that remember connect()'s descriptor: only attached where the kernel programs
 /// cannot read it from the caller's saved registers (`KernelOffsets::connect_regs`).
-const CONNECT_TRACEPOINTS: &[&str] = &["sys_enter_connect", "sys_exit_connect"];
+const CONNECT_TRACEPOINTS: &[&str] = &[names::SYS_ENTER_CONNECT, names::SYS_EXIT_CONNECT];
 
 /// What the plan depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,8 +14,8 @@ use aya::{
 };
 use tcptrace_common::{
     CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS,
-    COUNTER_NESTED_CHANGES, COUNTER_OWNER_MAP_FULL, COUNTER_STACK_FAILED, KernelOffsets,
-    STACKS_KERNEL, STACKS_USER,
+    COUNTER_NESTED_CHANGES, COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_STACK_FAILED,
+    KernelOffsets, STACKS_KERNEL, STACKS_USER, names,
 };
 
 #[cfg(feature = "bench")]
@@ -79,7 +79,7 @@ impl Probes {
         })?;
         notes.extend(note);
         let mut config: Array<_, u32> = Array::try_from(
-            ebpf.map_mut("CONFIG").context("map CONFIG missing from the BPF object")?,
+            ebpf.map_mut(names::CONFIG).context("map CONFIG missing from the BPF object")?,
         )?;
         config.set(CONFIG_CLOSE_HOOK, close_hook.config_value(), 0).context("writing CONFIG")?;
 
@@ -110,7 +110,7 @@ impl Probes {
     }
 
     pub fn events(&mut self) -> anyhow::Result<EventStream> {
-        let map = self.ebpf.take_map("EVENTS").context("ring buffer already taken")?;
+        let map = self.ebpf.take_map(names::EVENTS).context("ring buffer already taken")?;
         let ring: RingBuf<MapData> = RingBuf::try_from(map)?;
         EventStream::new(ring).context("registering the ring buffer with tokio")
     }
@@ -122,7 +122,7 @@ impl Probes {
             return Ok(None);
         }
         let user = if bits & STACKS_USER != 0 {
-            match self.ebpf.take_map("USER_STACKS").context("user stack map already taken")? {
+            match self.ebpf.take_map(names::USER_STACKS).context("user stack map already taken")? {
                 aya::maps::Map::StackTraceMap(data) => Some(data),
                 _ => anyhow::bail!("USER_STACKS is not a stack map"),
             }
@@ -130,7 +130,8 @@ impl Probes {
             None
         };
         let kernel = if bits & STACKS_KERNEL != 0 {
-            let map = self.ebpf.take_map("STACKS").context("kernel stack map already taken")?;
+            let map =
+                self.ebpf.take_map(names::STACKS).context("kernel stack map already taken")?;
             Some(StackTraceMap::try_from(map)?)
         } else {
             None
@@ -141,7 +142,7 @@ impl Probes {
     /// Follows process `pid` (`Filter::follow`): it and every descendant it forks from now on.
     pub fn follow(&mut self, pid: u32) -> anyhow::Result<()> {
         let mut followed: HashMap<_, u32, u32> =
-            HashMap::try_from(self.ebpf.map_mut("FOLLOWED").context("map FOLLOWED missing")?)?;
+            HashMap::try_from(self.ebpf.map_mut(names::FOLLOWED).context("map FOLLOWED missing")?)?;
         followed.insert(pid, 1, 0).context("adding the command to the followed processes")
     }
 
@@ -151,7 +152,7 @@ impl Probes {
     pub fn follow_self_hook(
         &self,
     ) -> anyhow::Result<impl Fn() -> io::Result<()> + Send + Sync + 'static> {
-        let map = self.ebpf.map("FOLLOWED").context("map FOLLOWED missing")?;
+        let map = self.ebpf.map(names::FOLLOWED).context("map FOLLOWED missing")?;
         let aya::maps::Map::HashMap(data) = map else {
             anyhow::bail!("map FOLLOWED is not a hash map");
         };
@@ -162,13 +163,13 @@ impl Probes {
     /// Whether any followed process (or thread) is still alive.
     pub fn followed_alive(&self) -> anyhow::Result<bool> {
         let followed: HashMap<_, u32, u32> =
-            HashMap::try_from(self.ebpf.map("FOLLOWED").context("map FOLLOWED missing")?)?;
+            HashMap::try_from(self.ebpf.map(names::FOLLOWED).context("map FOLLOWED missing")?)?;
         Ok(followed.keys().next().is_some())
     }
 
     pub fn counters(&self) -> anyhow::Result<Counters> {
         let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("map COUNTERS missing")?)?;
+            PerCpuArray::try_from(self.ebpf.map(names::COUNTERS).context("map COUNTERS missing")?)?;
         let sum = |index: u32| -> anyhow::Result<u64> {
             Ok(counters.get(&index, 0).context("reading COUNTERS")?.iter().sum())
         };
@@ -188,7 +189,7 @@ impl Probes {
             nested_changes,
             lost_events: sum(COUNTER_LOST_EVENTS)?,
             missed_runs: counters::missed_runs(skipped, nested_changes, nested_attached),
-            read_failures: 0,
+            read_failures: sum(COUNTER_READ_FAILED)?,
             owner_map_full: sum(COUNTER_OWNER_MAP_FULL)?,
             ctx_map_full: sum(COUNTER_CTX_MAP_FULL)?,
             stack_failures: sum(COUNTER_STACK_FAILED)?,
@@ -227,15 +228,15 @@ fn load_object(options: &ProbeOptions, offsets: &KernelOffsets) -> anyhow::Resul
     let kernel_stacks = settings.stacks & STACKS_KERNEL != 0;
     let user_stack_entries = if user_stacks { USER_STACK_ENTRIES } else { 1 };
     EbpfLoader::new()
-        .override_global("FILTER", &options.filter, true)
-        .override_global("OFFSETS", offsets, true)
-        .override_global("SETTINGS", &settings, true)
-        .map_max_entries("EVENTS", options.ring_bytes)
-        .map_max_entries("USER_STACKS", user_stack_entries)
-        .map_max_entries("USER_ADDR_STACKS", user_stack_entries)
-        .map_max_entries("SITE_STACKS", user_stack_entries)
-        .map_max_entries("STACKS", if kernel_stacks { KERNEL_STACK_ENTRIES } else { 1 })
-        .map_max_entries("FOLLOWED", if options.following() { FOLLOWED_ENTRIES } else { 1 })
+        .override_global(names::FILTER, &options.filter, true)
+        .override_global(names::OFFSETS, offsets, true)
+        .override_global(names::SETTINGS, &settings, true)
+        .map_max_entries(names::EVENTS, options.ring_bytes)
+        .map_max_entries(names::USER_STACKS, user_stack_entries)
+        .map_max_entries(names::USER_ADDR_STACKS, user_stack_entries)
+        .map_max_entries(names::SITE_STACKS, user_stack_entries)
+        .map_max_entries(names::STACKS, if kernel_stacks { KERNEL_STACK_ENTRIES } else { 1 })
+        .map_max_entries(names::FOLLOWED, if options.following() { FOLLOWED_ENTRIES } else { 1 })
         .load(EBPF_OBJECT)
         .map_err(|e| anyhow!("loading the BPF object: {}", reason(&e)))
 }
@@ -301,7 +302,7 @@ fn try_close_hook(ebpf: &mut Ebpf, hook: CloseHook, have_offsets: bool) -> Resul
         CloseHook::Fentry => {
             let btf = Btf::from_sys_fs().map_err(|e| reason(&e))?;
             let prog: &mut FEntry = ebpf
-                .program_mut("tcp_close_fentry")
+                .program_mut(names::TCP_CLOSE_FENTRY)
                 .ok_or("program missing")?
                 .try_into()
                 .map_err(|e| reason(&e))?;
@@ -310,7 +311,7 @@ fn try_close_hook(ebpf: &mut Ebpf, hook: CloseHook, have_offsets: bool) -> Resul
         }
         CloseHook::Kprobe => {
             let prog: &mut KProbe = ebpf
-                .program_mut("tcp_close_kprobe")
+                .program_mut(names::TCP_CLOSE_KPROBE)
                 .ok_or("program missing")?
                 .try_into()
                 .map_err(|e| reason(&e))?;
@@ -331,4 +332,31 @@ fn raise_memlock_limit() {
     // SAFETY: setrlimit with a valid struct; failure only matters on old kernels and is
     // reported by the map creation that follows.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names user space loads by are the kernel crate's identifiers: a rename on one side
+    /// only would compile and fail at load time.
+    #[test]
+    fn every_shared_name_is_in_the_kernel_object() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the BPF object parses");
+        for map in names::MAPS {
+            assert!(object.maps.contains_key(*map), "map {map} missing from the object");
+        }
+        for program in names::PROGRAMS {
+            assert!(object.programs.contains_key(*program), "program {program} missing");
+        }
+        // Globals are symbols: their names are in the object's string table.
+        for global in names::GLOBALS {
+            let symbol = [b"\0", global.as_bytes(), b"\0"].concat();
+            assert!(
+                EBPF_OBJECT.windows(symbol.len()).any(|w| w == symbol),
+                "global {global} missing from the object"
+            );
+        }
+        assert!(!object.programs.contains_key("no_such_program"), "the check can fail");
+    }
 }

@@ -94,6 +94,13 @@ impl<S: Sink> Feed<S> {
         }
     }
 
+    /// An inventory sweep's view: the processes holding sockets, whose exits are reported.
+    pub fn inventory(&mut self, snapshot: &Snapshot, taken_ns: u64) {
+        self.conns
+            .note_holders(snapshot.sockets.iter().flat_map(|s| s.owners.iter().map(|o| o.pid)));
+        self.sink.inventory(snapshot, taken_ns);
+    }
+
     /// Sockets the attribution table had no room for.
     pub fn untracked(&self) -> u64 {
         self.conns.untracked

@@ -178,7 +178,7 @@ impl<S: Sink> Pipeline<S> {
             self.warn(warning.clone());
         }
         snapshot.sockets.retain_mut(|s| self.filter.keep(s));
-        self.feed.sink.inventory(&snapshot, taken_ns);
+        self.feed.inventory(&snapshot, taken_ns);
     }
 
     fn warn(&mut self, warning: String) {

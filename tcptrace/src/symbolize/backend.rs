@@ -1,9 +1,13 @@
 //! The blazesym symbolizers: how a process's or the kernel's addresses are looked up, and how
 //! blazesym's own caches are kept bounded.
 //!
-//! blazesym keeps every file it opened (parsed symbol tables, DWARF, perf maps) for the life of
-//! its `Symbolizer`, and remembers each `/proc/<pid>/map_files/...` path it went through. Its
-//! `evict` drops a process's perf map, not those paths, so the user-space symbolizer is
+//! blazesym's own perf map reading is off: it opens `/tmp/perf-<pid>.map` with a plain `open`
+//! and maps it whole, so a FIFO there blocked tcptrace for good, a large file took its size in
+//! memory, and a symbolic link was followed to any file (issue 13); `perf_map` reads them.
+//!
+//! blazesym keeps every file it opened (parsed symbol tables, DWARF) for the life of its
+//! `Symbolizer`, and remembers each `/proc/<pid>/map_files/...` path it went through. Its
+//! `evict` drops little of a process, not those paths, so the user-space symbolizer is
 //! replaced by a fresh one after it has served `PIDS_PER_SYMBOLIZER` processes: memory is
 //! bounded by what that many processes map, and the cost is re-reading the files still in use.
 //! The kernel symbolizer (one kallsyms) is never replaced.
@@ -101,7 +105,7 @@ impl Backend {
         }
     }
 
-    /// Drops what blazesym keeps for an exited process (its perf map).
+    /// Drops what blazesym keeps for an exited process.
     pub fn forget(&mut self, pid: u32) {
         // blazesym returns no error for a process (nothing cached is not one).
         let _ = self.user.evict(&evict::Process::new(Pid::from(pid)).into());
@@ -118,10 +122,11 @@ fn blazesym() -> Blazesym {
 
 fn process(pid: u32, map_files: bool) -> Process {
     // Also: DWARF when present (and split debug files found by build id or debug link under
-    // /usr/lib/debug), the perf map /tmp/perf-<pid>.map (as the process sees /tmp) for
-    // anonymous mappings, the vDSO.
+    // /usr/lib/debug), the vDSO. Not the perf map: `perf_map` reads it as the untrusted file
+    // it is.
     let mut process = Process::new(Pid::from(pid));
     process.map_files = map_files;
+    process.perf_map = false;
     process
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use procfs::process::{MMapPath, MemoryMaps, Process};
+use procfs::process::{MMPermissions, MMapPath, MemoryMaps, Process};
 
 /// A process's mappings, as `/proc/<pid>/maps` listed them when read.
 pub struct Mappings(Option<MemoryMaps>);
@@ -29,6 +29,19 @@ impl Mappings {
             MMapPath::Path(path) => Some((path.clone(), addr - map.address.0 + map.offset)),
             _ => None,
         }
+    }
+
+    /// Whether `addr` is in anonymous memory that is readable or executable: where a JIT puts
+    /// its code (mapped executable, or switched to read-write while it writes more; blazesym
+    /// looked these up in perf maps too).
+    pub fn is_anonymous_code(&self, addr: u64) -> bool {
+        self.0.as_ref().is_some_and(|maps| {
+            maps.iter().any(|map| {
+                (map.address.0..map.address.1).contains(&addr)
+                    && matches!(map.pathname, MMapPath::Anonymous)
+                    && map.perms.intersects(MMPermissions::READ | MMPermissions::EXECUTE)
+            })
+        })
     }
 
     /// The module holding `addr`: a file's path or a pseudo-path (`[vdso]`, `[heap]`,

@@ -12,10 +12,11 @@
 //! Lookups go through blazesym: ELF symbols, DWARF line and inline information when present
 //! (in the binary, or a split debug file found by build id or debug link under
 //! `/usr/lib/debug`), files reached through `/proc/<pid>/map_files/` when allowed (the file the
-//! process mapped, even if deleted or in another mount namespace), perf maps
-//! (`/tmp/perf-<pid>.map`, written by `node --perf-basic-prof` and Java agents) for addresses
-//! in anonymous executable mappings, and `/proc/kallsyms` for the kernel. Rust and C++ names
-//! are demangled.
+//! process mapped, even if deleted or in another mount namespace), and `/proc/kallsyms` for the
+//! kernel. Rust and C++ names are demangled. Addresses in anonymous memory that nothing
+//! resolved (JIT code) are looked up in the process's perf map (`/tmp/perf-<pid>.map`, written
+//! by `node --perf-basic-prof` and Java agents), which tcptrace reads itself as the untrusted
+//! file it is (see `perf_map`): a perf map's functions have no module.
 //!
 //! Inlined frames are expanded: an address inside code inlined from `g` into `f` gives the
 //! frames `g` (with the line of the address) then `f` (with the line of the inlined call), both
@@ -23,19 +24,21 @@
 //!
 //! Files, one reason to change each: `frame` (the result and its rendering), `cache` (bounds),
 //! `convert` (blazesym's results as frames: the inline policy), `backend` (blazesym's sources
-//! and its own caches), `maps` (the module of an address nothing resolved).
+//! and its own caches), `maps` (the module of an address nothing resolved), `perf_map` (JIT
+//! functions' names, from files the traced processes write).
 //!
 //! A `Symbolizer` is not `Send` (blazesym's caches are single-threaded): keep it on the thread
 //! that handles events.
 //!
-//! The bottom of user space: imports nothing from the crate; `stacks` uses it (and `analysis`
-//! and `render` its `Frame`).
+//! The bottom of user space: imports nothing from the crate but `stdio` (a perf map not read is
+//! said on stderr); `stacks` uses it (and `analysis` and `render` its `Frame`).
 
 mod backend;
 mod cache;
 mod convert;
 mod frame;
 mod maps;
+mod perf_map;
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -49,6 +52,7 @@ use self::{
     backend::Backend,
     cache::{FrameCache, Frames},
     maps::Mappings,
+    perf_map::PerfMaps,
 };
 
 /// Symbolizes user-space and kernel addresses, with a bounded cache.
@@ -58,6 +62,8 @@ pub struct Symbolizer {
     kernel_cache: FrameCache,
     /// Each process's mappings, from its first lookup until it is forgotten.
     mappings: HashMap<u32, Mappings>,
+    /// Each process's perf map, from its first lookup that needed it until it is forgotten.
+    perf_maps: PerfMaps,
 }
 
 /// The kernel's addresses are cached under this pid (no user process has it).
@@ -85,6 +91,7 @@ impl Symbolizer {
             user_cache: FrameCache::new(addresses),
             kernel_cache: FrameCache::new(addresses),
             mappings: HashMap::new(),
+            perf_maps: PerfMaps::default(),
         }
     }
 
@@ -149,6 +156,7 @@ impl Symbolizer {
         self.user_cache.forget(pid);
         self.backend.forget(pid);
         self.mappings.remove(&pid);
+        self.perf_maps.forget(pid);
     }
 
     /// Reads process `pid`'s mappings now, replacing what was known of it: call it when the
@@ -166,7 +174,7 @@ impl Symbolizer {
     }
 
     fn resolve_user(&mut self, pid: u32, addrs: &[u64], adjust: u64) -> Vec<Frame> {
-        let Self { backend, user_cache, mappings, .. } = self;
+        let Self { backend, user_cache, mappings, perf_maps, .. } = self;
         // Read while the process is surely there: this lookup is about its fresh stack. Read
         // again if it is, as the mappings kept may be from its exec, before its libraries.
         let fresh = Mappings::read(pid);
@@ -186,6 +194,7 @@ impl Symbolizer {
             if gone && mappings.is_readable() {
                 in_files(backend, mappings, misses, &mut found);
             }
+            in_perf_map(perf_maps, pid, !gone, mappings, misses, &mut found);
             let frames = found
                 .into_iter()
                 .zip(misses)
@@ -227,6 +236,32 @@ fn in_files(
                     .collect()
             });
         }
+    }
+}
+
+/// Fills the unresolved `found` entries of `addrs` that are in anonymous memory from process
+/// `pid`'s perf map (read if it is `alive`, else as read before): a frame with the name the map
+/// gives and nothing else, as blazesym gave.
+fn in_perf_map(
+    perf_maps: &mut PerfMaps,
+    pid: u32,
+    alive: bool,
+    mappings: &Mappings,
+    addrs: &[u64],
+    found: &mut [Option<Frames>],
+) {
+    let wanted: Vec<usize> = (0..addrs.len())
+        .filter(|&i| found[i].is_none() && mappings.is_anonymous_code(addrs[i]))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let Some(table) = perf_maps.table(pid, alive) else { return };
+    for i in wanted {
+        found[i] = table.find(addrs[i]).map(|name| {
+            let frame = Frame { symbol: Some(name.to_owned()), ..Frame::unknown(addrs[i], None) };
+            Box::new([frame]) as Frames
+        });
     }
 }
 

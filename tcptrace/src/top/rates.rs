@@ -1,7 +1,7 @@
 //! The table's rows from the aggregator: counts per process, and rates between two refreshes.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -47,6 +47,9 @@ impl Rates {
         let now = Instant::now();
         let secs = self.at.map_or(run.elapsed, |at| now - at).as_secs_f64().max(1e-3);
         let mut rows = rows(agg, limits);
+        // Processes folded since (exited) leave: the table follows the live ones.
+        let live: HashSet<u32> = rows.iter().map(|r| r.pid).collect();
+        self.seen.retain(|pid, _| live.contains(pid));
         for row in &mut rows {
             let stats = &agg.processes[&row.pid];
             let current = Seen {
@@ -78,7 +81,7 @@ impl Rates {
 fn rows(agg: &Aggregator, limits: &Limits) -> Vec<Row> {
     let mut rows: HashMap<u32, Row> = HashMap::new();
     for (&pid, stats) in &agg.processes {
-        let lifetime = Percentiles::of(stats.lifetime_us.as_ref());
+        let lifetime = Percentiles::of(&stats.lifetime_us);
         rows.insert(
             pid,
             Row {

@@ -1,6 +1,11 @@
 //! TIME_WAIT entries per (process, remote): the churn that exhausts ephemeral ports.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::stacks::OpenStack;
 
@@ -54,6 +59,27 @@ impl Churn {
         if stack.is_some() {
             counter.stack = stack;
         }
+    }
+
+    /// Processes with a counter that may be a finding: two entries or more toward one remote
+    /// (one entry is no rate, whatever the limit).
+    pub fn pids_with_rates(&self) -> HashSet<u32> {
+        self.counters.iter().filter(|(_, c)| c.entries >= 2).map(|(&(pid, _), _)| pid).collect()
+    }
+
+    /// Forgets the counters of `pids` (processes folded after they exited).
+    pub fn forget(&mut self, pids: &HashSet<u32>) {
+        if !pids.is_empty() {
+            self.counters.retain(|(pid, _), _| !pids.contains(pid));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.counters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u32, SocketAddr, &ChurnCounter)> {

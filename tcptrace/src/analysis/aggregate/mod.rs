@@ -5,30 +5,38 @@
 //!
 //! A socket stays in the table until it is both protocol-closed and released, so a descriptor
 //! that outlives its connection (`dead-fd`) is still known. Memory is bounded by `capacity`;
-//! sockets beyond it are not tracked and counted in `evicted`, which every report shows.
+//! sockets beyond it are not tracked and counted (once each) in `evicted`, which every report
+//! shows.
+//!
+//! Processes that exited are folded into one entry per task name (`folded`) once they hold no
+//! socket and owe no finding, so a host running short-lived processes all day does not grow
+//! the aggregator: what stays per process is what a finding or a live process needs.
 
 mod churn;
+mod distribution;
 mod exits;
 mod process;
 mod remotes;
 mod socket;
+mod sweep;
 
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
 };
 
 pub use churn::{Churn, ChurnCounter};
+pub use distribution::Distribution;
 pub use exits::{ExitRelease, ExitReleases};
-use foldhash::HashMap as FastMap;
-pub use process::{Percentiles, ProcessStats};
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
+pub use process::{Folded, FoldedStats, OTHER_COMM, Percentiles, ProcessStats};
 pub use remotes::{RemoteStats, Remotes};
 pub use socket::{Direction, Origin, TrackedSocket};
 
 use crate::{
     event::{Comm, ReleaseReason, TcpState},
-    inventory::{InventorySocket, Snapshot},
+    inventory::Snapshot,
     pipeline::{
         Sink,
         connections::{Record, RecordKind},
@@ -56,15 +64,38 @@ pub struct Aggregator {
     /// event names their kernel address.
     inventory_only: FastMap<u64, TrackedSocket>,
     inventory_by_tuple: FastMap<Tuple, u64>,
+    /// Live processes, and exited ones not folded yet.
     pub processes: FastMap<u32, ProcessStats>,
+    /// Exited processes, by task name.
+    pub folded: Folded,
+    /// Exited processes not folded yet: they hold a socket or owe a finding.
+    exited: FastSet<u32>,
+    /// `exited` holds this many processes when the next fold runs (sweeps fold too).
+    fold_at: usize,
+    /// The latest folded pids and their names (`RECENTLY_FOLDED` at most, oldest first in
+    /// `folded_order`): a late record about one (a TIME_WAIT after its exit) adds to its name.
+    recently_folded: FastMap<u32, String>,
+    folded_order: VecDeque<u32>,
     pub churn: Churn,
     pub remotes: Remotes,
     pub exit_releases: ExitReleases,
     capacity: usize,
-    /// Sockets not tracked because the table was full.
+    /// Sockets not tracked because the table was full, each counted once.
     pub evicted: u64,
+    /// Untracked sockets already counted in `evicted`: kernel addresses until their close,
+    /// and inodes while sweeps still find them (`remembered_evictions` of each at most).
+    evicted_skaddrs: FastSet<u64>,
+    evicted_inodes: FastSet<u64>,
+    /// Held sockets a sweep found gone whose end no event told (events lost): removed then.
+    pub ended_unseen: u64,
     pub sweeps: u64,
 }
+
+/// Exited processes folded at once at least; a fold walks every socket, so it waits for a
+/// batch (and for twice what the previous fold could not fold).
+const FOLD_BATCH: usize = 256;
+/// Folded pids remembered for late records.
+const RECENTLY_FOLDED: usize = 4_096;
 
 impl Aggregator {
     pub fn new(capacity: usize) -> Self {
@@ -73,11 +104,19 @@ impl Aggregator {
             inventory_only: FastMap::default(),
             inventory_by_tuple: FastMap::default(),
             processes: FastMap::default(),
+            folded: Folded::default(),
+            exited: FastSet::default(),
+            fold_at: FOLD_BATCH,
+            recently_folded: FastMap::default(),
+            folded_order: VecDeque::new(),
             churn: Churn::default(),
             remotes: Remotes::default(),
             exit_releases: ExitReleases::default(),
             capacity,
             evicted: 0,
+            evicted_skaddrs: FastSet::default(),
+            evicted_inodes: FastSet::default(),
+            ended_unseen: 0,
             sweeps: 0,
         }
     }
@@ -106,7 +145,42 @@ impl Aggregator {
         self.tracked() >= self.capacity
     }
 
+    /// Untracked sockets remembered (so each is counted once), per kind of identity: a few
+    /// bytes each, where a tracked socket is 64.
+    fn remembered_evictions(&self) -> usize {
+        self.capacity.max(65_536)
+    }
+
+    /// Counts one more untracked socket, unless it was counted already.
+    fn evict(&mut self, skaddr: u64) {
+        if self.evicted_skaddrs.len() < self.remembered_evictions() {
+            if self.evicted_skaddrs.insert(skaddr) {
+                self.evicted += 1;
+            }
+        } else if !self.evicted_skaddrs.contains(&skaddr) {
+            // Beyond what is remembered: counted at each sighting.
+            self.evicted += 1;
+        }
+    }
+
+    /// The counts a record about `pid` adds to: its process's, or for a process folded since
+    /// it exited (a TIME_WAIT or close that came after), its name's.
     fn process(&mut self, pid: u32, comm: Option<&str>) -> &mut ProcessStats {
+        if !self.processes.contains_key(&pid)
+            && let Some(folded) = self.recently_folded.get(&pid)
+            && comm.is_none_or(|c| c == folded)
+        {
+            return &mut self.folded.entry(folded).stats;
+        }
+        self.live_process(pid, comm)
+    }
+
+    /// A process that opens or holds a socket now: alive, even if its pid was folded before
+    /// (the kernel reused it).
+    fn live_process(&mut self, pid: u32, comm: Option<&str>) -> &mut ProcessStats {
+        if !self.recently_folded.is_empty() {
+            self.recently_folded.remove(&pid);
+        }
         let stats = self.processes.entry(pid).or_insert_with(|| ProcessStats::new(String::new()));
         if let Some(comm) = comm
             && stats.comm != comm
@@ -130,11 +204,14 @@ impl Aggregator {
                 .and_then(|inode| self.inventory_only.remove(&inode));
             let socket = match adopted {
                 Some(socket) => socket,
-                None if self.full() => {
-                    self.evicted += 1;
-                    return None;
+                None => {
+                    let socket = create()?;
+                    if self.full() {
+                        self.evict(record.skaddr);
+                        return None;
+                    }
+                    socket
                 }
-                None => create()?,
             };
             self.sockets.insert(record.skaddr, socket);
         }
@@ -162,8 +239,50 @@ impl Aggregator {
                     && let Some(stats) = self.processes.get_mut(&pid)
                 {
                     stats.exited = true;
+                    self.exited.insert(pid);
+                    if self.exited.len() >= self.fold_at {
+                        self.fold_exited();
+                    }
                 }
             }
+        }
+    }
+
+    /// Folds every exited process that holds no socket, has no closed-by-exit finding and no
+    /// TIME_WAIT rate (two entries or more toward one remote) into its name's entry, and frees
+    /// it. Runs at each sweep, and when `fold_at` processes wait.
+    pub fn fold_exited(&mut self) {
+        if self.exited.is_empty() {
+            return;
+        }
+        let mut busy: FastSet<u32> = self
+            .sockets()
+            .filter_map(TrackedSocket::pid)
+            .filter(|pid| self.exited.contains(pid))
+            .collect();
+        busy.extend(self.exit_releases.kept.iter().map(|e| e.pid));
+        busy.extend(self.churn.pids_with_rates());
+        let foldable: HashSet<u32> =
+            self.exited.iter().copied().filter(|pid| !busy.contains(pid)).collect();
+        for &pid in &foldable {
+            self.exited.remove(&pid);
+            let Some(stats) = self.processes.remove(&pid) else { continue };
+            self.folded.fold(&stats);
+            if self.folded_order.len() >= RECENTLY_FOLDED
+                && let Some(oldest) = self.folded_order.pop_front()
+            {
+                self.recently_folded.remove(&oldest);
+            }
+            self.folded_order.push_back(pid);
+            self.recently_folded.insert(pid, stats.comm);
+        }
+        // Their single TIME_WAIT entries are in their counts; no rate can come of them.
+        self.churn.forget(&foldable);
+        self.fold_at = (2 * self.exited.len()).max(FOLD_BATCH);
+        // A burst of processes should not hold its table's memory after they are gone.
+        if self.processes.capacity() > 1_024 && self.processes.len() * 4 < self.processes.capacity()
+        {
+            self.processes.shrink_to_fit();
         }
     }
 
@@ -207,7 +326,10 @@ impl Aggregator {
         }
         if let Some(pid) = pid {
             self.process(pid, None).time_wait_entries += 1;
-            if let Some(remote) = remote {
+            // A process folded already has exited: no rate can come of it.
+            if let Some(remote) = remote
+                && self.processes.contains_key(&pid)
+            {
                 self.churn.record(pid, remote, ts, stack);
             }
         }
@@ -226,7 +348,10 @@ impl Aggregator {
                 pid
             }
             // Not tracked (table full): the owner the record names still gets the lifetime.
-            None => record.pid,
+            None => {
+                self.evicted_skaddrs.remove(&record.skaddr);
+                record.pid
+            }
         };
         if let (Some(pid), Some(lifetime)) = (pid, lifetime_ns) {
             self.process(pid, None).record_lifetime(lifetime);
@@ -245,6 +370,8 @@ impl Aggregator {
         };
         socket.set_released(true);
         set_endpoints(socket, record);
+        // `opened` leaves listeners out; so does `released`, or it would exceed `opened`.
+        let listener = socket.direction == Direction::Listen || socket.state == TcpState::Listen;
         let by_exit = (reason == ReleaseReason::Exit).then(|| socket.clone());
         if socket.state == TcpState::Close {
             self.sockets.remove(&record.skaddr);
@@ -254,13 +381,32 @@ impl Aggregator {
         {
             self.exit_releases.record(&exited, pid, record.fd, ts);
         }
-        if let Some(pid) = record.pid {
+        if let Some(pid) = record.pid
+            && !listener
+        {
             self.process(pid, comm(record).as_deref()).released += 1;
         }
     }
 
     fn open(&mut self, record: &Record, direction: Direction, state: TcpState) {
         let ts = record.ts_ns;
+        // Counted whether or not the table has room for the socket.
+        if let Some(pid) = record.pid {
+            // An exited process does not open: its pid is a new process's now.
+            if self.processes.get(&pid).is_some_and(|p| p.exited) {
+                self.retire(pid);
+            }
+            let stats = self.live_process(pid, comm(record).as_deref());
+            if direction != Direction::Listen {
+                stats.opened += 1;
+            }
+        }
+        if direction == Direction::Active
+            && let Some(e) = record.endpoints
+            && e.remote.port() != 0
+        {
+            self.remotes.connect(e.remote);
+        }
         let existing = self.sockets.remove(&record.skaddr);
         // The sweep that found it before this event did (a child accepted between the two):
         // the same socket, now known by its address.
@@ -281,7 +427,9 @@ impl Aggregator {
             // Anything else at this address is a socket whose end was not seen, and whose
             // memory the kernel reused: a new socket replaces it.
             _ if self.full() => {
-                self.evicted += 1;
+                // A new socket at this address: counted again.
+                self.evicted_skaddrs.remove(&record.skaddr);
+                self.evict(record.skaddr);
                 return;
             }
             _ => TrackedSocket::new(Origin::Events, direction, state, ts),
@@ -294,103 +442,17 @@ impl Aggregator {
         if direction == Direction::Active {
             // A new socket (see above): connect() was called at its first sight.
             socket.start_connect();
-            if let Some(remote) = socket.remote() {
-                self.remotes.connect(remote);
-            }
         }
         self.sockets.insert(record.skaddr, socket);
-        if let Some(pid) = record.pid
-            && direction != Direction::Listen
-        {
-            self.process(pid, comm(record).as_deref()).opened += 1;
+    }
+
+    /// Folds an exited process now, whatever it still holds: its pid belongs to another.
+    fn retire(&mut self, pid: u32) {
+        self.exited.remove(&pid);
+        if let Some(stats) = self.processes.remove(&pid) {
+            self.folded.fold(&stats);
         }
     }
-
-    /// Applies an inventory sweep taken at `now_ns`: refreshes idle times and keepalive of
-    /// known sockets, learns the sockets that existed before tracing, and forgets inventory
-    /// sockets that are gone.
-    pub fn apply_inventory(&mut self, snapshot: &Snapshot, now_ns: u64) {
-        self.sweeps += 1;
-        let by_tuple: HashMap<Tuple, &InventorySocket> = snapshot
-            .sockets
-            .iter()
-            // TIME_WAIT sockets have no owner left; listeners count as open sockets.
-            .filter(|s| s.state != TcpState::TimeWait)
-            .map(|s| ((s.local, s.remote), s))
-            .collect();
-        let mut matched: HashSet<u64> = HashSet::new();
-        for socket in self.sockets.values_mut() {
-            let (Some(local), Some(remote)) = (socket.local(), socket.remote()) else { continue };
-            if let Some(found) = by_tuple.get(&(local, remote)) {
-                refresh(socket, found, now_ns);
-                if let Some(state) = unsent_state(socket.state, found.state) {
-                    socket.set_state(state, now_ns);
-                }
-                if socket.pid().is_none()
-                    && let Some(owner) = found.owners.first()
-                {
-                    socket.set_pid(Some(owner.pid));
-                    socket.set_fd(Some(owner.fd));
-                }
-                matched.insert(found.inode);
-            }
-        }
-
-        let mut seen: HashSet<u64> = HashSet::new();
-        for found in by_tuple.values() {
-            if found.inode == 0 || matched.contains(&found.inode) {
-                continue;
-            }
-            let Some(owner) = found.owners.first() else { continue };
-            seen.insert(found.inode);
-            if !self.inventory_only.contains_key(&found.inode) {
-                if self.full() {
-                    self.evicted += 1;
-                    continue;
-                }
-                let mut socket =
-                    TrackedSocket::new(Origin::Inventory, Direction::Unknown, found.state, now_ns);
-                socket.set_local(found.local);
-                socket.set_remote(found.remote);
-                self.inventory_only.insert(found.inode, socket);
-                self.inventory_by_tuple.insert((found.local, found.remote), found.inode);
-            }
-            let socket = self.inventory_only.get_mut(&found.inode).expect("inserted above");
-            socket.set_pid(Some(owner.pid));
-            socket.set_fd(Some(owner.fd));
-            socket.set_state(found.state, now_ns);
-            refresh(socket, found, now_ns);
-            let comm = owner.comm.clone();
-            self.process(owner.pid, Some(&comm));
-        }
-        self.inventory_only.retain(|inode, _| seen.contains(inode));
-        let inventory_only = &self.inventory_only;
-        self.inventory_by_tuple.retain(|_, inode| inventory_only.contains_key(inode));
-    }
-}
-
-fn refresh(socket: &mut TrackedSocket, found: &InventorySocket, now_ns: u64) {
-    if let Some(idle) = found.idle {
-        socket.set_idle(idle, now_ns);
-    }
-    if found.keepalive.is_some() {
-        socket.set_keepalive(found.keepalive);
-    }
-}
-
-/// The state a sweep found, if it is one that lean events leave out (`Settings::lean`) and it
-/// comes after the one last seen: a shutdown() or a child's handshake. A sweep is a snapshot
-/// older than the events read since, so it never moves a socket back.
-fn unsent_state(known: TcpState, found: TcpState) -> Option<TcpState> {
-    use TcpState::*;
-    let later = match known {
-        SynRecv => matches!(found, Established | FinWait1 | FinWait2 | Closing),
-        Established => matches!(found, FinWait1 | FinWait2 | Closing | LastAck),
-        FinWait1 => matches!(found, FinWait2 | Closing),
-        CloseWait => found == LastAck,
-        _ => false,
-    };
-    later.then_some(found)
 }
 
 /// Takes the record's addresses, except a port the kernel had not assigned yet.
@@ -409,3 +471,6 @@ fn set_endpoints(socket: &mut TrackedSocket, record: &Record) {
 fn comm(record: &Record) -> Option<Cow<'_, str>> {
     record.comm.as_ref().map(Comm::as_str)
 }
+
+#[cfg(test)]
+mod tests;

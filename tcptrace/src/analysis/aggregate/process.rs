@@ -1,55 +1,100 @@
-//! Per-process counts and distributions.
+//! Per-process counts and distributions, and the exited processes folded by name.
 
-use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-/// Lifetimes and latencies are recorded in microseconds, from 1 µs to a day, 3 significant
-/// digits: about 30 KiB per histogram, allocated only for processes that close something.
-const HIST_MAX_US: u64 = 86_400 * 1_000_000;
+use super::distribution::Distribution;
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ProcessStats {
     pub comm: String,
     /// Sockets it opened (connect, accept) while tracing.
     pub opened: u64,
-    /// Last descriptors it gave up while tracing.
+    /// Last descriptors of connections it gave up while tracing (listeners are not counted, as
+    /// in `opened`; sockets from before tracing are).
     pub released: u64,
     /// TIME_WAIT entries of sockets it owned.
     pub time_wait_entries: u64,
-    /// Open to protocol close.
-    pub lifetime_us: Option<Histogram<u64>>,
-    /// connect() to ESTABLISHED.
-    pub connect_latency_us: Option<Histogram<u64>>,
+    /// Open to protocol close, in µs.
+    pub lifetime_us: Distribution,
+    /// connect() to ESTABLISHED, in µs.
+    pub connect_latency_us: Distribution,
     pub exited: bool,
 }
 
 impl ProcessStats {
     pub fn new(comm: String) -> Self {
-        Self {
-            comm,
-            opened: 0,
-            released: 0,
-            time_wait_entries: 0,
-            lifetime_us: None,
-            connect_latency_us: None,
-            exited: false,
-        }
+        Self { comm, ..Self::default() }
     }
 
     pub fn record_lifetime(&mut self, ns: u64) {
-        record(&mut self.lifetime_us, ns);
+        self.lifetime_us.record(ns / 1_000);
     }
 
     pub fn record_connect_latency(&mut self, ns: u64) {
-        record(&mut self.connect_latency_us, ns);
+        self.connect_latency_us.record(ns / 1_000);
+    }
+
+    /// Adds `other`'s counts and distributions (its name and exit are not merged).
+    pub fn merge(&mut self, other: &Self) {
+        let Self {
+            comm: _,
+            opened,
+            released,
+            time_wait_entries,
+            lifetime_us,
+            connect_latency_us,
+            exited: _,
+        } = other;
+        self.opened += opened;
+        self.released += released;
+        self.time_wait_entries += time_wait_entries;
+        self.lifetime_us.merge(lifetime_us);
+        self.connect_latency_us.merge(connect_latency_us);
     }
 }
 
-fn record(hist: &mut Option<Histogram<u64>>, ns: u64) {
-    let hist = hist.get_or_insert_with(|| {
-        Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("constant bounds are valid")
-    });
-    hist.saturating_record((ns / 1_000).max(1));
+/// Names kept apart at most; the processes of further names fold into `OTHER_COMM`.
+const MAX_COMMS: usize = 4_096;
+/// The name that stands for every name beyond `MAX_COMMS`.
+pub const OTHER_COMM: &str = "(other)";
+
+/// Processes that exited, holding nothing and owing no finding, folded into one entry per
+/// task name: their memory is freed, their counts and distributions stay in the report.
+#[derive(Debug, Default)]
+pub struct Folded {
+    pub by_comm: BTreeMap<String, FoldedStats>,
+}
+
+#[derive(Debug, Default)]
+pub struct FoldedStats {
+    /// Processes folded in.
+    pub processes: u64,
+    pub stats: ProcessStats,
+}
+
+impl Folded {
+    /// The entry for `comm` (or `OTHER_COMM` when there are too many names).
+    pub fn entry(&mut self, comm: &str) -> &mut FoldedStats {
+        let comm = if self.by_comm.len() >= MAX_COMMS && !self.by_comm.contains_key(comm) {
+            OTHER_COMM
+        } else {
+            comm
+        };
+        if !self.by_comm.contains_key(comm) {
+            let stats = ProcessStats::new(comm.to_owned());
+            self.by_comm.insert(comm.to_owned(), FoldedStats { processes: 0, stats });
+        }
+        self.by_comm.get_mut(comm).expect("inserted above")
+    }
+
+    /// Folds one process in.
+    pub fn fold(&mut self, stats: &ProcessStats) {
+        let entry = self.entry(&stats.comm);
+        entry.processes += 1;
+        entry.stats.merge(stats);
+    }
 }
 
 /// A distribution as reports show it, in milliseconds.
@@ -63,15 +108,17 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    pub fn of(hist: Option<&Histogram<u64>>) -> Option<Self> {
-        let hist = hist.filter(|h| !h.is_empty())?;
-        let ms = |us: u64| us as f64 / 1_000.0;
+    pub fn of(dist: &Distribution) -> Option<Self> {
+        if dist.is_empty() {
+            return None;
+        }
+        let ms = |us: f64| (us / 1_000.0 * 1e6).round() / 1e6;
         Some(Self {
-            count: hist.len(),
-            p50: ms(hist.value_at_quantile(0.50)),
-            p90: ms(hist.value_at_quantile(0.90)),
-            p99: ms(hist.value_at_quantile(0.99)),
-            max: ms(hist.max()),
+            count: dist.len(),
+            p50: ms(dist.quantile(0.50)),
+            p90: ms(dist.quantile(0.90)),
+            p99: ms(dist.quantile(0.99)),
+            max: ms(dist.max() as f64),
         })
     }
 }

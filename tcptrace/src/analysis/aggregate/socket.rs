@@ -69,6 +69,8 @@ const RELEASED: u8 = 1;
 const CONNECTING: u8 = 1 << 1;
 const KEEPALIVE_KNOWN: u8 = 1 << 2;
 const KEEPALIVE_ON: u8 = 1 << 3;
+/// A sweep found it by its addresses: they are written as the inventory writes them.
+const SWEPT: u8 = 1 << 4;
 
 /// Both endpoints in 16 bytes: IPv4 inline; anything else behind a box, which is 8 bytes where
 /// two `Option<SocketAddr>` are 64.
@@ -201,6 +203,15 @@ impl TrackedSocket {
 
     pub fn set_remote(&mut self, addr: SocketAddr) {
         self.addrs.set(REMOTE, addr);
+    }
+
+    /// Whether a sweep has found it (by its addresses).
+    pub fn swept(&self) -> bool {
+        self.flags & SWEPT != 0
+    }
+
+    pub fn set_swept(&mut self) {
+        self.set_flag(SWEPT, true);
     }
 
     /// From the latest sweep that matched it.

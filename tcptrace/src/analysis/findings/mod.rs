@@ -326,7 +326,7 @@ mod tests {
         agg.apply(&record(41, RecordKind::Release { reason: ReleaseReason::Close }));
         assert_eq!(kinds(&agg, 50), vec![]);
         assert_eq!(agg.tracked(), 0, "closed and released: forgotten");
-        assert_eq!(agg.processes[&PID].lifetime_us.as_ref().map(|h| h.len()), Some(1));
+        assert_eq!(agg.processes[&PID].lifetime_us.len(), 1);
     }
 
     #[test]

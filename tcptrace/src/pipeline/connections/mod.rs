@@ -7,7 +7,7 @@ mod comms;
 use std::sync::Arc;
 
 use comms::Comms;
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 
 use crate::{
     event::{Comm, Endpoints, Event, EventKind, ReleaseReason, TcpState},
@@ -103,8 +103,12 @@ impl Conn {
 pub struct Connections {
     conns: HashMap<u64, Conn>,
     comms: Comms,
-    /// Live connections per owning process, so exits of unrelated processes stay quiet.
+    /// Live connections per owning process.
     owned: HashMap<u32, usize>,
+    /// Processes a record named (or the inventory found holding a socket) that have not exited:
+    /// their exit is reported, so a process that closed its connections before exiting is
+    /// still known to have exited; exits of processes that never touched TCP stay quiet.
+    seen: HashSet<u32>,
     capacity: usize,
     /// Sockets not tracked because the table was full.
     pub untracked: u64,
@@ -116,6 +120,7 @@ impl Connections {
             conns: HashMap::default(),
             comms: Comms::default(),
             owned: HashMap::default(),
+            seen: HashSet::default(),
             capacity,
             untracked: 0,
         }
@@ -185,8 +190,33 @@ impl Connections {
         Some(conn)
     }
 
+    /// Processes the inventory found holding sockets: their exits are reported too.
+    pub fn note_holders(&mut self, pids: impl IntoIterator<Item = u32>) {
+        for pid in pids {
+            self.note(pid);
+        }
+    }
+
+    /// Remembers a process whose exit must be reported, within the table's bound (a process
+    /// beyond it is reported exited only if it still owns a connection).
+    fn note(&mut self, pid: u32) {
+        if self.seen.len() < self.capacity {
+            self.seen.insert(pid);
+        }
+    }
+
     /// Applies one kernel event and appends the records it produces to `out`.
     pub fn apply(&mut self, event: &Event, out: &mut Vec<Record>) {
+        let first = out.len();
+        self.attribute(event, out);
+        for record in &out[first..] {
+            if let (Some(pid), false) = (record.pid, record.kind == RecordKind::Exit) {
+                self.note(pid);
+            }
+        }
+    }
+
+    fn attribute(&mut self, event: &Event, out: &mut Vec<Record>) {
         let current = Record {
             ts_ns: event.ts_ns,
             kind: RecordKind::Connect,
@@ -216,7 +246,8 @@ impl Connections {
             // Only the symbolizer cares (see `stacks`).
             EventKind::Exec => {}
             EventKind::Exit => {
-                if self.owned.contains_key(&event.pid) {
+                // `|`, not `||`: the pid leaves `seen` either way.
+                if self.seen.remove(&event.pid) | self.owned.contains_key(&event.pid) {
                     out.push(Record { kind: RecordKind::Exit, fd: None, ..current });
                 }
             }
@@ -371,6 +402,25 @@ mod tests {
 
         let out = run(&[event(0, 10, EventKind::Connect), event(5, 10, EventKind::Exit)]);
         assert_eq!(out[1].kind, RecordKind::Exit);
+    }
+
+    #[test]
+    fn a_process_that_closed_its_connections_before_exiting_is_reported_exited() {
+        use TcpState::*;
+        let mut conns = Connections::new(16);
+        let mut out = Vec::new();
+        conns.apply(&event(0, 10, EventKind::Connect), &mut out);
+        conns.apply(&state(5, Established, Close, false), &mut out);
+        conns.apply(&event(9, 10, EventKind::Exit), &mut out);
+        assert_eq!(out.last().map(|r| &r.kind), Some(&RecordKind::Exit), "{out:#?}");
+        // Once: a pid reused by a process that never used TCP stays quiet.
+        out.clear();
+        conns.apply(&event(20, 10, EventKind::Exit), &mut out);
+        assert!(out.is_empty(), "{out:#?}");
+        // A process the inventory found holding a socket.
+        conns.note_holders([33]);
+        conns.apply(&event(30, 33, EventKind::Exit), &mut out);
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

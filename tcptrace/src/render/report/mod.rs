@@ -37,6 +37,8 @@ pub struct Report {
     pub limits: Limits,
     pub warnings: Vec<String>,
     pub processes: Vec<ProcessReport>,
+    /// Exited processes folded by task name: what they did, not who they were.
+    pub exited_processes: Vec<ExitedReport>,
     /// The findings by (process, kind, open site).
     pub groups: Vec<FindingGroup>,
     pub findings: Vec<Finding>,
@@ -57,6 +59,20 @@ pub struct ProcessReport {
     pub connect_latency_ms: Option<Percentiles>,
     pub exited: bool,
     pub findings: u64,
+}
+
+/// Processes of one name that exited holding nothing and owing no finding, folded together
+/// (the aggregator frees them).
+#[derive(Debug, Serialize)]
+pub struct ExitedReport {
+    pub comm: String,
+    /// Processes folded in.
+    pub processes: u64,
+    pub opened: u64,
+    pub released: u64,
+    pub time_wait_entries: u64,
+    pub lifetime_ms: Option<Percentiles>,
+    pub connect_latency_ms: Option<Percentiles>,
 }
 
 /// What the run itself says about its completeness.
@@ -92,6 +108,7 @@ impl Report {
             limits,
             warnings,
             processes: process_reports(agg, &findings, duration),
+            exited_processes: exited_reports(agg),
             groups: group(&findings),
             findings,
         }
@@ -118,6 +135,14 @@ fn completeness_warnings(agg: &Aggregator, losses: &Losses) -> Vec<String> {
         warnings.push(format!(
             "{} sockets were not tracked (table full): findings about them are missing",
             agg.evicted
+        ));
+    }
+    if agg.ended_unseen > 0 {
+        warnings.push(format!(
+            "{} held sockets were found gone by a sweep although no event said so (their \
+             events were lost): no longer counted as open, and their releases are missing from \
+             `released`",
+            agg.ended_unseen
         ));
     }
     if agg.exit_releases.dropped > 0 {
@@ -161,8 +186,8 @@ fn process_reports(
                 open_by_state,
                 time_wait_entries: stats.time_wait_entries,
                 time_wait_per_s: round2(stats.time_wait_entries as f64 / secs),
-                lifetime_ms: Percentiles::of(stats.lifetime_us.as_ref()),
-                connect_latency_ms: Percentiles::of(stats.connect_latency_us.as_ref()),
+                lifetime_ms: Percentiles::of(&stats.lifetime_us),
+                connect_latency_ms: Percentiles::of(&stats.connect_latency_us),
                 exited: stats.exited,
                 findings: per_pid_findings.get(&pid).copied().unwrap_or(0),
             }
@@ -172,6 +197,26 @@ fn process_reports(
         (b.findings, b.open, b.opened, a.pid).cmp(&(a.findings, a.open, a.opened, b.pid))
     });
     processes
+}
+
+/// The folded exited processes, most connections first.
+fn exited_reports(agg: &Aggregator) -> Vec<ExitedReport> {
+    let mut exited: Vec<ExitedReport> = agg
+        .folded
+        .by_comm
+        .iter()
+        .map(|(comm, folded)| ExitedReport {
+            comm: comm.clone(),
+            processes: folded.processes,
+            opened: folded.stats.opened,
+            released: folded.stats.released,
+            time_wait_entries: folded.stats.time_wait_entries,
+            lifetime_ms: Percentiles::of(&folded.stats.lifetime_us),
+            connect_latency_ms: Percentiles::of(&folded.stats.connect_latency_us),
+        })
+        .collect();
+    exited.sort_by(|a, b| (b.opened, &a.comm).cmp(&(a.opened, &b.comm)));
+    exited
 }
 
 fn round2(x: f64) -> f64 {
@@ -190,6 +235,12 @@ mod tests {
 
     /// A report with one process, lifetimes and one finding of each shape.
     fn sample() -> serde_json::Value {
+        let mut out = Vec::new();
+        sample_report().write_json(&mut out).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    fn sample_report() -> Report {
         let mut agg = Aggregator::new(16);
         let endpoints = Endpoints {
             local: "10.0.0.1:40000".parse().unwrap(),
@@ -248,6 +299,18 @@ mod tests {
                 },
             ));
         }
+        // A short-lived process: one connection, then its exit; folded at the sweep.
+        let short =
+            |kind| Record { pid: Some(8), comm: Some(Comm::from("curl")), ..record(2, 3, kind) };
+        agg.apply(&short(RecordKind::Connect));
+        agg.apply(&short(RecordKind::Exit));
+        agg.apply(&short(RecordKind::Release { reason: crate::event::ReleaseReason::Exit }));
+        agg.apply(&short(RecordKind::Close {
+            from: TcpState::FinWait2,
+            reset: false,
+            lifetime_ns: Some(2_000_000),
+        }));
+        agg.fold_exited();
         let limits = Limits {
             min_age: Duration::from_secs(1),
             idle: Duration::from_secs(600),
@@ -255,7 +318,7 @@ mod tests {
             ephemeral_ports: 28232,
         };
         let findings = detect(&agg, &limits, 100 * 1_000_000_000);
-        let report = Report::build(
+        Report::build(
             &agg,
             findings,
             limits,
@@ -269,10 +332,7 @@ mod tests {
                 },
             },
             vec![],
-        );
-        let mut out = Vec::new();
-        report.write_json(&mut out).unwrap();
-        serde_json::from_slice(&out).unwrap()
+        )
     }
 
     #[test]
@@ -312,6 +372,7 @@ mod tests {
             ("frame", &report["findings"][0]["stack"][0]),
             ("remote", &report["groups"][0]["remotes"][0]),
             ("lifetimes", &report["processes"][0]["lifetime_ms"]),
+            ("exited", &report["exited_processes"][0]),
         ];
         for (what, object) in objects {
             let object =
@@ -326,8 +387,23 @@ mod tests {
         assert_eq!(report["findings"][0]["stack"][0]["symbol"], "db_checkout");
         assert_eq!(report["groups"].as_array().unwrap().len(), 2);
         assert_eq!(report["events_lost"], 1);
+        assert_eq!(report["processes"].as_array().unwrap().len(), 1, "curl is folded");
+        assert_eq!(report["exited_processes"][0]["comm"], "curl");
+        assert_eq!(report["exited_processes"][0]["lifetime_ms"]["p50"], 2.0);
         // The two losses, and what lost events mean for the findings.
         assert_eq!(report["warnings"].as_array().unwrap().len(), 3, "{}", report["warnings"]);
+    }
+
+    #[test]
+    fn text_report_lists_exited_processes_by_name() {
+        let mut out = Vec::new();
+        sample_report().write_text(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("exited processes, by name:"), "{text}");
+        assert!(
+            text.contains("curl ×1: opened 1, released 1, TIME_WAIT entries 0 lifetime p50=2.0ms"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -63,6 +63,20 @@ impl Report {
                 write_group_details(out, g)?;
             }
         }
+        if !self.exited_processes.is_empty() {
+            writeln!(out, "\nexited processes, by name:")?;
+        }
+        for e in &self.exited_processes {
+            let lifetime = e
+                .lifetime_ms
+                .map(|l| format!(" lifetime p50={:.1}ms p99={:.1}ms", l.p50, l.p99))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  {} ×{}: opened {}, released {}, TIME_WAIT entries {}{}",
+                e.comm, e.processes, e.opened, e.released, e.time_wait_entries, lifetime
+            )?;
+        }
         if self.findings.is_empty() {
             writeln!(out, "\nno findings")?;
         }

