@@ -38,7 +38,7 @@ mod cache;
 mod convert;
 mod frame;
 mod maps;
-mod perf_map;
+pub mod perf_map;
 
 use std::{
     collections::{HashMap, hash_map::Entry},

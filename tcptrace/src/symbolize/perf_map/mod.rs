@@ -29,7 +29,7 @@
 //! most [`MAX_NOTES`] times in a run.
 
 mod open;
-mod table;
+pub mod table;
 
 use std::{
     collections::HashMap,
