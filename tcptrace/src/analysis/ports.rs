@@ -25,6 +25,10 @@ pub fn parse_range(text: &str) -> anyhow::Result<u32> {
     if low > high {
         bail!("the range is empty");
     }
+    // Ports are 16-bit: a wider range is not the kernel's (and would overflow the count).
+    if high > u32::from(u16::MAX) {
+        bail!("{high} is not a port");
+    }
     Ok(high - low + 1)
 }
 
@@ -37,6 +41,7 @@ mod tests {
         assert_eq!(parse_range("32768\t60999\n").unwrap(), DEFAULT_EPHEMERAL_PORTS);
         assert_eq!(parse_range("1024 1024").unwrap(), 1);
         assert!(parse_range("60999 32768").is_err());
+        assert!(parse_range("0 4294967295").is_err(), "found by fuzzing: overflowed");
         assert!(parse_range("1 2 3").is_err());
         assert!(parse_range("").is_err());
     }

@@ -160,12 +160,13 @@ pub fn parse_reply(mut datagram: &[u8], sequence: u32, dump: &mut Dump) -> Resul
                     }
                 }
                 NetlinkPayload::Done(done) if done.code < 0 => {
-                    return Err(std::io::Error::from_raw_os_error(-done.code))
-                        .context("the kernel ended the dump");
+                    return Err(errno(done.code)).context("the kernel ended the dump");
                 }
                 NetlinkPayload::Done(_) => return Ok(Reply::Done),
-                NetlinkPayload::Error(error) if error.code.is_some() => {
-                    return Err(error.to_io()).context("the kernel refused the request");
+                NetlinkPayload::Error(error) if let Some(code) = error.code => {
+                    // Not `ErrorMessage::to_io`: it negates the code, which overflows on
+                    // `i32::MIN` (fixed upstream after netlink-packet-core 0.9.0).
+                    return Err(errno(code.get())).context("the kernel refused the request");
                 }
                 _ => {}
             },
@@ -173,6 +174,15 @@ pub fn parse_reply(mut datagram: &[u8], sequence: u32, dump: &mut Dump) -> Resul
         }
     }
     Ok(Reply::More)
+}
+
+/// A netlink error code (`-errno`) as an I/O error; a code no errno has (a positive one, or
+/// `i32::MIN`, whose negation overflows) is reported as it is.
+fn errno(code: i32) -> std::io::Error {
+    match code.checked_neg() {
+        Some(errno) if errno > 0 => std::io::Error::from_raw_os_error(errno),
+        _ => std::io::Error::other(format!("netlink error code {code}")),
+    }
 }
 
 impl TryFrom<&InetResponse> for DiagSocket {
@@ -237,6 +247,21 @@ mod tests {
     use netlink_packet_sock_diag::inet::InetResponseHeader;
 
     use super::*;
+
+    /// Replies the fuzzer found panicking (`fuzz/corpus/sock_diag`): a done or error message
+    /// whose code is `i32::MIN`, which negates to an overflow.
+    #[test]
+    fn error_codes_no_errno_has_are_errors_not_panics() {
+        for (name, reply) in [
+            ("done", &include_bytes!("../../../fuzz/corpus/sock_diag/done-code-i32-min")[..]),
+            ("error", &include_bytes!("../../../fuzz/corpus/sock_diag/error-code-i32-min")[..]),
+        ] {
+            let result = parse_reply(reply, 1, &mut Dump::default());
+            let err = result.err().unwrap_or_else(|| panic!("{name}: accepted"));
+            assert!(format!("{err:#}").contains("-2147483648"), "{name}: {err:#}");
+        }
+        assert_eq!(errno(-2).raw_os_error(), Some(2));
+    }
 
     const KEEPALIVE: Timer = Timer::KeepAlive(Duration::from_secs(7200));
 
