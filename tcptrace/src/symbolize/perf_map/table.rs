@@ -62,6 +62,12 @@ impl Table {
         self.entries.len()
     }
 
+    /// Whether no function was kept.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Lines that were not kept.
     pub fn skipped(&self) -> u64 {
         self.skipped
