@@ -610,10 +610,19 @@ fn a_burst_of_connections_loses_no_state_change() {
     let chains = socket_chains(&h);
     let shown = &chains.gaps[..chains.gaps.len().min(20)];
     assert!(chains.gaps.is_empty(), "{} changes missing: {shown:?}", chains.gaps.len());
-    assert_eq!(
-        (chains.opened, chains.closed),
-        (2 * CONNECTIONS, 2 * CONNECTIONS),
-        "both ends of every connection opened and closed once\n{}",
+    // Each connection has one connect() and one accept(); the kernel can make a listener child
+    // more than accept() takes (two CPUs handling one handshake's retransmitted ACK: the loser
+    // of the race is closed at once, seen in the VM), so sockets are counted as opened and
+    // closed alike, not as exactly two per connection.
+    let count = |kind: fn(&EventKind) -> bool| h.events.iter().filter(|e| kind(&e.kind)).count();
+    let connects = count(|k| matches!(k, EventKind::Connect));
+    let accepts = count(|k| matches!(k, EventKind::Accept { .. }));
+    assert_eq!((connects, accepts), (CONNECTIONS, CONNECTIONS), "{}", h.dump());
+    assert!(
+        chains.opened >= 2 * CONNECTIONS && chains.closed == chains.opened,
+        "both ends of every connection opened and closed: {} opened, {} closed\n{}",
+        chains.opened,
+        chains.closed,
         h.dump()
     );
 }
