@@ -133,14 +133,13 @@ fn c_name(name: &OsStr) -> anyhow::Result<CString> {
     CString::new(name.as_bytes()).context("a file name with a NUL byte")
 }
 
-/// A number another process cannot guess ahead: the clock's nanoseconds mixed with an address
-/// the kernel randomised.
+/// A number another process cannot guess ahead, from the kernel's random pool (a failed
+/// call leaves 0: names are still taken with `O_EXCL`, so a guess only costs a retry).
 fn nonce() -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let local = 0u8;
-    now ^ (&raw const local as u64).rotate_left(17)
+    let mut n = 0u64;
+    // SAFETY: writes at most 8 bytes into `n`.
+    unsafe { libc::getrandom((&raw mut n).cast(), size_of::<u64>(), 0) };
+    n
 }
 
 #[cfg(test)]

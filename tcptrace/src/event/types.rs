@@ -123,6 +123,11 @@ impl Comm {
         Self(raw)
     }
 
+    /// The bytes as the kernel keeps them, for the kernel's own filter decisions.
+    pub fn raw(&self) -> &[u8; 16] {
+        &self.0
+    }
+
     pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
         let len = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
         String::from_utf8_lossy(&self.0[..len])

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use tcptrace_common::{AF_INET, AF_INET6, Filter};
 
-use crate::inventory::InventorySocket;
+use crate::{event::Comm, inventory::InventorySocket};
 
 pub struct InventoryFilter(Filter);
 
@@ -28,17 +28,11 @@ impl InventoryFilter {
             return true;
         }
         // `run` follows its processes in the kernel only, and sweeps nothing.
-        socket.owners.retain(|o| f.process_matches(o.pid, &comm(&o.comm), false));
+        socket
+            .owners
+            .retain(|o| f.process_matches(o.pid, Comm::from(o.comm.as_str()).raw(), false));
         !socket.owners.is_empty()
     }
-}
-
-/// A task name as the kernel keeps it: its first 15 bytes, NUL-padded.
-fn comm(name: &str) -> [u8; 16] {
-    let mut raw = [0; 16];
-    let len = name.len().min(15);
-    raw[..len].copy_from_slice(&name.as_bytes()[..len]);
-    raw
 }
 
 /// Dual-stack sockets report IPv4 peers as `::ffff:a.b.c.d`; like the kernel's `skc_family`,

@@ -41,7 +41,7 @@ pub struct Feed<S> {
     /// `--bench-minimum`: events are counted, nothing more, so that the bench's minimum
     /// measures the kernel's least work and not user space.
     #[cfg(feature = "bench")]
-    pub count_only: bool,
+    count_only: bool,
 }
 
 impl<S: Sink> Feed<S> {
@@ -57,6 +57,12 @@ impl<S: Sink> Feed<S> {
             #[cfg(feature = "bench")]
             count_only: false,
         }
+    }
+
+    /// `--bench-minimum`'s feed: counts events, nothing more.
+    #[cfg(feature = "bench")]
+    pub fn count_only(self, count_only: bool) -> Self {
+        Self { count_only, ..self }
     }
 
     pub fn handle(&mut self, bytes: &[u8]) {

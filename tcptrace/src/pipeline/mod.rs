@@ -64,12 +64,9 @@ impl<S: Sink> Pipeline<S> {
         let stacks = probes
             .stack_maps(options.stacks)?
             .map(|maps| StackResolver::new(maps.user, maps.kernel));
-        #[cfg_attr(not(feature = "bench"), expect(unused_mut, reason = "set with bench only"))]
-        let mut feed = Feed::new(capacity, stacks, sink);
+        let feed = Feed::new(capacity, stacks, sink);
         #[cfg(feature = "bench")]
-        {
-            feed.count_only = options.bench == crate::kernel::probes::Bench::Minimum;
-        }
+        let feed = feed.count_only(options.bench == crate::kernel::probes::Bench::Minimum);
         let mut pipeline = Self {
             probes,
             stream,

@@ -10,31 +10,17 @@ use std::{
     time::Duration,
 };
 
+use tcptrace::event::TcpState;
+
 use crate::support::{
     netns::Netns,
     process::{poll_until, tool},
     raw,
 };
 
-/// Kernel TCP state names as tcptrace prints them, indexed by the kernel's number.
-const STATES: [&str; 13] = [
-    "?",
-    "ESTABLISHED",
-    "SYN_SENT",
-    "SYN_RECV",
-    "FIN_WAIT1",
-    "FIN_WAIT2",
-    "TIME_WAIT",
-    "CLOSE",
-    "CLOSE_WAIT",
-    "LAST_ACK",
-    "LISTEN",
-    "CLOSING",
-    "NEW_SYN_RECV",
-];
-
+/// A kernel TCP state number's name as tcptrace prints it; `?` for a number it does not know.
 pub fn state_name(state: u8) -> &'static str {
-    STATES.get(usize::from(state)).copied().unwrap_or("?")
+    TcpState::try_from(state).map_or("?", TcpState::name)
 }
 
 /// The `tr` column of /proc/net/tcp: which timer is pending.

@@ -105,9 +105,10 @@ pub struct Connections {
     comms: Comms,
     /// Live connections per owning process.
     owned: HashMap<u32, usize>,
-    /// Processes a record named (or the inventory found holding a socket) that have not exited:
-    /// their exit is reported, so a process that closed its connections before exiting is
-    /// still known to have exited; exits of processes that never touched TCP stay quiet.
+    /// Processes that opened or released a socket (or that the inventory found holding one) and
+    /// have not exited: their exit is reported, so a process that closed its connections before
+    /// exiting is still known to have exited; exits of processes that never touched TCP stay
+    /// quiet.
     seen: HashSet<u32>,
     capacity: usize,
     /// Sockets not tracked because the table was full.
@@ -152,6 +153,8 @@ impl Connections {
     }
 
     fn set_owner(&mut self, skaddr: u64, opened_ns: u64, owner: Owner) {
+        // Its exit is reported even if it closes everything first, or the table is full.
+        self.note(owner.pid);
         if !self.room_for(skaddr) {
             return;
         }
@@ -207,16 +210,6 @@ impl Connections {
 
     /// Applies one kernel event and appends the records it produces to `out`.
     pub fn apply(&mut self, event: &Event, out: &mut Vec<Record>) {
-        let first = out.len();
-        self.attribute(event, out);
-        for record in &out[first..] {
-            if let (Some(pid), false) = (record.pid, record.kind == RecordKind::Exit) {
-                self.note(pid);
-            }
-        }
-    }
-
-    fn attribute(&mut self, event: &Event, out: &mut Vec<Record>) {
         let current = Record {
             ts_ns: event.ts_ns,
             kind: RecordKind::Connect,
@@ -241,6 +234,11 @@ impl Connections {
                 out.push(Record { kind: RecordKind::Accept { state }, ..current });
             }
             EventKind::Release { reason, .. } => {
+                // A process that only closes what it inherited; not the releases its exit
+                // makes, which follow the exit's own record.
+                if reason != ReleaseReason::Exit {
+                    self.note(event.pid);
+                }
                 out.push(Record { kind: RecordKind::Release { reason }, ..current });
             }
             // Only the symbolizer cares (see `stacks`).
