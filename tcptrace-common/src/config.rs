@@ -14,6 +14,22 @@ pub const CLOSE_HOOK_KPROBE: u32 = 3;
 
 /// How many `--pid` values the kernel filter holds.
 pub const MAX_FILTER_PIDS: usize = 8;
+/// How many cgroups (`--container`, `--cgroup`) the kernel filter holds.
+pub const MAX_FILTER_CGROUPS: usize = 8;
+
+/// One cgroup of the process filter: a process passes if its cgroup is this one or below it,
+/// which is whether its cgroup's ancestor at `level` (the root is level 0) has this id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupMatch {
+    /// The cgroup v2 id (its directory's inode).
+    pub id: u64,
+    /// Its depth below the root of the hierarchy.
+    pub level: u32,
+    pub _pad0: u32,
+}
+
+const _: () = assert!(size_of::<CgroupMatch>() == 16);
 
 /// In-kernel filters, set as the `FILTER` global at load time. Zero means "no filter".
 #[repr(C)]
@@ -32,9 +48,12 @@ pub struct Filter {
     /// Non-zero: keep only the processes in the `FOLLOWED` map (`tcptrace run`: the command and
     /// its descendants); `pids` and `comm` are then unused.
     pub follow: u32,
+    /// Keep only processes in (or below) one of the first `n_cgroups` cgroups.
+    pub n_cgroups: u32,
+    pub cgroups: [CgroupMatch; MAX_FILTER_CGROUPS],
 }
 
-const _: () = assert!(size_of::<Filter>() == 64);
+const _: () = assert!(size_of::<Filter>() == 72 + 16 * MAX_FILTER_CGROUPS);
 
 impl Filter {
     pub const fn none() -> Self {
@@ -46,20 +65,33 @@ impl Filter {
             port: 0,
             family: 0,
             follow: 0,
+            n_cgroups: 0,
+            cgroups: [CgroupMatch { id: 0, level: 0, _pad0: 0 }; MAX_FILTER_CGROUPS],
         }
     }
 
     /// A process filter needs the owner map to attribute softirq state changes.
     #[inline(always)]
     pub const fn filters_process(&self) -> bool {
-        self.n_pids != 0 || self.has_comm != 0 || self.follow != 0
+        self.n_pids != 0 || self.has_comm != 0 || self.follow != 0 || self.n_cgroups != 0
     }
 
     /// Whether the process `tgid`, whose thread runs `comm` (NUL-padded, as the kernel's
     /// `task->comm`), is one the user asked for. `followed`: whether `tgid` is in the `FOLLOWED`
     /// map; only read when `follow` is set, so callers need not look it up otherwise.
+    /// `ancestor(level)`: the id of the task's cgroup ancestor at `level` (the kernel's
+    /// `bpf_get_current_ancestor_cgroup_id`); only called with a cgroup filter.
     #[inline(always)]
-    pub fn process_matches(&self, tgid: u32, comm: &[u8; 16], followed: bool) -> bool {
+    pub fn process_matches(
+        &self,
+        tgid: u32,
+        comm: &[u8; 16],
+        followed: bool,
+        ancestor: impl Fn(u32) -> u64,
+    ) -> bool {
+        if self.n_cgroups != 0 && !self.cgroup_matches(ancestor) {
+            return false;
+        }
         if self.follow != 0 {
             return followed;
         }
@@ -90,6 +122,20 @@ impl Filter {
         true
     }
 
+    /// Whether the task is in one of the filter's cgroups or below it. Every slot visited, as
+    /// with `pids`; the helper is only called for slots in use.
+    #[inline(always)]
+    fn cgroup_matches(&self, ancestor: impl Fn(u32) -> u64) -> bool {
+        let n_cgroups = self.n_cgroups as usize;
+        let mut found = false;
+        for (i, cgroup) in self.cgroups.iter().enumerate() {
+            if i < n_cgroups && ancestor(cgroup.level) == cgroup.id {
+                found = true;
+            }
+        }
+        found
+    }
+
     /// Whether a connection of `family` (`AF_INET`/`AF_INET6`) between the local port `lport`
     /// and the remote port `rport` (host order) passes the `-4`/`-6` and `--port` filters.
     #[inline(always)]
@@ -104,6 +150,9 @@ impl Filter {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no implicit padding (checked by the size assertion).
 unsafe impl aya::Pod for Filter {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for CgroupMatch {}
 
 /// `Settings::stacks` bit: capture the user stack at connect and accept.
 pub const STACKS_USER: u32 = 1 << 0;
@@ -144,13 +193,17 @@ pub struct Settings {
     /// user space knows is sent without its endpoints. A churned connection then costs 8
     /// events instead of 13.
     pub lean: u32,
+    /// Non-zero: open records carry the opener's cgroup id (`RawEvent::cgroup_id`). User space
+    /// turns it off where the ids say nothing (no cgroup v2 hierarchy in use), and the bench
+    /// to measure its cost.
+    pub cgroup_ids: u32,
 }
 
-const _: () = assert!(size_of::<Settings>() == 20);
+const _: () = assert!(size_of::<Settings>() == 24);
 
 impl Settings {
     pub const fn none() -> Self {
-        Self { stacks: 0, fork_child_pid: 0, bench: 0, wakeup_bytes: 0, lean: 0 }
+        Self { stacks: 0, fork_child_pid: 0, bench: 0, wakeup_bytes: 0, lean: 0, cgroup_ids: 0 }
     }
 }
 
@@ -169,6 +222,11 @@ mod tests {
         comm
     }
 
+    /// A task in the root cgroup: every ancestor is the root (id 1).
+    fn root(_level: u32) -> u64 {
+        1
+    }
+
     fn pids(list: &[u32]) -> Filter {
         let mut filter = Filter::none();
         filter.pids[..list.len()].copy_from_slice(list);
@@ -180,7 +238,7 @@ mod tests {
     fn no_filter_keeps_everything() {
         let f = Filter::none();
         assert!(!f.filters_process());
-        assert!(f.process_matches(1, &comm("x"), false));
+        assert!(f.process_matches(1, &comm("x"), false, root));
         assert!(f.addr_matches(AF_INET, 1, 2));
         assert!(f.addr_matches(AF_INET6, 0, 0));
     }
@@ -190,20 +248,20 @@ mod tests {
         let f = pids(&[10, 20, 30]);
         assert!(f.filters_process());
         for pid in [10, 20, 30] {
-            assert!(f.process_matches(pid, &comm("x"), false), "{pid}");
+            assert!(f.process_matches(pid, &comm("x"), false, root), "{pid}");
         }
         for pid in [0, 11, 40] {
-            assert!(!f.process_matches(pid, &comm("x"), false), "{pid}");
+            assert!(!f.process_matches(pid, &comm("x"), false, root), "{pid}");
         }
         // A stale pid past `n_pids` does not count, nor does the zero filling.
         let mut f = pids(&[10]);
         f.pids[1] = 20;
-        assert!(!f.process_matches(20, &comm("x"), false));
-        assert!(!f.process_matches(0, &comm("x"), false));
+        assert!(!f.process_matches(20, &comm("x"), false, root));
+        assert!(!f.process_matches(0, &comm("x"), false, root));
         // Every slot is looked at.
         let all: Vec<u32> = (1..=MAX_FILTER_PIDS as u32).collect();
         let f = pids(&all);
-        assert!(f.process_matches(MAX_FILTER_PIDS as u32, &comm("x"), false));
+        assert!(f.process_matches(MAX_FILTER_PIDS as u32, &comm("x"), false, root));
     }
 
     #[test]
@@ -212,14 +270,14 @@ mod tests {
         f.has_comm = 1;
         f.comm = comm("curl");
         assert!(f.filters_process());
-        assert!(f.process_matches(1, &comm("curl"), false));
-        assert!(!f.process_matches(1, &comm("cur"), false), "a prefix");
-        assert!(!f.process_matches(1, &comm("curl2"), false), "a longer name");
-        assert!(!f.process_matches(1, &comm("Curl"), false));
+        assert!(f.process_matches(1, &comm("curl"), false, root));
+        assert!(!f.process_matches(1, &comm("cur"), false, root), "a prefix");
+        assert!(!f.process_matches(1, &comm("curl2"), false, root), "a longer name");
+        assert!(!f.process_matches(1, &comm("Curl"), false, root));
         let long = "fifteen_chars_x";
         f.comm = comm(long);
-        assert!(f.process_matches(1, &comm(long), false));
-        assert!(!f.process_matches(1, &comm("fifteen_chars_y"), false), "last byte differs");
+        assert!(f.process_matches(1, &comm(long), false, root));
+        assert!(!f.process_matches(1, &comm("fifteen_chars_y"), false, root), "last byte differs");
     }
 
     #[test]
@@ -227,9 +285,9 @@ mod tests {
         let mut f = pids(&[7]);
         f.has_comm = 1;
         f.comm = comm("nginx");
-        assert!(f.process_matches(7, &comm("nginx"), false));
-        assert!(!f.process_matches(8, &comm("nginx"), false));
-        assert!(!f.process_matches(7, &comm("redis"), false));
+        assert!(f.process_matches(7, &comm("nginx"), false, root));
+        assert!(!f.process_matches(8, &comm("nginx"), false, root));
+        assert!(!f.process_matches(7, &comm("redis"), false, root));
     }
 
     #[test]
@@ -239,13 +297,16 @@ mod tests {
         f.comm = comm("nginx");
         f.follow = 1;
         assert!(f.filters_process());
-        assert!(f.process_matches(99, &comm("other"), true), "pids and comm are unused");
-        assert!(!f.process_matches(7, &comm("nginx"), false));
+        assert!(f.process_matches(99, &comm("other"), true, root), "pids and comm are unused");
+        assert!(!f.process_matches(7, &comm("nginx"), false, root));
         let mut f = Filter::none();
         f.follow = 1;
         assert!(f.filters_process());
-        assert!(!f.process_matches(1, &comm("x"), false));
-        assert!(Filter::none().process_matches(1, &comm("x"), false), "ignored unless following");
+        assert!(!f.process_matches(1, &comm("x"), false, root));
+        assert!(
+            Filter::none().process_matches(1, &comm("x"), false, root),
+            "ignored unless following"
+        );
     }
 
     #[test]
@@ -264,5 +325,65 @@ mod tests {
         f.family = AF_INET;
         assert!(f.addr_matches(AF_INET, 443, 1));
         assert!(!f.addr_matches(AF_INET6, 443, 1));
+    }
+
+    fn cgroups(list: &[(u64, u32)]) -> Filter {
+        let mut filter = Filter::none();
+        for (slot, &(id, level)) in filter.cgroups.iter_mut().zip(list) {
+            *slot = CgroupMatch { id, level, _pad0: 0 };
+        }
+        filter.n_cgroups = list.len() as u32;
+        filter
+    }
+
+    /// A task in `/a/b` with ids root 1, `/a` 10, `/a/b` 20; levels past its depth are 0, as the
+    /// kernel answers.
+    fn in_a_b(level: u32) -> u64 {
+        [1, 10, 20].get(level as usize).copied().unwrap_or(0)
+    }
+
+    #[test]
+    fn cgroup_filter_keeps_the_cgroup_and_everything_below_it() {
+        let f = cgroups(&[(10, 1)]);
+        assert!(f.filters_process());
+        assert!(f.process_matches(1, &comm("x"), false, in_a_b), "a descendant of /a");
+        assert!(cgroups(&[(20, 2)]).process_matches(1, &comm("x"), false, in_a_b), "itself");
+        assert!(!f.process_matches(1, &comm("x"), false, root), "the root is not below /a");
+        assert!(!cgroups(&[(10, 2)]).process_matches(1, &comm("x"), false, in_a_b), "wrong level");
+        assert!(!cgroups(&[(30, 3)]).process_matches(1, &comm("x"), false, in_a_b), "deeper");
+    }
+
+    #[test]
+    fn any_cgroup_of_the_list_matches_and_only_the_first_n_count() {
+        let f = cgroups(&[(99, 1), (20, 2)]);
+        assert!(f.process_matches(1, &comm("x"), false, in_a_b));
+        let mut f = cgroups(&[(99, 1)]);
+        f.cgroups[1] = CgroupMatch { id: 20, level: 2, _pad0: 0 };
+        assert!(!f.process_matches(1, &comm("x"), false, in_a_b), "a stale slot");
+        let all: Vec<(u64, u32)> = (0..MAX_FILTER_CGROUPS as u64).map(|i| (100 + i, 1)).collect();
+        let mut f = cgroups(&all);
+        f.cgroups[MAX_FILTER_CGROUPS - 1].id = 10;
+        assert!(f.process_matches(1, &comm("x"), false, in_a_b), "the last slot is looked at");
+    }
+
+    #[test]
+    fn cgroup_filter_applies_with_the_other_process_filters() {
+        let mut f = cgroups(&[(10, 1)]);
+        f.has_comm = 1;
+        f.comm = comm("nginx");
+        assert!(f.process_matches(1, &comm("nginx"), false, in_a_b));
+        assert!(!f.process_matches(1, &comm("redis"), false, in_a_b));
+        assert!(!f.process_matches(1, &comm("nginx"), false, root));
+        let mut f = cgroups(&[(10, 1)]);
+        f.follow = 1;
+        assert!(f.process_matches(1, &comm("x"), true, in_a_b));
+        assert!(!f.process_matches(1, &comm("x"), true, root), "followed, but elsewhere");
+        assert!(!f.process_matches(1, &comm("x"), false, in_a_b), "here, but not followed");
+    }
+
+    #[test]
+    fn the_cgroup_helper_is_not_called_without_a_cgroup_filter() {
+        let never = |_: u32| -> u64 { panic!("no cgroup filter") };
+        assert!(pids(&[7]).process_matches(7, &comm("x"), false, never));
     }
 }

@@ -71,9 +71,13 @@ pub struct RawEvent {
     /// Id of the kernel stack in the `STACKS` map (connect and accept), or `STACK_NONE`.
     pub kernel_stack: i32,
     pub _pad0: u32,
+    /// The opener's cgroup v2 id (`bpf_get_current_cgroup_id()`, the inode of its cgroup
+    /// directory) for connect, listen and accept; 0 otherwise. Read once per open, where the
+    /// opener is the current task, so every later change of the socket is attributed from it.
+    pub cgroup_id: u64,
 }
 
-const _: () = assert!(size_of::<RawEvent>() == 104);
+const _: () = assert!(size_of::<RawEvent>() == 112);
 const _: () = assert!(align_of::<RawEvent>() == 8);
 
 impl RawEvent {
@@ -99,6 +103,7 @@ impl RawEvent {
             daddr: [0; 16],
             kernel_stack: STACK_NONE,
             _pad0: 0,
+            cgroup_id: 0,
         }
     }
 }
@@ -165,7 +170,7 @@ pub struct RawExec {
     pub filename: [u8; EXEC_PATH_LEN],
 }
 
-const _: () = assert!(size_of::<RawExec>() == 104 + EXEC_PATH_LEN);
+const _: () = assert!(size_of::<RawExec>() == 112 + EXEC_PATH_LEN);
 
 /// Value of the kernel's owner map, keyed by `skaddr`.
 #[repr(C)]

@@ -1,6 +1,9 @@
-//! In-kernel filters (`--pid`, `--comm`, `--port`, `-4`/`-6`, `tcptrace run`'s process tree),
-//! configured by the `FILTER` global. The decisions are `tcptrace_common::Filter`'s methods,
-//! shared with user space's inventory filter; this module adds the `FOLLOWED` lookup.
+//! In-kernel filters (`--pid`, `--comm`, `--container`, `--cgroup`, `--port`, `-4`/`-6`,
+//! `tcptrace run`'s process tree), configured by the `FILTER` global. The decisions are
+//! `tcptrace_common::Filter`'s methods, shared with user space's inventory filter; this module
+//! adds the `FOLLOWED` lookup and the cgroup helper.
+
+use aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id;
 
 use crate::maps::{FOLLOWED, filter};
 
@@ -16,7 +19,10 @@ pub fn process_matches(tgid: u32, comm: &[u8; 16]) -> bool {
     let filter = filter();
     // SAFETY: plain map read; only looked up when it decides.
     let followed = filter.follow != 0 && unsafe { FOLLOWED.get(tgid) }.is_some();
-    filter.process_matches(tgid, comm, followed)
+    filter.process_matches(tgid, comm, followed, |level| {
+        // SAFETY: a helper on the current task, allowed in every tracing program (5.11+).
+        unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) }
+    })
 }
 
 /// Whether a connection of `family` between `lport` and `rport` passes the address filters.

@@ -14,7 +14,9 @@ use aya_ebpf::{
         BPF_F_STACK_BUILD_ID, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
         bpf_map_def, bpf_map_type::BPF_MAP_TYPE_STACK_TRACE,
     },
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
@@ -56,6 +58,16 @@ pub fn filter() -> &'static Filter {
     let address = &raw const FILTER;
     // SAFETY: reads a local; the pointer it yields is the static's, valid for 'static.
     unsafe { &*core::ptr::read_volatile(&address) }
+}
+
+/// The current task's cgroup v2 id, for an open record (`Settings::cgroup_ids`), or 0.
+#[inline(always)]
+pub fn opener_cgroup() -> u64 {
+    if global!(SETTINGS.cgroup_ids) == 0 {
+        return 0;
+    }
+    // SAFETY: a helper without arguments, allowed in every tracing program.
+    unsafe { bpf_get_current_cgroup_id() }
 }
 
 /// Whether only the state changes an aggregating reader uses are sent (`Settings::lean`).

@@ -173,7 +173,7 @@ const EXEC_FILENAME_FIELD: usize = 8;
 ///
 /// A subprogram of its own: the verifier limits the stack of a call chain to 512 bytes, and
 /// 6.1 counts this program's frame together with the bpf_loop() callback's (the release path,
-/// about 370 bytes). Kept out of line, the event's 104 bytes are not in that chain.
+/// about 370 bytes). Kept out of line, the event's 112 bytes are not in that chain.
 #[inline(never)]
 fn report_exit() -> bool {
     let event = current_event(KIND_EXIT);

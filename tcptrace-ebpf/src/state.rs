@@ -32,8 +32,8 @@ use crate::{
     filter::{addr_matches, filters_process, process_matches},
     kernel::SockInfo,
     maps::{
-        LAST_RESET, OWNERS, ReadFailed, count, current_event, emit, finish, lean, remember_owner,
-        stamped_event,
+        LAST_RESET, OWNERS, ReadFailed, count, current_event, emit, finish, lean, opener_cgroup,
+        remember_owner, stamped_event,
     },
     nested::{first_runs, first_skipped},
     stacks::{KernelStack, capture},
@@ -390,6 +390,7 @@ fn on_open<C: StackIdContext + EbpfContext>(ctx: &C, change: Change) -> Result<(
         });
     }
     event.owner_pid = event.pid;
+    event.cgroup_id = opener_cgroup();
     if !remember_owner(skaddr, event.pid, event.fd) {
         event.flags |= FLAG_OWNER_LOST;
     }

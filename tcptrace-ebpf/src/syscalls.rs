@@ -24,7 +24,8 @@ use crate::{
     filter::{addr_matches, process_matches},
     kernel::{FdTable, SockInfo, connect_fd_from_regs, socket_sock},
     maps::{
-        CONNECT_FD, OFFSETS, ReadFailed, count, current_event, emit, finish, global, remember_owner,
+        CONNECT_FD, OFFSETS, ReadFailed, count, current_event, emit, finish, global, opener_cgroup,
+        remember_owner,
     },
     release::release_if_last,
     stacks::{KernelStack, capture},
@@ -130,6 +131,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), ReadFailed> {
     }
     event.fd = ret as i32;
     event.owner_pid = event.pid;
+    event.cgroup_id = opener_cgroup();
     capture(ctx, &mut event, KernelStack::Pointless);
     // Without BTF the descriptor cannot be tied to its sock: report what is known.
     let Some(table) = FdTable::current()? else {

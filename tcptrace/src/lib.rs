@@ -10,6 +10,7 @@
 //! - `pipeline`: the one event loop every command shares, and per-socket attribution;
 //! - `inventory`: the sockets that exist already (sock_diag, /proc);
 //! - `stacks` and `symbolize`: the code path that opened a connection;
+//! - `container`: which container (or pod, or service) a process runs in;
 //! - `event`: ring records decoded into domain types;
 //! - `kernel`: loading, attaching and reading the kernel programs.
 //!
@@ -18,6 +19,7 @@
 pub mod analysis;
 pub mod cli;
 pub mod cmd;
+pub mod container;
 pub mod event;
 pub mod inventory;
 pub mod kernel;

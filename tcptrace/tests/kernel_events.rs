@@ -570,7 +570,7 @@ fn exit_releases_a_descriptor_whose_connection_was_reset() {
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn a_burst_of_connections_loses_no_state_change() {
-    // About 13 events of 104 bytes each per connection: well within the harness's 1 MiB ring.
+    // About 13 events of 112 bytes each per connection: well within the harness's 1 MiB ring.
     const CONNECTIONS: usize = 500;
     let _serial = no_forks();
     let listener = listen(LOCALHOST_V4);

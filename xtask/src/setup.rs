@@ -8,7 +8,8 @@ use anyhow::{Context as _, Result, bail};
 /// busybox for the VM tier, iproute2 for network namespaces (and `ss`, which the scenario tests
 /// read), xz for the VM kernel, nginx and redis-server for the leak scenarios
 /// (tests/leaks_scenarios.rs), which start their own instances inside namespaces, gcc for the
-/// symbolization fixtures (tests/fixtures/leaky.c).
+/// symbolization fixtures (tests/fixtures/leaky.c), podman and runc for the container tests
+/// (tests/containers.rs: an image imported from busybox-static, no registry).
 const DEBIAN_PACKAGES: &[&str] = &[
     "gcc",
     "llvm-22-dev",
@@ -22,6 +23,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nginx",
     "redis-server",
+    "podman",
+    "runc",
 ];
 /// Services that the packages above start on install (Debian's postinst does, unless a
 /// policy-rc.d forbids it) and enable at boot. The tests never use them: stopped and disabled.

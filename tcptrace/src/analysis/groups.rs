@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::{
     analysis::findings::{Finding, FindingKind},
+    container::{Cgroup, serialize_container},
     stacks::OpenStack,
 };
 
@@ -18,6 +19,9 @@ pub struct FindingGroup {
     pub kind: FindingKind,
     pub pid: u32,
     pub comm: String,
+    /// The process's container.
+    #[serde(rename = "container", serialize_with = "serialize_container")]
+    pub cgroup: Option<Arc<Cgroup>>,
     /// Sockets the group stands for (TIME_WAIT entries for churn).
     pub count: u64,
     /// Findings in the group.
@@ -67,6 +71,7 @@ pub fn group(findings: &[Finding]) -> Vec<FindingGroup> {
                 kind: f.kind,
                 pid: f.pid,
                 comm: f.comm.clone(),
+                cgroup: f.cgroup.clone(),
                 count: 0,
                 findings: 0,
                 oldest_age: None,

@@ -121,6 +121,14 @@ pub struct FilterArgs {
     /// Only processes whose thread name (comm) is exactly this (at most 15 bytes)
     #[arg(short = 'c', long, value_name = "COMM")]
     pub comm: Option<String>,
+    /// Only processes in this container: its id, an id prefix or its name, as `podman ps` or
+    /// `docker ps` show them, or a systemd service (`nginx.service`); repeatable
+    #[arg(long = "container", value_name = "ID|NAME")]
+    pub containers: Vec<String>,
+    /// Only processes in this cgroup or below it: a cgroup v2 path such as
+    /// `/system.slice/nginx.service`, relative to the hierarchy or under its mount; repeatable
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
     /// Only connections with this local or remote port
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
@@ -157,6 +165,10 @@ pub struct ProbeArgs {
     #[cfg(feature = "bench")]
     #[arg(long, hide = true, conflicts_with = "bench_floor")]
     pub bench_minimum: bool,
+    /// Benchmarks only: open records go without the opener's cgroup id (its cost)
+    #[cfg(feature = "bench")]
+    #[arg(long, hide = true)]
+    pub bench_no_cgroup: bool,
 }
 
 #[derive(Debug, Args)]

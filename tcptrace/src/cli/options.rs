@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     analysis::budgets::Budgets,
+    container::{Hierarchy, Names, SelectError, select},
     kernel::options::{Changes, ProbeOptions, StacksMode},
     top::SortKey,
 };
@@ -32,6 +33,8 @@ pub enum UsageError {
     EmptyComm,
     #[error("run follows its command and every descendant: --pid and --comm do not apply")]
     RunFollowsItsCommand,
+    #[error(transparent)]
+    Container(#[from] SelectError),
     /// A report path that cannot be written (checked before the command starts).
     #[error("{0}")]
     Output(String),
@@ -189,6 +192,10 @@ impl ProbeArgs {
             stacks: self.stacks.unwrap_or(stacks),
             changes,
             #[cfg(feature = "bench")]
+            cgroup_ids: !self.bench_no_cgroup,
+            #[cfg(not(feature = "bench"))]
+            cgroup_ids: true,
+            #[cfg(feature = "bench")]
             bench: if self.bench_minimum {
                 crate::kernel::options::Bench::Minimum
             } else if self.bench_floor {
@@ -201,7 +208,8 @@ impl ProbeArgs {
 }
 
 impl FilterArgs {
-    /// The in-kernel filter; checks that every `--pid` exists now.
+    /// The in-kernel filter; checks that every `--pid` exists now, and finds the cgroups of
+    /// `--container` and `--cgroup` (which must exist now too).
     fn to_filter(&self) -> Result<Filter, UsageError> {
         let mut filter = Filter::none();
         if self.pids.len() > MAX_FILTER_PIDS {
@@ -224,6 +232,10 @@ impl FilterArgs {
             filter.has_comm = 1;
             filter.comm[..comm.len()].copy_from_slice(comm.as_bytes());
         }
+        let cgroups =
+            select(Hierarchy::find().as_ref(), &mut Names::new(), &self.containers, &self.cgroups)?;
+        filter.cgroups[..cgroups.len()].copy_from_slice(&cgroups);
+        filter.n_cgroups = cgroups.len() as u32;
         filter.port = self.port.unwrap_or(0);
         filter.family = match (self.ipv4, self.ipv6) {
             (true, _) => AF_INET,
@@ -281,6 +293,14 @@ mod tests {
         }
         assert!(matches!(validate(&args), Err(UsageError::TooManyPids)));
         assert!(matches!(validate(&["top", "-c", ""]), Err(UsageError::EmptyComm)));
+        assert!(matches!(
+            validate(&["leaks", "--container", "no-such-container-anywhere"]),
+            Err(UsageError::Container(_))
+        ));
+        assert!(matches!(
+            validate(&["trace", "--cgroup", "/no/such/cgroup"]),
+            Err(UsageError::Container(_))
+        ));
         assert!(matches!(
             validate(&["run", "-c", "x", "--", "true"]),
             Err(UsageError::RunFollowsItsCommand)

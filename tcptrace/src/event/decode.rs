@@ -51,6 +51,7 @@ impl TryFrom<&RawEvent> for Event {
             daddr,
             kernel_stack,
             _pad0: _,
+            cgroup_id,
         } = *raw;
         let endpoints = if flags & FLAG_ADDRS != 0 {
             Some(Endpoints {
@@ -91,6 +92,7 @@ impl TryFrom<&RawEvent> for Event {
             stacks: StackIds::from_raw(user_stack, kernel_stack),
             kind,
             exec_path: None,
+            cgroup: (cgroup_id != 0).then_some(cgroup_id),
         })
     }
 }

@@ -218,4 +218,6 @@ pub struct Event {
     /// For `Exec`: the path passed to execve() (relative to the process's working directory
     /// when it does not start with `/`).
     pub exec_path: Option<PathBuf>,
+    /// For connect, listen and accept: the opener's cgroup v2 id, when the kernel reads it.
+    pub cgroup: Option<u64>,
 }

@@ -100,6 +100,9 @@ pub struct Snapshot {
     /// What could not be read: permission errors (summed per kind), namespaces that could not
     /// be entered, messages that did not decode.
     pub warnings: Vec<String>,
+    /// The cgroup of each holder, by pid: left empty here, filled by the pipeline, which keeps
+    /// what it knows of each process.
+    pub cgroups: foldhash::HashMap<u32, std::sync::Arc<crate::container::Cgroup>>,
 }
 
 /// Every TCP socket a process can hold (IPv4 and IPv6, every state but TIME_WAIT) in every
@@ -136,6 +139,7 @@ pub fn snapshot() -> Result<Snapshot> {
         finished_at,
         namespaces: dumped,
         warnings: warnings.into_lines(),
+        cgroups: Default::default(),
     })
 }
 

@@ -17,6 +17,9 @@ pub struct ProbeOptions {
     pub stacks: StacksMode,
     /// Which state changes the kernel sends.
     pub changes: Changes,
+    /// Whether open records carry the opener's cgroup id (off where no cgroup v2 hierarchy is
+    /// in use: every task would read the root's).
+    pub cgroup_ids: bool,
     /// `cargo xtask bench`'s reference points; `Bench::Off` for real use.
     #[cfg(feature = "bench")]
     pub bench: Bench,
@@ -35,6 +38,7 @@ impl ProbeOptions {
             bench: 0,
             wakeup_bytes: self.ring_bytes / 4,
             lean: u32::from(self.changes == Changes::Lifecycle),
+            cgroup_ids: u32::from(self.cgroup_ids),
         }
     }
 
@@ -138,11 +142,13 @@ mod tests {
             ring_bytes: 1 << 23,
             stacks: StacksMode::User,
             changes,
+            cgroup_ids: true,
             #[cfg(feature = "bench")]
             bench: Bench::Off,
         };
         let lean = options(Changes::Lifecycle).settings(0);
         assert_eq!((lean.lean, lean.stacks, lean.wakeup_bytes), (1, STACKS_USER, 1 << 21));
         assert_eq!(options(Changes::All).settings(0).lean, 0);
+        assert_eq!(lean.cgroup_ids, 1);
     }
 }

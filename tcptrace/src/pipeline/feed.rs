@@ -3,7 +3,10 @@
 
 use std::io;
 
-use super::connections::{Connections, Record, RecordKind};
+use super::{
+    connections::{Connections, Record, RecordKind},
+    placement::Placement,
+};
 use crate::{
     event::{Event, EventKind, StackIds},
     inventory::Snapshot,
@@ -31,6 +34,7 @@ pub struct Feed<S> {
     conns: Connections,
     records: Vec<Record>,
     stacks: Option<StackResolver>,
+    placement: Placement,
     pub sink: S,
     /// Kernel events decoded.
     pub events: u64,
@@ -45,11 +49,17 @@ pub struct Feed<S> {
 }
 
 impl<S: Sink> Feed<S> {
-    pub fn new(capacity: usize, stacks: Option<StackResolver>, sink: S) -> Self {
+    pub fn new(
+        capacity: usize,
+        stacks: Option<StackResolver>,
+        placement: Placement,
+        sink: S,
+    ) -> Self {
         Self {
             conns: Connections::new(capacity),
             records: Vec::new(),
             stacks,
+            placement,
             sink,
             events: 0,
             decode_errors: 0,
@@ -83,6 +93,7 @@ impl<S: Sink> Feed<S> {
         if let Some(stacks) = &mut self.stacks {
             attach_stack(stacks, &event, &mut self.records);
         }
+        self.placement.attach(&event, &mut self.records);
         for record in &self.records {
             if let Err(e) = self.sink.record(record) {
                 self.error = Some(e);
@@ -100,10 +111,17 @@ impl<S: Sink> Feed<S> {
         }
     }
 
-    /// An inventory sweep's view: the processes holding sockets, whose exits are reported.
-    pub fn inventory(&mut self, snapshot: &Snapshot, taken_ns: u64) {
-        self.conns
-            .note_holders(snapshot.sockets.iter().flat_map(|s| s.owners.iter().map(|o| o.pid)));
+    /// An inventory sweep's view: the processes holding sockets, whose exits are reported, each
+    /// placed in its cgroup.
+    pub fn inventory(&mut self, snapshot: &mut Snapshot, taken_ns: u64) {
+        for pid in snapshot.sockets.iter().flat_map(|s| s.owners.iter().map(|o| o.pid)) {
+            self.conns.note_holders([pid]);
+            if let std::collections::hash_map::Entry::Vacant(slot) = snapshot.cgroups.entry(pid)
+                && let Some(cgroup) = self.placement.of(pid)
+            {
+                slot.insert(cgroup);
+            }
+        }
         self.sink.inventory(snapshot, taken_ns);
     }
 

@@ -10,6 +10,7 @@
 pub mod connections;
 mod feed;
 pub mod losses;
+mod placement;
 
 use std::{future::Future, pin::pin, time::Duration};
 
@@ -19,6 +20,7 @@ pub use feed::Sink;
 use tokio::{task::JoinHandle, time::MissedTickBehavior};
 
 use crate::{
+    container::Resolver,
     event::clock::monotonic_ns,
     inventory::{self, Snapshot, filter::InventoryFilter},
     kernel::{
@@ -27,7 +29,7 @@ use crate::{
         probes::{ProbeOptions, Probes},
         stream::EventStream,
     },
-    pipeline::losses::Losses,
+    pipeline::{losses::Losses, placement::Placement},
     stacks::StackResolver,
 };
 
@@ -43,7 +45,11 @@ pub struct Pipeline<S> {
     /// How often the inventory is swept; `None`: never (`trace` prints events, and `run`'s
     /// processes are new: other processes' sockets are not its business).
     sweep_every: Option<Duration>,
+    /// How containers are found, when it is the degraded way.
+    cgroup_note: Option<&'static str>,
 }
+
+const NO_HIERARCHY: &str = "no cgroup v2 hierarchy is mounted: containers are found from /proc/<pid>/cgroup, so a process that exits before it is read has none";
 
 /// A sweep running on the blocking pool, and when it started.
 type PendingSweep = (JoinHandle<anyhow::Result<Snapshot>>, u64);
@@ -58,13 +64,20 @@ impl<S: Sink> Pipeline<S> {
         sweep_every: Option<Duration>,
         sink: impl FnOnce(CloseHook) -> S,
     ) -> anyhow::Result<Self> {
+        let resolver = Resolver::for_host();
+        // Without a v2 hierarchy every task reads the root's id: the kernel need not read it.
+        let options = &ProbeOptions {
+            cgroup_ids: options.cgroup_ids && resolver.has_hierarchy(),
+            ..options.clone()
+        };
         let mut probes = Probes::load(options)?;
         let sink = sink(probes.close_hook());
         let stream = probes.events()?;
         let stacks = probes
             .stack_maps(options.stacks)?
             .map(|maps| StackResolver::new(maps.user, maps.kernel));
-        let feed = Feed::new(capacity, stacks, sink);
+        let hierarchy = resolver.hierarchy().cloned();
+        let feed = Feed::new(capacity, stacks, Placement::new(resolver), sink);
         #[cfg(feature = "bench")]
         let feed = feed.count_only(options.bench == crate::kernel::probes::Bench::Minimum);
         let mut pipeline = Self {
@@ -73,7 +86,8 @@ impl<S: Sink> Pipeline<S> {
             feed,
             warnings: Vec::new(),
             started_ns: monotonic_ns(),
-            filter: InventoryFilter::new(options.filter),
+            cgroup_note: hierarchy.is_none().then_some(NO_HIERARCHY),
+            filter: InventoryFilter::new(options.filter, hierarchy),
             sweep_every,
         };
         pipeline.sweep().await?;
@@ -86,6 +100,9 @@ impl<S: Sink> Pipeline<S> {
         let purpose = purpose.map(|p| format!("; {p}")).unwrap_or_default();
         crate::say!("tcptrace: tracing {subject} (close hook: {}){purpose}", self.close_hook());
         for note in self.probes.notes() {
+            crate::say!("tcptrace: note: {note}");
+        }
+        if let Some(note) = self.cgroup_note {
             crate::say!("tcptrace: note: {note}");
         }
     }
@@ -175,7 +192,7 @@ impl<S: Sink> Pipeline<S> {
             self.warn(warning.clone());
         }
         snapshot.sockets.retain_mut(|s| self.filter.keep(s));
-        self.feed.inventory(&snapshot, taken_ns);
+        self.feed.inventory(&mut snapshot, taken_ns);
     }
 
     fn warn(&mut self, warning: String) {

@@ -13,6 +13,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    container::{Container, Runtime},
     event::Comm,
     kernel::close_hook::CloseHook,
     pipeline::{
@@ -84,6 +85,9 @@ pub struct Renderer<W: Write> {
     format: Format,
     clock: Clock,
     close_hook: CloseHook,
+    /// Whether the CONTAINER column is shown: from the first record of a process in a
+    /// container on (the header is printed again then).
+    container_column: bool,
 }
 
 #[derive(Serialize)]
@@ -108,6 +112,9 @@ struct JsonRecord<'a> {
     skaddr: String,
     close_hook: &'static str,
     stack: Option<&'a OpenStack>,
+    /// The process's cgroup path, and its container.
+    cgroup: Option<&'a str>,
+    container: Option<&'a Container>,
 }
 
 /// `trace` renders the pipeline's records as they come.
@@ -126,14 +133,15 @@ impl<W: Write> Sink for Renderer<W> {
 
 impl<W: Write> Renderer<W> {
     pub fn new(out: W, format: Format, clock: Clock, close_hook: CloseHook) -> Self {
-        Self { out, format, clock, close_hook }
+        Self { out, format, clock, close_hook, container_column: false }
     }
 
     pub fn header(&mut self) -> io::Result<()> {
         if let Format::Text = self.format {
+            let container = if self.container_column { "CONTAINER            " } else { "" };
             writeln!(
                 self.out,
-                "{:<15} {:>7} {:<16} {:>4} {:<22} {:<22} {:<24} DETAIL",
+                "{:<15} {:>7} {:<16} {container}{:>4} {:<22} {:<22} {:<24} DETAIL",
                 "TIME", "PID", "COMM", "FD", "LADDR:LPORT", "RADDR:RPORT", "EVENT"
             )?;
         }
@@ -142,6 +150,18 @@ impl<W: Write> Renderer<W> {
 
     fn text(&mut self, r: &Record) -> io::Result<()> {
         let dash = || "-".to_owned();
+        let container = r.cgroup.as_ref().and_then(|c| c.container.as_ref());
+        if container.is_some() && !self.container_column {
+            self.container_column = true;
+            self.header()?;
+        }
+        let container = match container {
+            _ if !self.container_column => String::new(),
+            // A service by its unit's name, a container by its short id, as `ss`/`docker ps`.
+            Some(c) if c.runtime == Runtime::Systemd => format!("{:<20.20} ", c.id),
+            Some(c) => format!("{:<20} ", c.short_id()),
+            None => format!("{:<20} ", "-"),
+        };
         let (event, detail) = match &r.kind {
             RecordKind::State { old, new } => (format!("{old}->{new}"), String::new()),
             RecordKind::Accept { state: Some(s) } => ("accept".to_owned(), format!("state={s}")),
@@ -164,7 +184,7 @@ impl<W: Write> Renderer<W> {
         let endpoint = |a: Option<SocketAddr>| a.map_or_else(dash, |a| a.to_string());
         writeln!(
             self.out,
-            "{:<15} {:>7} {:<16} {:>4} {:<22} {:<22} {:<24} {}",
+            "{:<15} {:>7} {:<16} {container}{:>4} {:<22} {:<22} {:<24} {}",
             local_time(self.clock.wall(r.ts_ns)),
             r.pid.map_or_else(dash, |p| p.to_string()),
             r.comm.as_ref().map(Comm::as_str).as_deref().unwrap_or("-"),
@@ -219,6 +239,8 @@ impl<W: Write> Renderer<W> {
             skaddr: format!("{:#x}", r.skaddr),
             close_hook: self.close_hook.name(),
             stack: r.stack.as_deref(),
+            cgroup: r.cgroup.as_ref().map(|c| c.path.as_str()),
+            container: r.cgroup.as_ref().and_then(|c| c.container.as_ref()),
         };
         serde_json::to_writer(&mut self.out, &record)?;
         self.out.write_all(b"\n")
@@ -244,6 +266,7 @@ mod tests {
                 remote: "127.0.0.1:80".parse().unwrap(),
             }),
             stack: None,
+            cgroup: None,
         }
     }
 
@@ -276,7 +299,8 @@ mod tests {
         assert_eq!(v["rport"], 80);
         assert!(v["reason"].is_null());
         assert!(v["stack"].is_null());
-        assert_eq!(v.as_object().unwrap().len(), 20);
+        assert!(v["cgroup"].is_null() && v["container"].is_null());
+        assert_eq!(v.as_object().unwrap().len(), 22);
     }
 
     #[test]

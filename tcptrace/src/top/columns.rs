@@ -1,11 +1,12 @@
 //! The table's columns, shared by the plain and the terminal view so both show the same cells.
 
-use super::{Row, SortKey};
+use super::{Row, SortKey, sort::COLUMNS};
 
 /// Column titles, one per [`SortKey`] in the same order.
-pub(crate) const TITLES: [&str; 11] = [
+pub(crate) const TITLES: [&str; COLUMNS] = [
     "PID",
     "COMM",
+    "CONTAINER",
     "OPEN",
     "ESTAB",
     "CLOSE_WAIT",
@@ -20,17 +21,20 @@ pub(crate) const TITLES: [&str; 11] = [
 /// The kernel's task names are at most 15 bytes; a longer name can only come from elsewhere
 /// (e.g. /proc/PID/cmdline) and would push every column after it out of line.
 pub(crate) const COMM_WIDTH: usize = 15;
+/// A container name can be long; a 12-hex short id fits, as `docker ps` shows it.
+pub(crate) const CONTAINER_WIDTH: usize = 16;
 
 /// Whether column `i` is left-aligned (text) rather than right-aligned (numbers).
 pub(crate) fn left_aligned(i: usize) -> bool {
-    i == SortKey::Comm.column()
+    i == SortKey::Comm.column() || i == SortKey::Container.column()
 }
 
-pub(crate) fn cells(row: &Row) -> [String; 11] {
+pub(crate) fn cells(row: &Row) -> [String; COLUMNS] {
     // Exhaustive, so a field added to Row cannot be forgotten here.
     let Row {
         pid,
         comm,
+        container,
         open,
         established,
         close_wait,
@@ -44,6 +48,11 @@ pub(crate) fn cells(row: &Row) -> [String; 11] {
     [
         pid.to_string(),
         comm.chars().take(COMM_WIDTH).collect(),
+        if container.is_empty() {
+            "-".to_owned()
+        } else {
+            container.chars().take(CONTAINER_WIDTH).collect()
+        },
         open.to_string(),
         established.to_string(),
         close_wait.to_string(),
@@ -59,7 +68,9 @@ pub(crate) fn cells(row: &Row) -> [String; 11] {
 /// Each column's width: the widest of its title and its cells, so columns line up whatever the
 /// values. PID and COMM keep their usual width so the table does not jump as processes come and
 /// go.
-pub(crate) fn widths<'a>(cells: impl IntoIterator<Item = &'a [String; 11]>) -> [usize; 11] {
+pub(crate) fn widths<'a>(
+    cells: impl IntoIterator<Item = &'a [String; COLUMNS]>,
+) -> [usize; COLUMNS] {
     let mut widths = TITLES.map(str::len);
     widths[SortKey::Pid.column()] = 7;
     widths[SortKey::Comm.column()] = COMM_WIDTH;

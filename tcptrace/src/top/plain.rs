@@ -6,7 +6,7 @@ use std::{
     time::SystemTime,
 };
 
-use super::{Frame, Sort, columns, status};
+use super::{Frame, Sort, columns, sort::COLUMNS, status};
 
 /// Writes one snapshot of `frame`, rows in `sort` order, at most `limit` of them.
 pub fn render_plain(
@@ -32,7 +32,7 @@ fn render_at(
     writeln!(out, "{}", summary.join(" "))?;
 
     let rows = sort.order(&frame.rows);
-    let cells: Vec<[String; 11]> =
+    let cells: Vec<[String; COLUMNS]> =
         rows.into_iter().take(limit.unwrap_or(usize::MAX)).map(columns::cells).collect();
     let widths = columns::widths(&cells);
     let titles = columns::TITLES.map(str::to_owned);
@@ -43,7 +43,11 @@ fn render_at(
     out.flush()
 }
 
-fn write_line(out: &mut impl Write, cells: &[String; 11], widths: &[usize; 11]) -> io::Result<()> {
+fn write_line(
+    out: &mut impl Write,
+    cells: &[String; COLUMNS],
+    widths: &[usize; COLUMNS],
+) -> io::Result<()> {
     let mut line = String::new();
     for (i, (cell, &width)) in cells.iter().zip(widths).enumerate() {
         if i > 0 {
@@ -112,20 +116,20 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[1],
-            "    PID COMM            OPEN ESTAB CLOSE_WAIT TW/s OPENED/s RELEASED/s P50_MS P99_MS FINDINGS"
+            "    PID COMM            CONTAINER OPEN ESTAB CLOSE_WAIT TW/s OPENED/s RELEASED/s P50_MS P99_MS FINDINGS"
         );
         // 40 open first; the two with 12 by pid. The long comm is cut to 15 characters.
         assert_eq!(
             lines[2],
-            "      7 a-very-long-pro   40     0          0  0.0      0.0        0.0      -      -        0"
+            "      7 a-very-long-pro -           40     0          0  0.0      0.0        0.0      -      -        0"
         );
         assert_eq!(
             lines[3],
-            "    300 nginx             12     0          0  0.0      0.0        0.0  1.500  250.0        0"
+            "    300 nginx           -           12     0          0  0.0      0.0        0.0  1.500  250.0        0"
         );
         assert_eq!(
             lines[4],
-            "   4242 java              12     0        900  0.0      0.0        0.0      -      -        0"
+            "   4242 java            -           12     0        900  0.0      0.0        0.0      -      -        0"
         );
         assert_eq!(lines.len(), 6);
         assert_eq!(lines[5], "");

@@ -87,6 +87,12 @@ fn rows(agg: &Aggregator, limits: &Limits) -> Vec<Row> {
             Row {
                 pid,
                 comm: stats.comm.clone(),
+                container: stats
+                    .cgroup
+                    .as_ref()
+                    .and_then(|c| c.container.as_ref())
+                    .map(|c| c.name.clone().unwrap_or_else(|| c.short_id().to_owned()))
+                    .unwrap_or_default(),
                 lifetime_p50_ms: lifetime.map(|l| l.p50),
                 lifetime_p99_ms: lifetime.map(|l| l.p99),
                 ..Row::default()

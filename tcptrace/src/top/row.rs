@@ -8,6 +8,9 @@ use std::time::Duration;
 pub struct Row {
     pub pid: u32,
     pub comm: String,
+    /// Its container: a name, else a short id (a systemd service by its unit); empty on the
+    /// host.
+    pub container: String,
     /// Sockets the process holds now (opened and not yet released).
     pub open: u64,
     pub established: u64,

@@ -5,12 +5,16 @@ use std::cmp::Ordering;
 
 use super::Row;
 
+/// The table's columns: one per key.
+pub const COLUMNS: usize = 12;
+
 /// The column the table is sorted by. Counts and rates sort largest first (the process to look
-/// at is on top); `pid` and `comm` sort ascending.
+/// at is on top); `pid`, `comm` and `container` sort ascending.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SortKey {
     Pid,
     Comm,
+    Container,
     #[default]
     Open,
     Estab,
@@ -25,9 +29,10 @@ pub enum SortKey {
 
 impl SortKey {
     /// Every key, in column order (the table has one column per key).
-    pub const ALL: [SortKey; 11] = [
+    pub const ALL: [SortKey; COLUMNS] = [
         SortKey::Pid,
         SortKey::Comm,
+        SortKey::Container,
         SortKey::Open,
         SortKey::Estab,
         SortKey::CloseWait,
@@ -44,6 +49,7 @@ impl SortKey {
         match self {
             SortKey::Pid => "pid",
             SortKey::Comm => "comm",
+            SortKey::Container => "container",
             SortKey::Open => "open",
             SortKey::Estab => "estab",
             SortKey::CloseWait => "close-wait",
@@ -62,7 +68,7 @@ impl SortKey {
     }
 
     fn descending(self) -> bool {
-        !matches!(self, SortKey::Pid | SortKey::Comm)
+        !matches!(self, SortKey::Pid | SortKey::Comm | SortKey::Container)
     }
 }
 
@@ -98,6 +104,7 @@ impl Sort {
         let by_key = match self.key {
             SortKey::Pid => dir(a.pid.cmp(&b.pid)),
             SortKey::Comm => dir(a.comm.cmp(&b.comm)),
+            SortKey::Container => dir(a.container.cmp(&b.container)),
             SortKey::Open => dir(a.open.cmp(&b.open)),
             SortKey::Estab => dir(a.established.cmp(&b.established)),
             SortKey::CloseWait => dir(a.close_wait.cmp(&b.close_wait)),
@@ -139,7 +146,7 @@ mod tests {
         for (r, v) in rows.iter_mut().zip([1u32, 3, 2, 2]) {
             let f = f64::from(v);
             match key {
-                SortKey::Pid | SortKey::Comm => {}
+                SortKey::Pid | SortKey::Comm | SortKey::Container => {}
                 SortKey::Open => r.open = v.into(),
                 SortKey::Estab => r.established = v.into(),
                 SortKey::CloseWait => r.close_wait = v.into(),

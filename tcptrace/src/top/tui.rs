@@ -16,7 +16,7 @@ use ratatui::{
     widgets::{Cell, Paragraph, Row as TableRow, Table},
 };
 
-use super::{Frame, Sort, SortKey, columns, status, terminal::TerminalGuard};
+use super::{Frame, Sort, SortKey, columns, sort::COLUMNS, status, terminal::TerminalGuard};
 
 /// What a key press asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub enum Action {
 
 /// Quitting and reversing first: on a narrow terminal the end of the line is what gets cut.
 const HELP: &str = "q quit  R reverse  sort: o open  e estab  w close-wait  t time-wait  n opened  \
-                    r released  5 p50  9 p99  f findings  p pid  c comm";
+                    r released  5 p50  9 p99  f findings  p pid  c comm  C container";
 
 /// Maps a key to its action. Raw mode turns Ctrl-C into a key instead of SIGINT, so it has to
 /// mean quit here or nothing would.
@@ -58,6 +58,7 @@ pub fn action_for(key: KeyEvent) -> Option<Action> {
         KeyCode::Char('9') => sort(SortKey::P99),
         KeyCode::Char('f') => sort(SortKey::Findings),
         KeyCode::Char('p') => sort(SortKey::Pid),
+        KeyCode::Char('C') => sort(SortKey::Container),
         KeyCode::Char('c') => sort(SortKey::Comm),
         _ => None,
     }
@@ -183,7 +184,8 @@ fn render_table(canvas: &mut Canvas, frame: &Frame, sort: Sort, area: Rect) {
     let rows = sort.order(&frame.rows);
     // No more rows than fit: the rest would be cut anyway.
     let visible = usize::from(area.height.saturating_sub(1));
-    let cells: Vec<[String; 11]> = rows.into_iter().take(visible).map(columns::cells).collect();
+    let cells: Vec<[String; COLUMNS]> =
+        rows.into_iter().take(visible).map(columns::cells).collect();
     let mut widths = columns::widths(&cells);
     widths[sort.key.column()] += 1; // the arrow
     let widths = widths.map(|w| Constraint::Length(u16::try_from(w).unwrap_or(u16::MAX)));
@@ -240,7 +242,7 @@ mod tests {
 
     #[test]
     fn draws_status_titles_and_rows_in_order() {
-        let lines = draw(&sample(), SortKey::Open, 100, 9);
+        let lines = draw(&sample(), SortKey::Open, 110, 9);
         for field in ["tcptrace top  time ", "elapsed 1m5s", "close_hook tracepoint"] {
             assert!(lines[0].contains(field), "{field} missing from {:?}", lines[0]);
         }
@@ -258,7 +260,11 @@ mod tests {
         let first_word =
             |line: &String| line.split_whitespace().next().unwrap_or_default().to_owned();
         assert_eq!(lines[3..6].iter().map(first_word).collect::<Vec<_>>(), ["7", "300", "4242"]);
-        assert!(lines[3].contains("a-very-long-pro ") && !lines[3].contains("a-very-long-proc"));
+        assert!(
+            lines[3].contains("a-very-long-pro ") && !lines[3].contains("a-very-long-proc"),
+            "{:?}",
+            lines[3]
+        );
         assert!(lines[5].contains("900") && lines[5].contains("250.0"), "{:?}", lines[5]);
         assert!(lines[4].contains(" - "), "unknown percentiles show as '-': {:?}", lines[4]);
         assert!(lines[8].starts_with("q quit  R reverse  sort: o open"), "{:?}", lines[8]);

@@ -99,6 +99,7 @@ fn probe_options(
         ring_bytes: 1 << 20,
         stacks,
         changes,
+        cgroup_ids: true,
         #[cfg(feature = "bench")]
         bench,
     }

@@ -29,6 +29,9 @@ pub enum Tracer {
     Leaks,
     /// `tcptrace leaks --stacks off`.
     LeaksNoStacks,
+    /// `tcptrace leaks` without the opener's cgroup id in open records (hidden
+    /// `--bench-no-cgroup`): beside `Leaks`, what container attribution costs.
+    LeaksNoCgroup,
     /// bpftrace counting state changes in the kernel.
     BpftraceCount,
     /// bpftrace printing every state change.
@@ -40,13 +43,14 @@ pub enum Tracer {
 }
 
 impl Tracer {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Baseline,
         Self::Floor,
         Self::Minimum,
         Self::Trace,
         Self::Leaks,
         Self::LeaksNoStacks,
+        Self::LeaksNoCgroup,
         Self::BpftraceCount,
         Self::BpftracePrintf,
         Self::Tcplife,
@@ -61,6 +65,7 @@ impl Tracer {
             Self::Trace => "tcptrace trace > /dev/null",
             Self::Leaks => "tcptrace leaks",
             Self::LeaksNoStacks => "tcptrace leaks --stacks off",
+            Self::LeaksNoCgroup => "tcptrace leaks, no cgroup id",
             Self::BpftraceCount => "bpftrace, count in kernel",
             Self::BpftracePrintf => "bpftrace, printf per change",
             Self::Tcplife => "libbpf-tools tcplife",
@@ -82,6 +87,7 @@ impl Tracer {
             Self::Trace => tcptrace_cmd(&["trace"]),
             Self::Leaks => tcptrace_cmd(&["leaks", "--json"]),
             Self::LeaksNoStacks => tcptrace_cmd(&["leaks", "--json", "--stacks", "off"]),
+            Self::LeaksNoCgroup => tcptrace_cmd(&["leaks", "--json", "--bench-no-cgroup"]),
             Self::BpftraceCount => {
                 let mut cmd = Command::new(installed("bpftrace")?);
                 cmd.args(["-e", "tracepoint:sock:inet_sock_set_state { @[args->oldstate, args->newstate] = count(); }"]);
@@ -100,9 +106,12 @@ impl Tracer {
     /// A line on stderr that says the tracer is attached.
     fn ready_marker(self) -> Option<&'static str> {
         match self {
-            Self::Floor | Self::Minimum | Self::Trace | Self::Leaks | Self::LeaksNoStacks => {
-                Some("tcptrace: tracing")
-            }
+            Self::Floor
+            | Self::Minimum
+            | Self::Trace
+            | Self::Leaks
+            | Self::LeaksNoStacks
+            | Self::LeaksNoCgroup => Some("tcptrace: tracing"),
             _ => None,
         }
     }
@@ -161,8 +170,10 @@ pub struct TracerCost {
 pub fn start(tracer: Tracer, tcptrace: &Path) -> Result<Option<Running>> {
     let Some(mut cmd) = tracer.command(tcptrace)? else { return Ok(None) };
     // Output that only the tracer's cost matters for goes to /dev/null, as a user would send it.
-    let keep_stdout =
-        matches!(tracer, Tracer::Leaks | Tracer::LeaksNoStacks | Tracer::BpftraceCount);
+    let keep_stdout = matches!(
+        tracer,
+        Tracer::Leaks | Tracer::LeaksNoStacks | Tracer::LeaksNoCgroup | Tracer::BpftraceCount
+    );
     cmd.stdin(Stdio::null())
         .stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::piped());
@@ -276,7 +287,7 @@ fn delivered(tracer: Tracer, stdout: &[String], stderr: &[String]) -> (Option<u6
             let at = |i: usize| words.get(i).and_then(|w| w.parse().ok());
             (at(1), at(4))
         }
-        Tracer::Leaks | Tracer::LeaksNoStacks => {
+        Tracer::Leaks | Tracer::LeaksNoStacks | Tracer::LeaksNoCgroup => {
             let report: serde_json::Value =
                 serde_json::from_str(&stdout.join("\n")).unwrap_or_default();
             (report["events"].as_u64(), report["events_lost"].as_u64())

@@ -397,6 +397,7 @@ impl Aggregator {
                 self.retire(pid);
             }
             let stats = self.live_process(pid, comm(record).as_deref());
+            stats.place(record.cgroup.as_ref());
             if direction != Direction::Listen {
                 stats.opened += 1;
             }

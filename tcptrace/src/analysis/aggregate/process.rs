@@ -1,10 +1,11 @@
 //! Per-process counts and distributions, and the exited processes folded by name.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 
 use super::distribution::Distribution;
+use crate::container::Cgroup;
 
 #[derive(Debug, Default)]
 pub struct ProcessStats {
@@ -21,11 +22,22 @@ pub struct ProcessStats {
     /// connect() to ESTABLISHED, in µs.
     pub connect_latency_us: Distribution,
     pub exited: bool,
+    /// Its cgroup, and so its container.
+    pub cgroup: Option<Arc<Cgroup>>,
 }
 
 impl ProcessStats {
     pub fn new(comm: String) -> Self {
         Self { comm, ..Self::default() }
+    }
+
+    /// The cgroup a record or a sweep placed it in (the latest: a process can be moved).
+    pub fn place(&mut self, cgroup: Option<&Arc<Cgroup>>) {
+        if let Some(cgroup) = cgroup
+            && !self.cgroup.as_ref().is_some_and(|known| Arc::ptr_eq(known, cgroup))
+        {
+            self.cgroup = Some(cgroup.clone());
+        }
     }
 
     pub fn record_lifetime(&mut self, ns: u64) {
@@ -46,6 +58,7 @@ impl ProcessStats {
             lifetime_us,
             connect_latency_us,
             exited: _,
+            cgroup: _,
         } = other;
         self.opened += opened;
         self.released += released;

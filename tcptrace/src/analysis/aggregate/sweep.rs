@@ -34,6 +34,11 @@ impl Aggregator {
         // Untracked sockets the sweep still found stay counted; the others are gone.
         let found: HashSet<u64> = by_tuple.values().map(|s| s.inode).collect();
         self.evicted_inodes.retain(|inode| found.contains(inode));
+        for (pid, cgroup) in &snapshot.cgroups {
+            if let Some(stats) = self.processes.get_mut(pid) {
+                stats.place(Some(cgroup));
+            }
+        }
         self.fold_exited();
     }
 

@@ -30,6 +30,7 @@ fn record(ts_ns: u64, pid: u32, comm: &str, skaddr: u64, kind: RecordKind) -> Re
             remote: addr(SERVER),
         }),
         stack: None,
+        cgroup: None,
     }
 }
 
@@ -39,7 +40,14 @@ fn state(old: TcpState, new: TcpState) -> RecordKind {
 
 fn snapshot(sockets: Vec<InventorySocket>) -> Snapshot {
     let now = Instant::now();
-    Snapshot { sockets, taken_at: now, finished_at: now, namespaces: vec![1], warnings: vec![] }
+    Snapshot {
+        sockets,
+        taken_at: now,
+        finished_at: now,
+        namespaces: vec![1],
+        warnings: vec![],
+        cgroups: Default::default(),
+    }
 }
 
 fn inventory(inode: u64, state: TcpState, local: &str, remote: &str, pid: u32) -> InventorySocket {

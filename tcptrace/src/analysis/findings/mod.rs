@@ -11,6 +11,7 @@ use serde::Serialize;
 pub use self::kind::{FindingKind, Limits, TIME_WAIT_SECS};
 use crate::{
     analysis::aggregate::{Aggregator, Direction, Origin, TrackedSocket},
+    container::{Cgroup, serialize_container},
     event::TcpState,
     stacks::OpenStack,
 };
@@ -40,6 +41,9 @@ pub struct Finding {
     /// The code path that opened the socket (for churn: the latest connection toward the
     /// remote); `null` when stacks were off, not captured, or the socket predates the trace.
     pub stack: Option<Arc<OpenStack>>,
+    /// The process's container.
+    #[serde(rename = "container", serialize_with = "serialize_container")]
+    pub cgroup: Option<Arc<Cgroup>>,
 }
 
 fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -99,6 +103,7 @@ impl Finding {
             explanation: kind.explanation(),
             fix: kind.fix(),
             stack: None,
+            cgroup: None,
         }
     }
 }
@@ -106,6 +111,7 @@ impl Finding {
 /// Every finding at `now_ns`, sorted by pid, kind and descriptor.
 pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
     let comm = |pid: u32| agg.processes.get(&pid).map(|p| p.comm.clone()).unwrap_or_default();
+    let cgroup = |pid: u32| agg.processes.get(&pid).and_then(|p| p.cgroup.clone());
     let mut findings: Vec<Finding> = agg
         .sockets()
         .filter_map(|s| {
@@ -149,6 +155,9 @@ pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
             stack: exited.stack.clone(),
             ..Finding::new(kind, exited.pid, comm(exited.pid), exited.state)
         });
+    }
+    for finding in &mut findings {
+        finding.cgroup = cgroup(finding.pid);
     }
     findings.sort_by_key(|f| (f.pid, f.kind, f.fd, f.remote));
     findings
@@ -197,6 +206,7 @@ mod tests {
             skaddr: SK,
             endpoints: Some(endpoints()),
             stack: None,
+            cgroup: None,
         }
     }
 
@@ -269,7 +279,14 @@ mod tests {
 
     fn snapshot(sockets: Vec<InventorySocket>) -> Snapshot {
         let now = Instant::now();
-        Snapshot { sockets, taken_at: now, finished_at: now, namespaces: vec![1], warnings: vec![] }
+        Snapshot {
+            sockets,
+            taken_at: now,
+            finished_at: now,
+            namespaces: vec![1],
+            warnings: vec![],
+            cgroups: Default::default(),
+        }
     }
 
     #[test]

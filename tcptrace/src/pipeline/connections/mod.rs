@@ -10,6 +10,7 @@ use comms::Comms;
 use foldhash::{HashMap, HashSet};
 
 use crate::{
+    container::Cgroup,
     event::{Comm, Endpoints, Event, EventKind, ReleaseReason, TcpState},
     stacks::OpenStack,
 };
@@ -53,6 +54,8 @@ pub struct Record {
     pub endpoints: Option<Endpoints>,
     /// The code path of a connect or accept, when stacks are captured (see `stacks`).
     pub stack: Option<Arc<OpenStack>>,
+    /// The process's cgroup and container (see `placement`).
+    pub cgroup: Option<Arc<Cgroup>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -220,6 +223,7 @@ impl Connections {
             skaddr: event.skaddr,
             endpoints: event.endpoints,
             stack: None,
+            cgroup: None,
         };
         let opener = || Owner { pid: event.pid, comm: event.comm, fd: event.fd };
         match event.kind {
@@ -310,6 +314,7 @@ mod tests {
             owner_lost: false,
             stacks: Default::default(),
             exec_path: None,
+            cgroup: None,
             kind,
         }
     }

@@ -17,6 +17,7 @@ use crate::{
         findings::{Finding, Limits},
         groups::{FindingGroup, group},
     },
+    container::Container,
     kernel::close_hook::CloseHook,
     pipeline::losses::Losses,
 };
@@ -48,6 +49,9 @@ pub struct Report {
 pub struct ProcessReport {
     pub pid: u32,
     pub comm: String,
+    /// Its container (`null` on the host), and its cgroup path (`null` when unknown).
+    pub container: Option<Container>,
+    pub cgroup: Option<String>,
     pub opened: u64,
     pub released: u64,
     /// Sockets it holds now.
@@ -180,6 +184,8 @@ fn process_reports(
             ProcessReport {
                 pid,
                 comm: stats.comm.clone(),
+                container: stats.cgroup.as_ref().and_then(|c| c.container.clone()),
+                cgroup: stats.cgroup.as_ref().map(|c| c.path.clone()),
                 opened: stats.opened,
                 released: stats.released,
                 open: open_by_state.values().sum(),
@@ -256,6 +262,7 @@ mod tests {
             skaddr,
             endpoints: Some(endpoints),
             stack: None,
+            cgroup: None,
         };
         let stack = crate::stacks::OpenStack {
             key: (Some(1), None),
@@ -420,6 +427,7 @@ mod tests {
                 skaddr: 1,
                 endpoints: None,
                 stack: None,
+                cgroup: None,
             };
             agg.apply(&record);
             let limits = Limits {

@@ -44,9 +44,10 @@ impl Report {
                 p.open_by_state.iter().map(|(s, n)| format!("{s}={n}")).collect();
             writeln!(
                 out,
-                "{} ({}){}: opened {}, released {}, open {}{}, TIME_WAIT {:.2}/s{}",
+                "{} ({}){}{}: opened {}, released {}, open {}{}, TIME_WAIT {:.2}/s{}",
                 p.comm,
                 p.pid,
+                p.container.as_ref().map(|c| format!(" [{c}]")).unwrap_or_default(),
                 if p.exited { " [exited]" } else { "" },
                 p.opened,
                 p.released,
