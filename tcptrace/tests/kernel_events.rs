@@ -45,7 +45,7 @@ use tcptrace::{
     },
     kernel::probes::{Changes, StacksMode},
 };
-use tcptrace_common::Filter;
+use tcptrace_common::{CgroupMatch, Filter};
 
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
@@ -484,6 +484,96 @@ fn comm_filter_keeps_only_that_name() {
     h.expect_no_port(other_sock.local.port(), "the other name's connection");
     h.expect_no_port(own_port, "this process's connection");
     h.expect_nothing_lost();
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn cgroup_filter_keeps_only_that_cgroup_and_opens_carry_its_id() {
+    let _serial = forks();
+    let cgroup = TestCgroup::new();
+    let listener = listen(LOCALHOST_V4);
+    let client = ClientChild::fork(c"tt-cgroup", addr_of(&listener), Ending::Close);
+    let child = Task::of(client.child());
+    cgroup.add(child.pid);
+    let mut filter = Filter { port: addr_of(&listener).port(), ..Filter::none() };
+    filter.cgroups[0] = CgroupMatch { id: cgroup.id(), level: 1, _pad0: 0 };
+    filter.n_cgroups = 1;
+    let mut h = Harness::load(filter);
+
+    // This process, in another cgroup: same port, filtered out.
+    let own_port = own_connection(&listener);
+    let (sock, fd) = run_child_client(client, &listener, "client (in the cgroup)");
+
+    h.expect_socket(&sock, &child_client_sequence(&child, fd));
+    h.expect_exit(&child);
+    h.expect_only(&[&sock], |e| e.kind == EventKind::Exit && e.pid == child.pid);
+    h.expect_no_port(own_port, "this process's connection");
+    let opens: Vec<Option<u64>> = h
+        .socket_events(&sock)
+        .iter()
+        .filter(|e| e.kind == EventKind::Connect)
+        .map(|e| e.cgroup)
+        .collect();
+    assert_eq!(opens, [Some(cgroup.id())], "the connect carries its cgroup's id");
+    h.expect_nothing_lost();
+}
+
+/// A cgroup v2 directory of the test's own, directly under the hierarchy's root (mounted for the
+/// test where nothing mounts it, as in the VM's initramfs); removed when dropped, once its
+/// processes have exited.
+struct TestCgroup {
+    dir: std::path::PathBuf,
+    /// The mount point when the test mounted the hierarchy itself.
+    mounted: Option<std::path::PathBuf>,
+}
+
+impl TestCgroup {
+    fn new() -> Self {
+        let (root, mounted) = match tcptrace::container::Hierarchy::find() {
+            Some(h) => (h.root().to_path_buf(), None),
+            None => {
+                let at = std::env::temp_dir().join(format!("tt-cgroup2-{}", std::process::id()));
+                std::fs::create_dir_all(&at).expect("mount point");
+                let target = std::ffi::CString::new(at.to_string_lossy().as_bytes()).unwrap();
+                // SAFETY: NUL-terminated strings that outlive the call.
+                let ret = unsafe {
+                    libc::mount(
+                        c"cgroup2".as_ptr(),
+                        target.as_ptr(),
+                        c"cgroup2".as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    )
+                };
+                assert_eq!(ret, 0, "mount cgroup2: {}", std::io::Error::last_os_error());
+                (at.clone(), Some(at))
+            }
+        };
+        let dir = root.join(format!("tcptrace-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a cgroup of the test's");
+        Self { dir, mounted }
+    }
+
+    fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.dir).expect("the cgroup").ino()
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("moving a process");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        if let Some(at) = &self.mounted {
+            let target = std::ffi::CString::new(at.to_string_lossy().as_bytes()).unwrap();
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::umount(target.as_ptr()) };
+            let _ = std::fs::remove_dir(at);
+        }
+    }
 }
 
 /// Connects to `listener` from this thread and expects both opens and nothing else but exits.

@@ -28,6 +28,7 @@ Examples:
   tcptrace trace -p 1234 --duration 30s   one process for 30 seconds
   tcptrace trace --port 6379 --json       Redis traffic (either side), one JSON object per line
   tcptrace trace -c nginx -4              IPv4 connections of processes named nginx
+  tcptrace trace --container web          the processes of one container (name or id prefix)
   tcptrace trace --stacks -p 1234         each open with the code path that made it
   tcptrace trace --close-hook tracepoint  force the tracepoint-only release detection";
 
@@ -100,13 +101,15 @@ Examples:
   tcptrace leaks -p 1234 --min-age 10s          one process, quicker verdicts
   tcptrace leaks --port 6379 --idle 2m --json   Redis connections, ghost limit two minutes, JSON
   tcptrace leaks --stacks both                  code paths with the kernel's side too
+  tcptrace leaks --container 64a1b0d8ae8b       one container (podman/docker id prefix or name)
+  tcptrace leaks --cgroup /system.slice/nginx.service   one systemd service and what it runs
 
 Findings are grouped by process and by the code path (user stack) that opened the sockets; build
 with frame pointers for full stacks (README: Code paths).";
 
 const TOP_EXAMPLES: &str = "\
 Keys: o open, e ESTABLISHED, w CLOSE_WAIT, t TIME_WAIT/s, n opened/s, r released/s, 5 p50, 9 p99,
-      f findings, p pid, c comm, R reverse, q quit
+      f findings, p pid, c comm, C container, R reverse, q quit
 
 Examples:
   tcptrace top                          the host, refreshed every 2 s

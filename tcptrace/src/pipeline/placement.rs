@@ -21,10 +21,30 @@ const EXITED_KEPT: usize = 1 << 10;
 
 pub struct Placement {
     resolver: Resolver,
-    by_pid: HashMap<u32, Option<Arc<Cgroup>>>,
+    by_pid: HashMap<u32, Placed>,
     /// Exited pids, oldest first, forgotten once `EXITED_KEPT` newer ones have exited (unless
     /// the pid was placed again meanwhile, a new process by the same pid).
-    exited: VecDeque<(u32, Option<Arc<Cgroup>>)>,
+    exited: VecDeque<(u32, Placed)>,
+}
+
+/// Where a process is, and the kernel's id it was placed by.
+#[derive(Debug, Clone, Default)]
+struct Placed {
+    /// The cgroup id of its latest open; 0 when placed from `/proc`. An open with the same id
+    /// needs no lookup: most opens are of processes already placed.
+    kernel_id: u64,
+    cgroup: Option<Arc<Cgroup>>,
+}
+
+impl Placed {
+    fn same(&self, other: &Self) -> bool {
+        let cgroups = match (&self.cgroup, &other.cgroup) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        cgroups && self.kernel_id == other.kernel_id
+    }
 }
 
 impl Placement {
@@ -35,7 +55,9 @@ impl Placement {
     /// Places the process behind `event` if it opened a socket, gives each record its
     /// process's cgroup, and forgets a process at its exit.
     pub fn attach(&mut self, event: &Event, records: &mut [Record]) {
-        if let Some(id) = event.cgroup {
+        if let Some(id) = event.cgroup
+            && self.by_pid.get(&event.pid).is_none_or(|p| p.kernel_id != id)
+        {
             let cgroup = self.resolver.by_id(id);
             // The root says nothing: a host that does not use v2, or the process is in none
             // of its cgroups; its v1 path may name the container.
@@ -43,7 +65,7 @@ impl Placement {
                 Some(c) if c.path != "/" => Some(c),
                 _ => self.resolver.by_pid(event.pid).or(cgroup),
             };
-            self.remember(event.pid, cgroup);
+            self.remember(event.pid, Placed { kernel_id: id, cgroup });
         }
         for record in records.iter_mut() {
             if let Some(pid) = record.pid {
@@ -56,11 +78,11 @@ impl Placement {
     }
 
     fn exited(&mut self, pid: u32) {
-        let Some(cgroup) = self.by_pid.get(&pid) else { return };
-        self.exited.push_back((pid, cgroup.clone()));
+        let Some(placed) = self.by_pid.get(&pid) else { return };
+        self.exited.push_back((pid, placed.clone()));
         if self.exited.len() > EXITED_KEPT
-            && let Some((old, cgroup)) = self.exited.pop_front()
-            && self.by_pid.get(&old).is_some_and(|now| same(now, &cgroup))
+            && let Some((old, placed)) = self.exited.pop_front()
+            && self.by_pid.get(&old).is_some_and(|now| now.same(&placed))
         {
             self.by_pid.remove(&old);
         }
@@ -69,26 +91,18 @@ impl Placement {
     /// Process `pid`'s cgroup, read from `/proc` the first time.
     pub fn of(&mut self, pid: u32) -> Option<Arc<Cgroup>> {
         if let Some(known) = self.by_pid.get(&pid) {
-            return known.clone();
+            return known.cgroup.clone();
         }
         let cgroup = self.resolver.by_pid(pid);
-        self.remember(pid, cgroup.clone());
+        self.remember(pid, Placed { kernel_id: 0, cgroup: cgroup.clone() });
         cgroup
     }
 
-    fn remember(&mut self, pid: u32, cgroup: Option<Arc<Cgroup>>) {
+    fn remember(&mut self, pid: u32, placed: Placed) {
         if self.by_pid.len() >= PROCESSES_MAX {
             self.by_pid.clear();
         }
-        self.by_pid.insert(pid, cgroup);
-    }
-}
-
-fn same(a: &Option<Arc<Cgroup>>, b: &Option<Arc<Cgroup>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
+        self.by_pid.insert(pid, placed);
     }
 }
 
@@ -165,7 +179,7 @@ mod tests {
 
         // Forgotten once enough later processes have exited.
         for pid in 1..=EXITED_KEPT as u32 {
-            placement.remember(pid, None);
+            placement.remember(pid, Placed::default());
             placement.exited(pid);
         }
         assert!(!placement.by_pid.contains_key(&PID));
