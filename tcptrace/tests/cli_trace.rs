@@ -260,7 +260,15 @@ fn top_prints_plain_tables_when_stdout_is_not_a_terminal() {
         .lines()
         .find(|l| l.split_whitespace().next() == Some(me.as_str()))
         .unwrap_or_else(|| panic!("no row for pid {me}:\n{stdout}"));
-    let open: u64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
-    let estab: u64 = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+    // Columns by their titles: "PID COMM" then the rest of the header line.
+    let titles: Vec<&str> = ["PID", "COMM"]
+        .into_iter()
+        .chain(last.lines().next().unwrap_or_default().split_whitespace())
+        .collect();
+    let cell = |title: &str| -> u64 {
+        let at = titles.iter().position(|t| *t == title).expect("a column title");
+        row.split_whitespace().nth(at).and_then(|c| c.parse().ok()).expect("a count")
+    };
+    let (open, estab) = (cell("OPEN"), cell("ESTAB"));
     assert_eq!((open, estab), (3, 2), "{row}");
 }

@@ -3,7 +3,7 @@
 //! `groups`, `budgets` for `run`, the `compare` of two reports, and the host's ephemeral `ports`.
 //!
 //! Pure decision logic over the pipeline's records and the inventory's snapshots, unit-tested
-//! without root. May import `pipeline` (its `Record`), `inventory`, `stacks`, `event`; imported
+//! without root. May import `pipeline` (its `Record`), `inventory`, `stacks`, `container`, `event`; imported
 //! by `render`, `top` and `cmd`.
 
 pub mod aggregate;

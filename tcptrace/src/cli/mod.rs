@@ -1,8 +1,8 @@
 //! Command-line interface: the flags (clap), validated once into typed options (`options`).
 //! Usage errors exit with status 2 (clap's convention).
 //!
-//! Imports the plain types of the layers below (`kernel`, `analysis`, `stacks`, `top`);
-//! imported by `cmd` and `main`.
+//! Imports the plain types of the layers below (`kernel`, `analysis`, `stacks`, `top`) and
+//! `container` (to find the cgroups a filter names); imported by `cmd` and `main`.
 
 mod options;
 

@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_walk_finds_every_directory_by_inode() {
-        let dir = std::env::temp_dir().join(format!("tcptrace-walk-{}", std::process::id()));
+        let dir = crate::container::scratch("walk");
         fs::create_dir_all(dir.join("a/b")).unwrap();
         fs::write(dir.join("a/cgroup.procs"), "").unwrap();
         let h = Hierarchy::new(dir.clone());

@@ -6,8 +6,9 @@
 //! (`names`); `select` turns `--container` and `--cgroup` into the kernel filter's entries.
 //! Everything here is local and bounded: no network, no daemon socket, nothing that can hang.
 //!
-//! Imported by `pipeline` (attribution), `analysis` and `render` (the identity in reports),
-//! `inventory` (its filter) and `cli` (the filter flags); imports only `tcptrace-common`.
+//! Imported by `pipeline` (attribution), `analysis`, `render` and `top` (the identity in
+//! reports), `inventory` (its filter) and `cli` (the filter flags); imports only
+//! `tcptrace-common`.
 
 mod hierarchy;
 mod identity;
@@ -22,3 +23,12 @@ pub use names::Names;
 pub use pattern::parse;
 pub use resolver::{Cgroup, Resolver, serialize_container};
 pub use select::{SelectError, select};
+
+/// An empty directory of the tests' own, named after `name` and the test process.
+#[cfg(test)]
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcptrace-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
+}

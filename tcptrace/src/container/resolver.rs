@@ -147,16 +147,10 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, v
 
 #[cfg(test)]
 mod tests {
-    use std::{fs, os::unix::fs::MetadataExt, path::PathBuf};
+    use std::{fs, os::unix::fs::MetadataExt};
 
     use super::*;
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tcptrace-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::container::scratch;
 
     #[test]
     fn an_id_resolves_to_its_container_and_an_unknown_one_is_retried_after_a_walk() {

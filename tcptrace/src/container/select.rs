@@ -120,16 +120,10 @@ fn entry(hierarchy: &Hierarchy, path: &str) -> io::Result<CgroupMatch> {
 
 #[cfg(test)]
 mod tests {
-    use std::{fs, os::unix::fs::MetadataExt, path::PathBuf};
+    use std::{fs, os::unix::fs::MetadataExt};
 
     use super::*;
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tcptrace-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::container::scratch;
 
     #[test]
     fn containers_are_selected_by_id_prefix_or_name_and_paths_by_cgroup() {

@@ -11,7 +11,7 @@
 //! what the kernel reported), `filter` (the command's filters, as the kernel applies them to
 //! events), `warnings`.
 //!
-//! May import `event`; imported by `pipeline` (which sweeps) and `analysis` (which applies the
+//! May import `event` and `container` (its filter's cgroups); imported by `pipeline` (which sweeps) and `analysis` (which applies the
 //! snapshots).
 //!
 //! What it cannot see:

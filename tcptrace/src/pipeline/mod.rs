@@ -4,7 +4,7 @@
 //! start, every `sweep` interval and at the end when the command wants them. It says what it
 //! could not see in one list (`losses`).
 //!
-//! May import `kernel`, `event`, `stacks` and `inventory`; imported by `analysis` (for
+//! May import `kernel`, `event`, `stacks`, `container` and `inventory`; imported by `analysis` (for
 //! `Record`), `render`, `top` and `cmd`. It never looks at what the records mean.
 
 pub mod connections;

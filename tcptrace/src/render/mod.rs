@@ -2,7 +2,7 @@
 //! file, `compare`'s tables.
 //!
 //! Turns analysis results into bytes; decides nothing. May import `analysis`, `pipeline`,
-//! `stacks`, `event` and `kernel`'s plain types; imported by `cmd`.
+//! `stacks`, `container`, `event` and `kernel`'s plain types; imported by `cmd`.
 
 pub mod compare;
 pub mod report;
