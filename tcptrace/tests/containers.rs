@@ -101,10 +101,13 @@ fn unclosed_by<'a>(report: &'a Value, comm: &str) -> Vec<&'a Value> {
 fn a_leak_in_a_container_names_the_container_and_a_host_leak_names_none() {
     let listener = Listener::start();
     let port = listener.port.to_string();
+    // Connected before tracing starts: only the inventory finds it.
+    let before = leaking_container(listener.port);
+    listener.wait_for(1);
     let tracer = Tracer::start(&["leaks", "--json", "--min-age", "1s", "--port", &port]);
     let container = leaking_container(listener.port);
     let _host = HostClient::connect(listener.port);
-    listener.wait_for(2);
+    listener.wait_for(3);
     thread::sleep(Duration::from_millis(1500));
     let done = tracer.stop();
     assert!(done.status.success(), "{}", done.stderr);
@@ -137,6 +140,14 @@ fn a_leak_in_a_container_names_the_container_and_a_host_leak_names_none() {
     assert_eq!(process["container"], *c);
     let cgroup = process["cgroup"].as_str().expect("a cgroup path");
     assert!(cgroup.ends_with(&format!("libpod-{}", container.id)), "{cgroup}");
+
+    let held_before = report["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["container"]["id"] == before.id.as_str())
+        .unwrap_or_else(|| panic!("the inventory's socket is placed too: {report:#}"));
+    assert_eq!((held_before["comm"].as_str(), held_before["open"].as_u64()), (Some("nc"), Some(1)));
 
     let outside = unclosed_by(&report, "busybox");
     assert_eq!(outside.len(), 1, "the host's connection: {report:#}");

@@ -16,7 +16,7 @@ use std::{
     io::Read,
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    time::SystemTime,
 };
 
 use anyhow::{Context, Result, bail};
@@ -31,9 +31,6 @@ const DOCKER_ROOT: &str = "/var/lib/docker";
 const MAX_FILE: u64 = 16 << 20;
 /// Every cache is bounded so a host that churns containers for weeks keeps a flat footprint.
 const MAX_ENTRIES: usize = 4096;
-/// A busy host asks about many unknown ids (containers of other runtimes, short-lived ones);
-/// this bounds the stat calls they cost.
-const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Podman limits names to `[a-zA-Z0-9][a-zA-Z0-9_.-]*`; anything longer is not a real name.
 const MAX_NAME: usize = 256;
 
@@ -44,7 +41,6 @@ pub struct Names {
     podman: Storage,
     /// Per docker id, its name or `None` (negatives cached too: docker's file is read once).
     docker: HashMap<String, Option<String>>,
-    rescan_interval: Duration,
 }
 
 /// What the containers.json files said, and which versions of them.
@@ -53,7 +49,6 @@ struct Storage {
     names: HashMap<String, Vec<String>>,
     /// (path, mtime, size, inode) of each file read, to re-read only when one changes.
     stamps: Vec<(PathBuf, SystemTime, u64, u64)>,
-    last_scan: Option<Instant>,
 }
 
 #[derive(Deserialize)]
@@ -82,13 +77,7 @@ impl Names {
     }
 
     pub fn with_roots(podman_storage: PathBuf, docker_root: PathBuf) -> Self {
-        Self {
-            podman_storage,
-            docker_root,
-            podman: Storage::default(),
-            docker: HashMap::default(),
-            rescan_interval: RESCAN_INTERVAL,
-        }
+        Self { podman_storage, docker_root, podman: Storage::default(), docker: HashMap::default() }
     }
 
     /// Fills `container.name` when a runtime's files name it; a cache hit costs no I/O.
@@ -105,22 +94,6 @@ impl Names {
         }
     }
 
-    /// Every container the local storage knows: (id, names) pairs, for resolving
-    /// `--container NAME` (podman + docker). Sorted by id.
-    pub fn known(&mut self) -> Vec<(String, Vec<String>)> {
-        self.rescan_storage();
-        let mut all: Vec<(String, Vec<String>)> =
-            self.podman.names.iter().map(|(id, names)| (id.clone(), names.clone())).collect();
-        for id in docker_ids(&self.docker_root) {
-            if let Some(name) = self.docker_name(&id) {
-                all.push((id, vec![name]));
-            }
-        }
-        all.sort_unstable();
-        all.dedup_by(|a, b| a.0 == b.0);
-        all
-    }
-
     fn storage_name(&mut self, id: &str) -> Option<String> {
         if !is_full_id(id) {
             return None;
@@ -131,13 +104,10 @@ impl Names {
         self.podman.names.get(id)?.first().cloned()
     }
 
-    /// Re-reads containers.json when one changed, at most once per `rescan_interval`.
+    /// Re-reads containers.json when one changed. Asked only for an id it does not know, which
+    /// the resolver asks once per new cgroup: the stat calls cost nothing per event. The
+    /// runtime writes a container's entry before starting it, so its first connect finds it.
     fn rescan_storage(&mut self) {
-        let now = Instant::now();
-        if self.podman.last_scan.is_some_and(|t| now.duration_since(t) < self.rescan_interval) {
-            return;
-        }
-        self.podman.last_scan = Some(now);
         let stamps = storage_stamps(&self.podman_storage);
         if stamps == self.podman.stamps {
             return;
@@ -193,15 +163,6 @@ fn storage_stamps(root: &Path) -> Vec<(PathBuf, SystemTime, u64, u64)> {
         .collect();
     stamps.sort_unstable();
     stamps
-}
-
-/// The ids of docker's container directories.
-fn docker_ids(root: &Path) -> Vec<String> {
-    let Ok(dir) = fs::read_dir(root.join("containers")) else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| is_full_id(n))
-        .take(MAX_ENTRIES)
-        .collect()
 }
 
 /// A name fit to print next to a process: no control characters to garble a terminal.
@@ -307,7 +268,6 @@ mod tests {
         assert_eq!(name_of(&mut names, ID, Runtime::Podman).as_deref(), Some("tta-probe"));
         // CRI-O shares containers/storage.
         assert_eq!(name_of(&mut names, ID, Runtime::CriO).as_deref(), Some("tta-probe"));
-        assert_eq!(names.known(), vec![(ID.to_owned(), vec!["tta-probe".to_owned()])]);
     }
 
     #[test]
@@ -315,7 +275,6 @@ mod tests {
         let (dir, mut names) = setup();
         write(&docker_file(&dir, ID), r#"{"ID":"x","Name":"/web","State":{"Running":true}}"#);
         assert_eq!(name_of(&mut names, ID, Runtime::Docker).as_deref(), Some("web"));
-        assert_eq!(names.known(), vec![(ID.to_owned(), vec!["web".to_owned()])]);
         // Read once: the cache answers after the file is gone.
         fs::remove_file(docker_file(&dir, ID)).unwrap();
         assert_eq!(name_of(&mut names, ID, Runtime::Docker).as_deref(), Some("web"));
@@ -328,7 +287,6 @@ mod tests {
         write(&docker_file(&dir, ID), r#"{"Name": 5}"#);
         assert_eq!(name_of(&mut names, ID, Runtime::Podman), None);
         assert_eq!(name_of(&mut names, ID, Runtime::Docker), None);
-        assert!(names.known().is_empty());
     }
 
     #[test]
@@ -387,7 +345,6 @@ mod tests {
         // No roots at all: no names, no error.
         let mut empty = Names::with_roots(dir.0.join("none"), dir.0.join("none"));
         assert_eq!(name_of(&mut empty, ID, Runtime::Podman), None);
-        assert!(empty.known().is_empty());
     }
 
     #[test]
@@ -400,20 +357,15 @@ mod tests {
     }
 
     #[test]
-    fn storage_reread_when_changed_and_rate_limited() {
+    fn storage_reread_when_changed() {
         let (dir, mut names) = setup();
-        names.rescan_interval = Duration::from_secs(3600);
         write(&storage_file(&dir), PODMAN_SAMPLE);
         assert!(name_of(&mut names, ID, Runtime::Podman).is_some());
+        // A container created right after: found at once (the first name is the name).
         let second = format!(r#"[{{"id":"{ID2}","names":["second","alias"]}}]"#);
         write(&storage_file(&dir), &second);
-        // Within the interval the file is not looked at again.
-        assert_eq!(name_of(&mut names, ID2, Runtime::Podman), None);
-        names.rescan_interval = Duration::ZERO;
         assert_eq!(name_of(&mut names, ID2, Runtime::Podman).as_deref(), Some("second"));
-        assert_eq!(name_of(&mut names, ID, Runtime::Podman), None);
-        let known = names.known();
-        assert_eq!(known, vec![(ID2.to_owned(), vec!["second".to_owned(), "alias".to_owned()])]);
+        assert_eq!(name_of(&mut names, ID, Runtime::Podman), None, "removed from the file");
     }
 
     #[test]
