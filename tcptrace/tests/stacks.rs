@@ -17,15 +17,15 @@ mod support {
     pub mod tracer;
 }
 
-use std::path::Path;
+use std::{path::Path, thread, time::Duration};
 
 use fixtures::{Fixture, line_of};
 use serde_json::Value;
 use support::{sockets::holding_server, tracer::Tracer};
 
-/// Waits for the end of its `--duration`; its stdout.
+/// Stops `tracer` (SIGINT) and returns its report.
 fn finish(tracer: Tracer) -> String {
-    let out = tracer.wait();
+    let out = tracer.stop();
     assert!(out.status.success(), "tcptrace failed: {}\n{}", out.stdout, out.stderr);
     out.stdout
 }
@@ -45,16 +45,21 @@ enum Ending {
 /// the fixture's pid.
 fn leaks(fixture: Fixture, n: u32, extra: &[&str], ending: Ending) -> (String, u32) {
     let port = holding_server().to_string();
-    let mut args = vec!["leaks", "--port", &port, "--min-age", "1s", "--duration", "4s"];
+    let mut args = vec!["leaks", "--port", &port, "--min-age", "1s"];
     args.extend_from_slice(extra);
     let child = Tracer::start(&args);
     let mut running = fixture.spawn(&[&port, &n.to_string()]);
     assert_eq!(running.line(), "ready");
     let pid = running.pid();
+    // The report comes once the opens are older than --min-age, however late a loaded machine
+    // ran the fixture (a fixed --duration made this test fail under load).
+    let past_min_age = Duration::from_millis(1500);
     if ending == Ending::Early {
         assert!(running.finish().success());
+        thread::sleep(past_min_age);
         return (finish(child), pid);
     }
+    thread::sleep(past_min_age);
     let report = finish(child);
     drop(running);
     (report, pid)
