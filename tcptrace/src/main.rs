@@ -1,18 +1,24 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use tcptrace::{
     cli::{Cli, Options, UsageError},
-    cmd::{compare, leaks, run, top, trace},
-    kernel::privileges,
+    cmd::{compare, doctor, generate, leaks, run, top, trace},
+    kernel::{privileges, support::Support},
 };
 
 /// Status for bad input (clap uses the same for bad flags).
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    // Bad flags first: they are the user's to fix whatever the privileges.
-    let options = match Cli::parse().validate() {
+    // Bad flags first: they are the user's to fix whatever the privileges. `--version` adds
+    // what this kernel offers, read now.
+    let matches = Cli::command().long_version(long_version()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let options = match cli.validate() {
         Ok(options) => options,
         Err(e) => return fail(&e.into()),
     };
@@ -30,6 +36,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// `tcptrace --version`: the version, the commit and aya it was built from, and the close
+/// hooks this kernel allows: the line to paste into a bug report.
+fn long_version() -> String {
+    format!(
+        "{} (commit {}, aya {})\n{}",
+        env!("CARGO_PKG_VERSION"),
+        env!("TCPTRACE_GIT_COMMIT"),
+        env!("TCPTRACE_AYA_VERSION"),
+        Support::here()
+    )
+}
+
 fn fail(e: &anyhow::Error) -> ExitCode {
     tcptrace::say!("tcptrace: error: {e:#}");
     if e.downcast_ref::<UsageError>().is_some() {
@@ -41,8 +59,12 @@ fn fail(e: &anyhow::Error) -> ExitCode {
 
 /// The command's exit status.
 async fn dispatch(options: Options) -> anyhow::Result<i32> {
-    if let Options::Compare(args) = &options {
-        return compare::run(args);
+    match &options {
+        Options::Compare(args) => return compare::run(args),
+        Options::Completions(shell) => return generate::completions(*shell),
+        Options::Man(dir) => return generate::man_pages(dir),
+        Options::Doctor => return doctor::run(),
+        _ => {}
     }
     if let Some(missing) = privileges::missing() {
         anyhow::bail!(missing);
@@ -52,6 +74,8 @@ async fn dispatch(options: Options) -> anyhow::Result<i32> {
         Options::Leaks(options) => leaks::run(options).await.map(|()| 0),
         Options::Top(options) => top::run(options).await.map(|()| 0),
         Options::Run(options) => run::run(options).await,
-        Options::Compare(_) => unreachable!("handled above"),
+        Options::Compare(_) | Options::Completions(_) | Options::Man(_) | Options::Doctor => {
+            unreachable!("handled above")
+        }
     }
 }

@@ -53,6 +53,66 @@ fn a_missing_pid_is_a_one_line_usage_error() {
 }
 
 #[test]
+fn completions_cover_every_command_and_flag() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, stdout, stderr) = run_to_end(&mut tcptrace(&["completions", shell]));
+        assert_eq!(code, 0, "{shell}: {stderr}");
+        // fish names a long flag `-l NAME`.
+        let flag =
+            |name: &str| if shell == "fish" { format!("-l {name}") } else { format!("--{name}") };
+        for word in ["leaks", "trace", "top", "compare", "doctor"]
+            .map(String::from)
+            .into_iter()
+            .chain([flag("container"), flag("min-age")])
+        {
+            assert!(stdout.contains(&word), "{shell} completion lacks {word}");
+        }
+    }
+    let (code, _, _) = run_to_end(&mut tcptrace(&["completions", "tcsh"]));
+    assert_eq!(code, 2, "an unknown shell is a usage error");
+}
+
+#[test]
+fn man_pages_for_the_tool_and_each_command() {
+    let dir = std::env::temp_dir().join(format!("tcptrace-man-{}", std::process::id()));
+    let (code, _, stderr) = run_to_end(&mut tcptrace(&["man", &dir.to_string_lossy()]));
+    assert_eq!(code, 0, "{stderr}");
+    for page in ["tcptrace", "tcptrace-trace", "tcptrace-leaks", "tcptrace-top", "tcptrace-run"] {
+        let text = std::fs::read_to_string(dir.join(format!("{page}.8"))).expect(page);
+        assert!(text.contains(".TH") && text.contains(".SH SYNOPSIS"), "{page}: {text}");
+    }
+    let leaks = std::fs::read_to_string(dir.join("tcptrace-leaks.8")).unwrap();
+    assert!(leaks.contains("min\\-age"), "the flags are documented: {leaks}");
+    assert!(!dir.join("tcptrace-man.8").exists(), "the hidden command has no page");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn version_names_the_build_and_the_kernels_close_hooks() {
+    let (code, stdout, _) = run_to_end(&mut tcptrace(&["--version"]));
+    assert_eq!(code, 0);
+    let mut lines = stdout.lines();
+    let first = lines.next().unwrap_or_default();
+    assert!(
+        first.starts_with("tcptrace ") && first.contains("(commit ") && first.contains(", aya "),
+        "{stdout}"
+    );
+    assert!(
+        lines.next().unwrap_or_default().starts_with("close hooks here: tracepoint "),
+        "{stdout}"
+    );
+}
+
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn doctor_loads_the_programs_and_says_tracing_works() {
+    let (code, stdout, stderr) = run_to_end(&mut tcptrace(&["doctor"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("yes tracing works here"), "{stdout}");
+    assert!(stdout.contains("yes privileges"), "{stdout}");
+}
+
+#[test]
 fn help_shows_examples() {
     let (code, stdout, _) = run_to_end(&mut tcptrace(&["trace", "--help"]));
     assert_eq!(code, 0);

@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | run | test | vm-test | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | run | test | vm-test | bench | fuzz | dist`.
 
 mod bench;
+mod dist;
 mod fuzz;
 mod setup;
 mod vm;
@@ -40,6 +41,14 @@ enum Task {
     },
     /// Run the root tests inside Debian's stock kernel under qemu, in fentry and kprobe modes
     VmTest,
+    /// Set up, then build the release binary and package it: target/dist/tcptrace_VERSION_amd64.deb
+    /// and tcptrace-VERSION-x86_64-linux.tar.gz, with man pages and shell completions
+    Dist {
+        /// Then install the package here, run it from the installed files and remove it (root;
+        /// `test` does this)
+        #[arg(long)]
+        check: bool,
+    },
     /// Set up, then measure what tracing costs: loopback churn under every tracer side by side,
     /// and the user-space replay
     Bench(bench::BenchArgs),
@@ -84,6 +93,10 @@ fn main() -> ExitCode {
         Task::Run { args } => run(args),
         Task::Test { host_only } => test(host_only),
         Task::VmTest => setup::setup().and_then(|()| vm_test()),
+        Task::Dist { check } => setup::setup().and_then(|()| {
+            let dist = dist::dist()?;
+            if check { dist::install_test(&dist) } else { Ok(()) }
+        }),
         Task::Bench(args) => setup::setup().and_then(|()| {
             setup::bench_peers();
             bench::bench(&args)
@@ -138,6 +151,9 @@ fn test(host_only: bool) -> Result<()> {
     // Root tests are #[ignore]d so a plain unprivileged `cargo test` passes; here they run.
     run_checked(cargo().args(["test", "--", "--include-ignored"]))?;
     bench_feature_tests()?;
+    // The package as a user installs it, from the files it installs.
+    let dist = dist::dist()?;
+    dist::install_test(&dist)?;
     if !host_only {
         vm_test()?;
     }

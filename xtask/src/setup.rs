@@ -9,7 +9,8 @@ use anyhow::{Context as _, Result, bail};
 /// read), xz for the VM kernel, nginx and redis-server for the leak scenarios
 /// (tests/leaks_scenarios.rs), which start their own instances inside namespaces, gcc for the
 /// symbolization fixtures (tests/fixtures/leaky.c), podman and runc for the container tests
-/// (tests/containers.rs: an image imported from busybox-static, no registry).
+/// (tests/containers.rs: an image imported from busybox-static, no registry), man-db for the
+/// package's install test (`man 8 tcptrace`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "gcc",
     "llvm-22-dev",
@@ -25,6 +26,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "redis-server",
     "podman",
     "runc",
+    "man-db",
 ];
 /// Services that the packages above start on install (Debian's postinst does, unless a
 /// policy-rc.d forbids it) and enable at boot. The tests never use them: stopped and disabled.

@@ -67,7 +67,28 @@ pub enum Command {
     /// entries, findings and lifetimes; status 3 when a metric regresses past the threshold
     #[command(after_help = COMPARE_EXAMPLES)]
     Compare(CompareArgs),
+    /// Check what this host gives tcptrace (BTF, kprobes, uprobes, cgroup v2, privileges), what
+    /// each missing piece costs, and load and attach the programs once; status 0 when tracing
+    /// works
+    Doctor,
+    /// Print a shell completion script to stdout
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (tcptrace.8 and one per command) into DIR, for packaging
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  tcptrace completions bash > /etc/bash_completion.d/tcptrace
+  tcptrace completions zsh > \"${fpath[1]}/_tcptrace\"
+  tcptrace completions fish > ~/.config/fish/completions/tcptrace.fish
+
+The Debian package installs these for bash, zsh and fish.";
 
 const RUN_EXAMPLES: &str = "\
 Exit status: the command's own status when it failed (128+N when killed by signal N); otherwise

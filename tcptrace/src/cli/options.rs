@@ -49,6 +49,12 @@ pub enum Options {
     Run(RunOptions),
     /// Reads two files: no kernel, no privileges.
     Compare(CompareArgs),
+    /// Says what it can without privileges, and tries the rest.
+    Doctor,
+    /// No kernel, no privileges: the completion script for a shell.
+    Completions(clap_complete::Shell),
+    /// No kernel, no privileges: the man pages, into a directory.
+    Man(PathBuf),
 }
 
 #[derive(Debug)]
@@ -130,6 +136,9 @@ impl Cli {
             }
             Command::Run(args) => Options::Run(args.into_options()?),
             Command::Compare(args) => Options::Compare(args),
+            Command::Doctor => Options::Doctor,
+            Command::Completions { shell } => Options::Completions(shell),
+            Command::Man { dir } => Options::Man(dir),
         })
     }
 }

@@ -4,6 +4,8 @@
 //! The top layer below `main`: it may import every other layer, and nothing imports it.
 
 pub mod compare;
+pub mod doctor;
+pub mod generate;
 pub mod leaks;
 pub mod output;
 pub mod run;

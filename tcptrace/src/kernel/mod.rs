@@ -5,7 +5,8 @@
 //! `verifier` shortens load errors; `bpf_sys` and `prog_stats` make the two BPF system
 //! calls aya does not offer; `btf_offsets` and `tracefs` read what the programs must know about
 //! the running kernel; `close_hook` names the release-detection modes; `stream` reads the ring
-//! buffer; `privileges` checks the capabilities up front.
+//! buffer; `privileges` checks the capabilities up front; `support` says what the kernel offers
+//! the close hooks, for `--version`.
 //!
 //! The bottom layer: it imports no other module of this crate, and any layer above may use it.
 
@@ -19,5 +20,6 @@ pub mod privileges;
 pub mod probes;
 pub mod prog_stats;
 pub mod stream;
+pub mod support;
 pub mod tracefs;
 pub mod verifier;
