@@ -92,7 +92,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(),
         Task::Run { args } => run(args),
         Task::Test { host_only } => test(host_only),
-        Task::VmTest => setup::setup().and_then(|()| vm_test()),
+        Task::VmTest => setup::setup().and_then(|()| vm_test(None)),
         Task::Dist { check } => setup::setup().and_then(|()| {
             let dist = dist::dist()?;
             if check { dist::install_test(&dist) } else { Ok(()) }
@@ -155,7 +155,7 @@ fn test(host_only: bool) -> Result<()> {
     let dist = dist::dist()?;
     dist::install_test(&dist)?;
     if !host_only {
-        vm_test()?;
+        vm_test(Some(&dist.deb))?;
     }
     Ok(())
 }
@@ -185,6 +185,9 @@ fn bench_feature_tests() -> Result<()> {
     }
     Ok(())
 }
+
+/// The VM command that runs the packaged binary.
+const PACKAGED_LEAKS: &str = "package:leaks";
 
 /// libtest's name filter for the tests that need the `bench` feature.
 const BENCH_TEST_FILTER: &str = "bench";
@@ -282,12 +285,25 @@ fn vm_run(files: &[PathBuf], timeout: u64, command: &[String]) -> Result<()> {
     }
 }
 
-fn vm_test() -> Result<()> {
+/// The test binaries in fentry and kprobe mode inside the stock kernel; with `package`, also
+/// `leaks` from the package's own binary (extracted from the .deb, unchanged): the packaged
+/// binary runs on Debian's kernel without rebuilding.
+fn vm_test(package: Option<&Path>) -> Result<()> {
     let binaries = build_test_binaries()?;
     run_checked(cargo().args(["build", "-p", "tcptrace"]))?;
-    let tcptrace = workspace_root().join("target/debug/tcptrace");
+    let files = [workspace_root().join("target/debug/tcptrace")];
     let kernel = vm::prepare_kernel(&vm::default_cache_dir())?;
     let mut commands = Vec::new();
+    let extracted = tempfile::tempdir().context("a directory for the package")?;
+    if let Some(deb) = package {
+        run_checked(Command::new("dpkg-deb").arg("-x").arg(deb).arg(extracted.path()))?;
+        commands.push(vm::VmCommand {
+            name: PACKAGED_LEAKS.to_owned(),
+            program: extracted.path().join("usr/sbin/tcptrace"),
+            args: ["leaks", "--duration", "2s"].map(str::to_owned).to_vec(),
+            env: Vec::new(),
+        });
+    }
     for mode in ["fentry", "kprobe"] {
         for (name, exe) in &binaries {
             commands.push(vm::VmCommand {
@@ -298,9 +314,12 @@ fn vm_test() -> Result<()> {
             });
         }
     }
-    let outcomes = vm::run(&kernel, &commands, &[tcptrace], Duration::from_secs(600))?;
+    let outcomes = vm::run(&kernel, &commands, &files, Duration::from_secs(600))?;
     let (mut passed, mut failed, mut broken) = (0, 0, Vec::new());
     for outcome in &outcomes {
+        if outcome.name == PACKAGED_LEAKS && !outcome.output.contains("tcptrace leaks: ") {
+            broken.push(format!("{PACKAGED_LEAKS} printed no report"));
+        }
         let (p, f) = count_results(&outcome.output);
         passed += p;
         failed += f;
