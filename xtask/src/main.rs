@@ -305,7 +305,11 @@ fn vm_test(package: Option<&Path>) -> Result<()> {
         });
     }
     for mode in ["fentry", "kprobe"] {
-        for (name, exe) in &binaries {
+        // The library's unit tests load no program: the close hook changes nothing for them,
+        // so they run once, not once per mode (two minutes under emulation).
+        for (name, exe) in
+            binaries.iter().filter(|(name, _)| mode == "fentry" || name != "tcptrace")
+        {
             commands.push(vm::VmCommand {
                 name: format!("{mode}:{name}"),
                 program: exe.clone(),
