@@ -3,8 +3,8 @@
 //! `groups`, `budgets` for `run`, the `compare` of two reports, and the host's ephemeral `ports`.
 //!
 //! Pure decision logic over the pipeline's records and the inventory's snapshots, unit-tested
-//! without root. May import `pipeline` (its `Record`), `inventory`, `stacks`, `container`, `event`; imported
-//! by `render`, `top` and `cmd`.
+//! without root. May import `pipeline` (its `Record`), `inventory`, `stacks`, `container`,
+//! `event`; imported by `render`, `top` and `cmd`.
 
 pub mod aggregate;
 pub mod budgets;

@@ -304,6 +304,37 @@ mod tests {
     }
 
     #[test]
+    fn text_grows_a_container_column_at_the_first_record_from_a_container() {
+        use std::sync::Arc;
+
+        use crate::container::{Cgroup, Container, Runtime};
+
+        let clock = Clock { mono_ns: 0, wall: UNIX_EPOCH };
+        let mut out = Vec::new();
+        let mut renderer = Renderer::new(&mut out, Format::Text, clock, CloseHook::Tracepoint);
+        renderer.header().unwrap();
+        renderer.record(&record(RecordKind::Connect)).unwrap();
+        let id = "ab".repeat(32);
+        let cgroup = Cgroup {
+            id: Some(7),
+            path: format!("/libpod_parent/libpod-{id}"),
+            container: Some(Container::new(id.clone(), Runtime::Podman)),
+        };
+        let inside = Record { cgroup: Some(Arc::new(cgroup)), ..record(RecordKind::Connect) };
+        renderer.record(&inside).unwrap();
+        renderer.record(&record(RecordKind::Connect)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(!lines[0].contains("CONTAINER") && lines[1].contains(" curl "), "{text}");
+        assert!(lines[2].starts_with("TIME") && lines[2].contains("CONTAINER"), "again: {text}");
+        assert!(lines[3].contains(&format!(" {} ", &id[..12])), "the short id: {text}");
+        assert!(lines[4].contains(" curl ") && lines[4].contains(" - "), "the host: {text}");
+        // Columns stay aligned: the FD column starts at the same place below the header.
+        let fd_at = lines[2].find("  FD").map(|i| i + 4);
+        assert_eq!(fd_at, lines[3].find(" 3 ").map(|i| i + 2), "{text}");
+    }
+
+    #[test]
     fn text_shows_state_changes_as_old_arrow_new() {
         let line = render(
             Format::Text,
