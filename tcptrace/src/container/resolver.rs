@@ -72,11 +72,7 @@ impl Resolver {
         Self::new(Hierarchy::find(), Names::new())
     }
 
-    /// Whether the kernel's cgroup ids can be resolved here (a v2 hierarchy is mounted).
-    pub fn has_hierarchy(&self) -> bool {
-        self.hierarchy.is_some()
-    }
-
+    /// The v2 hierarchy the kernel's ids are resolved in; `None` where none is mounted.
     pub fn hierarchy(&self) -> Option<&Hierarchy> {
         self.hierarchy.as_ref()
     }
@@ -186,7 +182,7 @@ mod tests {
     fn no_hierarchy_resolves_no_id_but_pids_still_resolve() {
         let nowhere = scratch("resolver-none");
         let mut resolver = Resolver::new(None, Names::with_roots(nowhere.clone(), nowhere));
-        assert!(!resolver.has_hierarchy());
+        assert!(resolver.hierarchy().is_none());
         assert!(resolver.by_id(1).is_none());
         let me = resolver.by_pid(std::process::id()).expect("this process is alive");
         assert_eq!(me.id, None);

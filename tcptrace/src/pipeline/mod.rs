@@ -67,7 +67,7 @@ impl<S: Sink> Pipeline<S> {
         let resolver = Resolver::for_host();
         // Without a v2 hierarchy every task reads the root's id: the kernel need not read it.
         let options = &ProbeOptions {
-            cgroup_ids: options.cgroup_ids && resolver.has_hierarchy(),
+            cgroup_ids: options.cgroup_ids && resolver.hierarchy().is_some(),
             ..options.clone()
         };
         let mut probes = Probes::load(options)?;
