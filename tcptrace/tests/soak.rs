@@ -18,6 +18,12 @@ use std::{
 };
 
 use serde_json::Value;
+use support::children::connect_from_child;
+
+#[allow(dead_code, reason = "shared by several test binaries; each uses a subset")]
+mod support {
+    pub mod children;
+}
 
 const CHILDREN: usize = 3_000;
 const FIRST: usize = 300;
@@ -39,10 +45,10 @@ fn memory_stays_flat_across_short_lived_processes() {
 
     let mut children = HashSet::new();
     let started = Instant::now();
-    children.extend((0..FIRST).map(|_| connect_from_child(&listener, port)));
+    children.extend((0..FIRST).map(|_| connect_from_child(&listener, port, CHILD_COMM)));
     thread::sleep(SETTLE);
     let rss_first = tracer.rss_kb();
-    children.extend((FIRST..CHILDREN).map(|_| connect_from_child(&listener, port)));
+    children.extend((FIRST..CHILDREN).map(|_| connect_from_child(&listener, port, CHILD_COMM)));
     let spent = started.elapsed();
     thread::sleep(SETTLE);
     let rss_all = tracer.rss_kb();
@@ -123,47 +129,6 @@ fn memory_stays_flat_across_short_lived_processes() {
 
 fn array<'a>(report: &'a Value, key: &str) -> &'a [Value] {
     report[key].as_array().map_or(&[], Vec::as_slice)
-}
-
-/// Forks a child that names itself `CHILD_COMM`, connects to `port` and exits holding the
-/// connection (its exit releases it); accepts that connection, reaps the child, then reads
-/// to the end and closes. Returns the child's pid.
-fn connect_from_child(listener: &TcpListener, port: u16) -> i32 {
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: the child only makes system calls (async-signal-safe) and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        // SAFETY: plain system calls on values prepared before the fork.
-        unsafe {
-            libc::prctl(libc::PR_SET_NAME, CHILD_COMM.as_ptr());
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-            let ok = fd >= 0
-                && libc::connect(
-                    fd,
-                    (&raw const addr).cast::<libc::sockaddr>(),
-                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                ) == 0;
-            libc::_exit(if ok { 0 } else { 1 });
-        }
-    }
-    let mut status = 0;
-    // SAFETY: reaps our own child.
-    let reaped = unsafe { libc::waitpid(pid, &raw mut status, 0) };
-    assert_eq!(reaped, pid, "waitpid: {}", std::io::Error::last_os_error());
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child {pid} could not connect (status {status:#x})"
-    );
-    let (mut stream, _) = listener.accept().expect("accepting the child's connection");
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).expect("reading to the child's end");
-    pid
 }
 
 /// `tcptrace leaks --json --stacks off --sweep 1s --port PORT`, ready once it says

@@ -11,7 +11,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -22,6 +22,8 @@ const PACKAGE: &str = "tcptrace";
 /// In `/usr/sbin`: a system administration command that needs root, as bpftrace's and bcc's
 /// tools are in Debian.
 const BINARY: &str = "usr/sbin/tcptrace";
+/// Under /usr, so the tarball (the same tree) carries it too; systemd reads /usr/lib/systemd.
+const SYSTEMD_UNIT: &str = "usr/lib/systemd/system/tcptrace.service";
 
 /// What `dist` wrote.
 pub struct Dist {
@@ -94,6 +96,26 @@ fn stage_files(stage: &Path, binary: &Path, root: &Path) -> Result<()> {
     for page in fs::read_dir(&man)? {
         // Debian policy: compressed with gzip -9, without a timestamp (-n).
         run_checked(Command::new("gzip").args(["-9n"]).arg(page?.path()))?;
+    }
+    // The service for `tcptrace serve`, disabled: the package has no maintainer script, so
+    // nothing enables or starts it (`systemctl enable --now tcptrace` does).
+    let deploy = root.join("deploy");
+    put(SYSTEMD_UNIT, &fs::read(deploy.join("systemd/tcptrace.service"))?, 0o644)?;
+    // What users drop into their own monitoring and configuration.
+    for (from, to) in [
+        ("systemd/tcptrace.default", "tcptrace.default"),
+        ("prometheus/tcptrace-rules.yml", "tcptrace-rules.yml"),
+        ("prometheus/prometheus.yml", "prometheus.yml"),
+        ("grafana/tcptrace-dashboard.json", "tcptrace-dashboard.json"),
+        ("web-config.example.yml", "web-config.example.yml"),
+        ("kubernetes/tcptrace.yaml", "kubernetes.yaml"),
+    ] {
+        let to = format!("usr/share/doc/tcptrace/examples/{to}");
+        put(
+            &to,
+            &fs::read(deploy.join(from)).with_context(|| format!("reading deploy/{from}"))?,
+            0o644,
+        )?;
     }
     put("usr/share/doc/tcptrace/README.md", &fs::read(root.join("README.md"))?, 0o644)?;
     put("usr/share/doc/tcptrace/copyright", COPYRIGHT.as_bytes(), 0o644)?;
@@ -200,7 +222,20 @@ pub fn install_test(dist: &Dist) -> Result<()> {
         String::from_utf8_lossy(&leaks.stderr)
     );
 
-    for page in ["tcptrace", "tcptrace-leaks"] {
+    serve_test()?;
+    let unit = Path::new("/").join(SYSTEMD_UNIT);
+    ensure!(files.contains(&unit), "no {}", unit.display());
+    // The unit as systemd reads it, with the installed binary and man page to check it against.
+    if Command::new("systemd-analyze").arg("--version").output().is_ok() {
+        let verify = Command::new("systemd-analyze").arg("verify").arg(&unit).output()?;
+        let said = String::from_utf8_lossy(&verify.stderr);
+        ensure!(
+            verify.status.success() && said.trim().is_empty(),
+            "systemd-analyze verify: {said}"
+        );
+    }
+
+    for page in ["tcptrace", "tcptrace-leaks", "tcptrace-serve"] {
         let man = output(Command::new("man").args(["8", page]).env("MANPAGER", "cat"))?;
         ensure!(man.contains("SYNOPSIS") && man.contains(page), "man 8 {page}: {man}");
     }
@@ -214,9 +249,46 @@ pub fn install_test(dist: &Dist) -> Result<()> {
     let left: Vec<&PathBuf> = files.iter().filter(|f| f.exists()).collect();
     ensure!(left.is_empty(), "dpkg -r left {left:?}");
     println!(
-        "install test: {} installed, ran leaks bare, man and completion, removed",
+        "install test: {} installed, ran leaks and serve bare, unit verified, man and completion, removed",
         deb.display()
     );
+    Ok(())
+}
+
+/// The installed `tcptrace serve` as its unit runs it (bare environment, the unit's
+/// --listen): healthy, metrics, and a clean exit on SIGTERM.
+fn serve_test() -> Result<()> {
+    let listen = "127.0.0.1:19464";
+    let serve = Command::new("/usr/sbin/tcptrace")
+        .args(["serve", "--listen", listen])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the installed tcptrace serve")?;
+    let url = |path: &str| format!("http://{listen}{path}");
+    let mut healthy = false;
+    for _ in 0..100 {
+        let status = output(
+            Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(url("/healthz")),
+        );
+        if status.is_ok_and(|s| s == "200") {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let metrics = output(Command::new("curl").args(["-sf"]).arg(url("/metrics")));
+    // SAFETY: signals our own child, not yet reaped.
+    unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) };
+    let ended = serve.wait_with_output()?;
+    ensure!(healthy, "installed serve never healthy: {}", String::from_utf8_lossy(&ended.stderr));
+    let metrics = metrics?;
+    ensure!(metrics.contains("tcptrace_build_info{"), "installed serve's metrics: {metrics}");
+    ensure!(ended.status.success(), "installed serve on SIGTERM: {}", ended.status);
     Ok(())
 }
 

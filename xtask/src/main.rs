@@ -197,7 +197,8 @@ const BENCH_TEST_FILTER: &str = "bench";
 /// which Debian's kernel builds as modules (inet_diag, tcp_diag), and the symbolization, stacks
 /// and run tests compile their fixtures with gcc and rustc (run also uses bash), the
 /// reliability and perf-map tests run commands as another user, and the soak test's 3,000
-/// processes would take minutes under emulation, and the container tests run podman; the VM's
+/// processes would take minutes under emulation, the container tests run podman, and the serve
+/// tests run Debian's prometheus and promtool; the VM's
 /// initramfs holds
 /// busybox and the test binaries only. The kernel side of stacks and of run's process
 /// following is tested in the VM by kernel_events. `leaks` itself runs in the VM (cli_trace),
@@ -212,6 +213,7 @@ const HOST_ONLY_TESTS: &[&str] = &[
     "perf_map_hostile",
     "soak",
     "containers",
+    "serve",
 ];
 
 /// Test executables of the tcptrace package (unit tests and integration tests), built once.

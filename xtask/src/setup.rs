@@ -10,7 +10,9 @@ use anyhow::{Context as _, Result, bail};
 /// (tests/leaks_scenarios.rs), which start their own instances inside namespaces, gcc for the
 /// symbolization fixtures (tests/fixtures/leaky.c), podman and runc for the container tests
 /// (tests/containers.rs: an image imported from busybox-static, no registry), man-db for the
-/// package's install test (`man 8 tcptrace`).
+/// package's install test (`man 8 tcptrace`), prometheus (with promtool) and curl for `serve`'s
+/// tests (tests/serve.rs: a real Prometheus scrapes it; promtool checks the exposition and the
+/// alert rules in deploy/).
 const DEBIAN_PACKAGES: &[&str] = &[
     "gcc",
     "llvm-22-dev",
@@ -27,10 +29,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "man-db",
+    "prometheus",
+    "curl",
 ];
 /// Services that the packages above start on install (Debian's postinst does, unless a
 /// policy-rc.d forbids it) and enable at boot. The tests never use them: stopped and disabled.
-const SERVICES_TO_STOP: &[&str] = &["nginx", "redis-server"];
+const SERVICES_TO_STOP: &[&str] = &["nginx", "redis-server", "prometheus"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn succeeds(program: &str, args: &[&str]) -> bool {

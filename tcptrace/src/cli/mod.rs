@@ -11,7 +11,8 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 pub use self::options::{
-    DetectOptions, LeaksOptions, Options, RunOptions, TopOptions, TraceOptions, UsageError,
+    DetectOptions, LeaksOptions, Options, RunOptions, ServeOptions, TopOptions, TraceOptions,
+    UsageError,
 };
 use crate::{
     analysis::findings::FindingKind,
@@ -59,6 +60,10 @@ pub enum Command {
     /// open and release rates, lifetimes and findings
     #[command(after_help = TOP_EXAMPLES)]
     Top(TopArgs),
+    /// Run always: trace as `leaks` does and serve Prometheus metrics (/metrics), the current
+    /// leak report (/report) and health (/healthz) over HTTP, until SIGTERM or Ctrl-C
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
     /// Run a command under tracing (it and every descendant) and report its connections when
     /// the last of them exits; fail (status 3) when a budget is exceeded. For CI
     #[command(after_help = RUN_EXAMPLES)]
@@ -243,6 +248,40 @@ pub struct LeaksArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    /// Where to serve HTTP. /report names processes and addresses: listen beyond localhost
+    /// only on purpose, with --web-config for TLS and basic auth
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// TLS and basic auth, in the Prometheus exporter-toolkit format (tls_server_config,
+    /// basic_auth_users with bcrypt hashes)
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
+    /// Series of the per-process metrics at most; each process name and container pair takes
+    /// up to 34, and pairs beyond the bound are counted under comm="other"
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(34..))]
+    pub max_series: u64,
+}
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  tcptrace serve                                   metrics on http://127.0.0.1:9464/metrics
+  tcptrace serve --listen 0.0.0.0:9464 --web-config /etc/tcptrace/web.yml   TLS and basic auth
+  tcptrace serve --min-age 5m --idle 30m           slower verdicts for a busy host
+  curl -s localhost:9464/report | jq '.findings[] | {kind, comm, stack}'   who leaks, from where
+
+Metrics (labels comm, container; see README): tcptrace_connections{state},
+tcptrace_findings{kind}, tcptrace_connections_opened_total{direction},
+tcptrace_connections_released_total, tcptrace_time_wait_entries_total,
+tcptrace_ephemeral_port_share, tcptrace_connection_lifetime_seconds; and tcptrace_events_total,
+tcptrace_events_lost_total{reason}, tcptrace_tracked_sockets(_capacity), tcptrace_build_info.
+Ready-made alert rules, a Grafana dashboard, a systemd unit and a DaemonSet are in deploy/.";
 
 #[derive(Debug, Args)]
 pub struct TopArgs {

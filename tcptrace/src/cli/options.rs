@@ -8,7 +8,7 @@ use tcptrace_common::{AF_INET, AF_INET6, Filter, MAX_FILTER_PIDS};
 
 use super::{
     BudgetArgs, Cli, Command, CompareArgs, DetectArgs, FilterArgs, LeaksArgs, ProbeArgs, RunArgs,
-    TopArgs, TraceArgs,
+    ServeArgs, TopArgs, TraceArgs,
 };
 use crate::{
     analysis::budgets::Budgets,
@@ -47,6 +47,7 @@ pub enum Options {
     Leaks(LeaksOptions),
     Top(TopOptions),
     Run(RunOptions),
+    Serve(ServeOptions),
     /// Reads two files: no kernel, no privileges.
     Compare(CompareArgs),
     /// Says what it can without privileges, and tries the rest.
@@ -82,6 +83,15 @@ pub struct LeaksOptions {
     pub detect: DetectOptions,
     pub duration: Option<Duration>,
     pub json: bool,
+}
+
+#[derive(Debug)]
+pub struct ServeOptions {
+    pub probe: ProbeOptions,
+    pub detect: DetectOptions,
+    pub listen: std::net::SocketAddr,
+    pub web_config: Option<PathBuf>,
+    pub max_series: usize,
 }
 
 #[derive(Debug)]
@@ -135,6 +145,15 @@ impl Cli {
                 })
             }
             Command::Run(args) => Options::Run(args.into_options()?),
+            Command::Serve(ServeArgs { probe, detect, listen, web_config, max_series }) => {
+                Options::Serve(ServeOptions {
+                    probe: probe.to_options(StacksMode::User, Changes::Lifecycle)?,
+                    detect: detect.to_options(DEFAULT_MIN_AGE),
+                    listen,
+                    web_config,
+                    max_series: usize::try_from(max_series).unwrap_or(usize::MAX),
+                })
+            }
             Command::Compare(args) => Options::Compare(args),
             Command::Doctor => Options::Doctor,
             Command::Completions { shell } => Options::Completions(shell),

@@ -17,7 +17,7 @@ use crate::{
     cmd::stop::stop_signal,
     event::clock::monotonic_ns,
     kernel::options::ProbeOptions,
-    pipeline::{Pipeline, losses::Losses},
+    pipeline::{Pipeline, Sink, losses::Losses},
     render::report::{Report, RunInfo},
 };
 
@@ -50,7 +50,18 @@ pub async fn final_report(
     if let Err(e) = pipeline.finish().await {
         warnings.push(format!("the final sweep failed ({e:#}): idle times are from the last one"));
     }
-    let found = findings::detect(pipeline.sink(), &limits, monotonic_ns());
+    report_now(pipeline, pipeline.sink(), limits, warnings)
+}
+
+/// The report of what `agg` (the pipeline's aggregator) knows now; `serve` answers `/report`
+/// with it while tracing goes on.
+pub fn report_now<S: Sink>(
+    pipeline: &Pipeline<S>,
+    agg: &Aggregator,
+    limits: Limits,
+    mut warnings: Vec<String>,
+) -> Report {
+    let found = findings::detect(agg, &limits, monotonic_ns());
     warnings.extend(pipeline.warnings().iter().cloned());
     let losses = pipeline.losses().unwrap_or_else(|e| {
         warnings.push(format!("kernel counters unreadable ({e:#}): losses may be unreported"));
@@ -62,7 +73,7 @@ pub async fn final_report(
         events: pipeline.events(),
         losses,
     };
-    Report::build(pipeline.sink(), found, limits, &run, warnings)
+    Report::build(agg, found, limits, &run, warnings)
 }
 
 /// The pipeline of `leaks` and `top`: the aggregator as its sink, inventory sweeps on.

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod leaks;
 pub mod output;
 pub mod run;
+pub mod serve;
 pub mod stop;
 pub mod top;
 pub mod trace;

@@ -48,6 +48,22 @@ impl TryFrom<u8> for TcpState {
 }
 
 impl TcpState {
+    /// Every state, for callers that enumerate them (metric series).
+    pub const ALL: [Self; 12] = [
+        Self::Established,
+        Self::SynSent,
+        Self::SynRecv,
+        Self::FinWait1,
+        Self::FinWait2,
+        Self::TimeWait,
+        Self::Close,
+        Self::CloseWait,
+        Self::LastAck,
+        Self::Listen,
+        Self::Closing,
+        Self::NewSynRecv,
+    ];
+
     /// The names `ss` and the kernel's tracepoint use, without the `TCP_` prefix.
     pub const fn name(self) -> &'static str {
         match self {

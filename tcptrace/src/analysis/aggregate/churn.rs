@@ -74,6 +74,12 @@ impl Churn {
         }
     }
 
+    /// Forgets the counters with no entry since `before_ns`: an always-on tracer would
+    /// otherwise keep one per remote a live process ever churned toward.
+    pub fn forget_idle(&mut self, before_ns: u64) {
+        self.counters.retain(|_, c| c.last_ns >= before_ns);
+    }
+
     pub fn len(&self) -> usize {
         self.counters.len()
     }

@@ -13,6 +13,7 @@
 //! the aggregator: what stays per process is what a finding or a live process needs.
 
 mod churn;
+mod counted;
 mod distribution;
 mod exits;
 mod process;
@@ -24,9 +25,11 @@ use std::{
     borrow::Cow,
     collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
+    sync::Arc,
 };
 
 pub use churn::{Churn, ChurnCounter};
+pub use counted::{Count, Counted};
 pub use distribution::Distribution;
 pub use exits::{ExitRelease, ExitReleases};
 use foldhash::{HashMap as FastMap, HashSet as FastSet};
@@ -35,6 +38,7 @@ pub use remotes::{RemoteStats, Remotes};
 pub use socket::{Direction, Origin, TrackedSocket};
 
 use crate::{
+    container::Cgroup,
     event::{Comm, ReleaseReason, TcpState},
     inventory::Snapshot,
     pipeline::{
@@ -89,6 +93,9 @@ pub struct Aggregator {
     /// Held sockets a sweep found gone whose end no event told (events lost): removed then.
     pub ended_unseen: u64,
     pub sweeps: u64,
+    /// Each count added to a process, as it is added, for a caller that keeps counters of its
+    /// own (`serve`'s metrics); `None` (nothing kept) unless `count_each` turned it on.
+    counted: Option<Vec<Counted>>,
 }
 
 /// Exited processes folded at once at least; a fold walks every socket, so it waits for a
@@ -118,7 +125,38 @@ impl Aggregator {
             evicted_inodes: FastSet::default(),
             ended_unseen: 0,
             sweeps: 0,
+            counted: None,
         }
+    }
+
+    /// From now on, keeps each count added to a process for `take_counted`.
+    pub fn count_each(&mut self) {
+        self.counted.get_or_insert_with(Vec::new);
+    }
+
+    /// The counts added since the last call (empty unless `count_each` was called).
+    pub fn take_counted(&mut self) -> impl Iterator<Item = Counted> + '_ {
+        self.counted.iter_mut().flat_map(|counted| counted.drain(..))
+    }
+
+    /// The name and cgroup of `pid`: a known process's, or for one folded since it exited,
+    /// its name only.
+    pub fn owner(&self, pid: u32) -> Option<(&str, Option<&Arc<Cgroup>>)> {
+        match self.processes.get(&pid) {
+            Some(stats) => Some((&stats.comm, stats.cgroup.as_ref())),
+            None => self.recently_folded.get(&pid).map(|comm| (comm.as_str(), None)),
+        }
+    }
+
+    fn note(&mut self, pid: u32, count: Count) {
+        if let Some(counted) = &mut self.counted {
+            counted.push(Counted { pid, count });
+        }
+    }
+
+    /// Sockets tracked at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub fn tracked(&self) -> usize {
@@ -326,6 +364,7 @@ impl Aggregator {
         }
         if let Some(pid) = pid {
             self.process(pid, None).time_wait_entries += 1;
+            self.note(pid, Count::TimeWait { remote });
             // A process folded already has exited: no rate can come of it.
             if let Some(remote) = remote
                 && self.processes.contains_key(&pid)
@@ -355,6 +394,7 @@ impl Aggregator {
         };
         if let (Some(pid), Some(lifetime)) = (pid, lifetime_ns) {
             self.process(pid, None).record_lifetime(lifetime);
+            self.note(pid, Count::Lifetime { ns: lifetime });
         }
     }
 
@@ -365,6 +405,7 @@ impl Aggregator {
             // Never seen open and not in the inventory: count the release only.
             if let Some(pid) = record.pid {
                 self.process(pid, comm(record).as_deref()).released += 1;
+                self.note(pid, Count::Released);
             }
             return;
         };
@@ -385,6 +426,7 @@ impl Aggregator {
             && !listener
         {
             self.process(pid, comm(record).as_deref()).released += 1;
+            self.note(pid, Count::Released);
         }
     }
 
@@ -400,6 +442,7 @@ impl Aggregator {
             stats.place(record.cgroup.as_ref());
             if direction != Direction::Listen {
                 stats.opened += 1;
+                self.note(pid, Count::Opened(direction));
             }
         }
         if direction == Direction::Active
