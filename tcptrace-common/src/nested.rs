@@ -8,7 +8,9 @@
 //! handles a process-context change (connect() capturing its stacks, above all) and softirq work
 //! is pending on the way out of it. So `inet_sock_set_state_nested` is attached to the same
 //! tracepoint after it, and the kernel calls a tracepoint's programs in the order they were
-//! attached. For every change the first program marks the change as its own (`first_runs`);
+//! attached. Both first drop, alike, the changes no reader can want (`may_report`, from the
+//! states alone, before any map). For every other change the first program marks the change as
+//! its own (`first_runs`);
 //! the second, running right after it for the same change, finds its mark and clears it
 //! (`first_skipped` is false). A change the first did not run for has no mark: the second
 //! handles it.

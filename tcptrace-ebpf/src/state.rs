@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     AF_INET, COUNTER_NESTED_CHANGES, ChangeId, FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET,
-    IPPROTO_TCP, KIND_CONNECT, KIND_STATE, Owner, RawEvent, Triage, tcp_state::*,
+    IPPROTO_TCP, KIND_CONNECT, KIND_STATE, Owner, RawEvent, Triage, may_report, tcp_state::*,
 };
 
 #[cfg(feature = "bench")]
@@ -86,6 +86,11 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
         }
         return 0;
     }
+    // Before any map: most changes of a churning host end here (see `may_report`). The
+    // nested program below decides the same first, so no mark is ever left for it to miss.
+    if !may_report(args.old, args.new, lean()) {
+        return 0;
+    }
     first_runs(args.change_id());
     finish(on_raw_change(&ctx, args))
 }
@@ -99,7 +104,7 @@ pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let args = StateArgs::raw(&ctx);
-    if !first_skipped(args.change_id()) {
+    if !may_report(args.old, args.new, lean()) || !first_skipped(args.change_id()) {
         return 0;
     }
     count(COUNTER_NESTED_CHANGES);

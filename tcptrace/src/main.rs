@@ -8,6 +8,11 @@ use tcptrace::{
     serve::{http::BindError, web_config::WebConfigError},
 };
 
+/// musl's allocator is slow under many small allocations (see Cargo.toml).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Status for bad input (clap uses the same for bad flags).
 const EXIT_USAGE: u8 = 2;
 

@@ -84,6 +84,8 @@ enum Task {
         threads: usize,
         #[arg(long)]
         seconds: u64,
+        #[arg(long, value_enum)]
+        workload: bench::Workload,
     },
 }
 
@@ -106,7 +108,7 @@ fn main() -> ExitCode {
             setup::setup().and_then(|()| vm_run(&files, timeout, &command))
         }
         Task::BenchRounds(args) => bench::run_rounds(&args.rounds, &args.tcptrace),
-        Task::Churn { threads, seconds } => bench::churn_main(threads, seconds),
+        Task::Churn { threads, seconds, workload } => bench::churn_main(threads, seconds, workload),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -343,7 +345,16 @@ fn vm_test(package: Option<&Path>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::count_results;
+    use clap::CommandFactory as _;
+
+    use super::{Cli, count_results};
+
+    /// clap checks a definition (unique names among flattened arguments...) only when it
+    /// parses: this makes a bad one fail here, not in CI's first `cargo xtask` call.
+    #[test]
+    fn the_command_line_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn counts_libtest_summaries() {

@@ -10,7 +10,8 @@ use anyhow::{Context as _, Result, bail};
 /// (tests/leaks_scenarios.rs), which start their own instances inside namespaces, gcc for the
 /// symbolization fixtures (tests/fixtures/leaky.c), podman and runc for the container tests
 /// (tests/containers.rs: an image imported from busybox-static, no registry), man-db for the
-/// package's install test (`man 8 tcptrace`), prometheus (with promtool) and curl for `serve`'s
+/// package's install test (`man 8 tcptrace`), musl-tools for the packaged binary (static, with
+/// musl: ring's C parts are compiled with musl-gcc), prometheus (with promtool) and curl for `serve`'s
 /// tests (tests/serve.rs: a real Prometheus scrapes it; promtool checks the exposition and the
 /// alert rules in deploy/).
 const DEBIAN_PACKAGES: &[&str] = &[
@@ -31,11 +32,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "man-db",
     "prometheus",
     "curl",
+    "musl-tools",
 ];
 /// Services that the packages above start on install (Debian's postinst does, unless a
 /// policy-rc.d forbids it) and enable at boot. The tests never use them: stopped and disabled.
 const SERVICES_TO_STOP: &[&str] = &["nginx", "redis-server", "prometheus"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The target of the packaged binary (see `dist`).
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program)
@@ -65,8 +69,8 @@ fn installed(package: &str) -> bool {
 }
 
 /// The peers `cargo xtask bench` compares with: bpftrace, and libbpf-tools (tcplife, tcpstates,
-/// built by Debian from bcc's sources).
-const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools"];
+/// built by Debian from bcc's sources); and bpftool, which reads every program's run time.
+const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools", "bpftool"];
 
 /// Installs the benchmark's peers (idempotent); a peer that cannot be installed is left out
 /// of the benchmark, which says so.
@@ -120,6 +124,13 @@ pub fn setup() -> Result<()> {
             "--toolchain",
             "nightly",
         ]))?;
+    }
+
+    // The packaged binary is static (`dist`): the C library it links is musl's.
+    let targets = output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if !targets.lines().any(|l| l.trim() == MUSL_TARGET) {
+        eprintln!("setup: adding the {MUSL_TARGET} target");
+        run_checked(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
     }
 
     let linker = output("bpf-linker", &["--version"]).unwrap_or_default();

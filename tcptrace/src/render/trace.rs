@@ -7,14 +7,14 @@ use std::{
     borrow::Cow,
     io::{self, Write},
     net::SocketAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use serde::Serialize;
 
 use crate::{
     container::{Container, Runtime},
-    event::Comm,
+    event::{Comm, clock::local_time_of_day},
     kernel::close_hook::CloseHook,
     pipeline::{
         Sink,
@@ -46,17 +46,6 @@ impl Clock {
             self.wall - Duration::from_nanos(self.mono_ns - ts_ns)
         }
     }
-}
-
-/// `HH:MM:SS.micros` in local time, as bcc's tools print it.
-fn local_time(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs() as libc::time_t;
-    // SAFETY: zeroed tm is a valid out-parameter for localtime_r.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers; localtime_r is thread-safe.
-    unsafe { libc::localtime_r(&secs, &mut tm) };
-    format!("{:02}:{:02}:{:02}.{:06}", tm.tm_hour, tm.tm_min, tm.tm_sec, since.subsec_micros())
 }
 
 fn event_name(kind: &RecordKind) -> &'static str {
@@ -185,7 +174,7 @@ impl<W: Write> Renderer<W> {
         writeln!(
             self.out,
             "{:<15} {:>7} {:<16} {container}{:>4} {:<22} {:<22} {:<24} {}",
-            local_time(self.clock.wall(r.ts_ns)),
+            local_time_of_day(self.clock.wall(r.ts_ns), true),
             r.pid.map_or_else(dash, |p| p.to_string()),
             r.comm.as_ref().map(Comm::as_str).as_deref().unwrap_or("-"),
             r.fd.map_or_else(dash, |f| f.to_string()),
@@ -249,6 +238,8 @@ impl<W: Write> Renderer<W> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::event::{Endpoints, TcpState};
 

@@ -1,8 +1,9 @@
 //! The summary above the table: when, how long, and how healthy the data source is.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::{Frame, Sort};
+use crate::event::clock::local_time_of_day;
 
 /// `(label, value)` pairs; each view lays them out its own way. Labels are single words so the
 /// plain view's `label=value` stays easy to split.
@@ -10,7 +11,7 @@ pub(crate) fn fields(frame: &Frame, sort: Sort, now: SystemTime) -> Vec<(&'stati
     let Frame { rows, elapsed, close_hook, sockets_tracked, events_per_s, events_lost, evicted } =
         frame;
     vec![
-        ("time", local_hms(now)),
+        ("time", local_time_of_day(now, false)),
         ("elapsed", elapsed_secs(*elapsed)),
         ("close_hook", close_hook.clone()),
         ("sockets", sockets_tracked.to_string()),
@@ -31,20 +32,10 @@ fn elapsed_secs(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string().replace(' ', "")
 }
 
-/// `HH:MM:SS` in local time.
-fn local_hms(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as libc::time_t;
-    // SAFETY: a zeroed tm is a valid out-parameter for localtime_r.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers; localtime_r is thread-safe.
-    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
-        return "--:--:--".to_owned();
-    }
-    format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::top::{SortKey, test_rows::frame};
 

@@ -1,6 +1,6 @@
-//! The churn generator: loopback connections as fast as `threads` clients can make them, each
-//! `connect`, one byte each way, `close` (the client closes first), in a network namespace of
-//! its own so runs do not share TIME_WAIT sockets or ports.
+//! The churn generator: loopback connections as fast as `threads` clients can make them (and
+//! `threads` servers answer them), in a network namespace of its own so runs do not share
+//! TIME_WAIT sockets or ports, in one of the shapes a real server sees ([`Workload`]).
 
 use std::{
     io::{self, Read as _, Write as _},
@@ -15,15 +15,50 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+/// How each connection goes: one byte each way, then an end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// The client closes first (most clients): its side goes to TIME_WAIT.
+    ClientCloses,
+    /// The server closes first (HTTP/1.0, a server ending idle keep-alives): the client
+    /// passes through CLOSE_WAIT, the server's side goes to TIME_WAIT.
+    ServerCloses,
+    /// The client closes with SO_LINGER 0: a reset, no TIME_WAIT.
+    Reset,
+    /// Few long connections, many requests (a pool): each "connection" counted is a request
+    /// on one of `threads` connections opened once.
+    KeepAlive,
+}
+
+impl Workload {
+    pub const ALL: [Self; 4] =
+        [Self::ClientCloses, Self::ServerCloses, Self::Reset, Self::KeepAlive];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ClientCloses => "client-closes",
+            Self::ServerCloses => "server-closes",
+            Self::Reset => "reset",
+            Self::KeepAlive => "keep-alive",
+        }
+    }
+
+    /// What one unit of the rate is.
+    pub fn unit(self) -> &'static str {
+        if self == Self::KeepAlive { "req/s" } else { "conn/s" }
+    }
+}
+
 /// What one run made.
 #[derive(Debug, Clone, Copy)]
 pub struct Churned {
+    /// Connections made (requests, for keep-alive).
     pub connections: u64,
     pub seconds: f64,
 }
 
 /// Runs the generator in this process: call it from a process of its own (`xtask churn`).
-pub fn churn(threads: usize, duration: Duration) -> Result<Churned> {
+pub fn churn(threads: usize, duration: Duration, workload: Workload) -> Result<Churned> {
     // Before any thread exists: the new namespace is the calling thread's, and threads
     // spawned afterwards inherit it.
     // SAFETY: unshare has no memory preconditions.
@@ -38,13 +73,16 @@ pub fn churn(threads: usize, duration: Duration) -> Result<Churned> {
     let made = Arc::new(AtomicU64::new(0));
     for _ in 0..threads {
         let listener = Arc::clone(&listener);
-        thread::spawn(move || serve(&listener));
+        thread::spawn(move || serve(&listener, workload));
     }
     let started = Instant::now();
     let clients: Vec<_> = (0..threads)
         .map(|_| {
             let (done, made) = (Arc::clone(&done), Arc::clone(&made));
-            thread::spawn(move || client(server, &done, &made))
+            thread::spawn(move || match workload {
+                Workload::KeepAlive => pooled_client(server, &done, &made),
+                _ => client(server, workload, &done, &made),
+            })
         })
         .collect();
     thread::sleep(duration);
@@ -58,27 +96,86 @@ pub fn churn(threads: usize, duration: Duration) -> Result<Churned> {
     })
 }
 
-fn client(server: SocketAddr, done: &AtomicBool, made: &AtomicU64) -> Result<()> {
+fn client(
+    server: SocketAddr,
+    workload: Workload,
+    done: &AtomicBool,
+    made: &AtomicU64,
+) -> Result<()> {
     let mut byte = [0u8; 1];
     while !done.load(Ordering::Relaxed) {
         let mut conn = TcpStream::connect(server).context("connecting")?;
         conn.write_all(b"x").context("writing")?;
         conn.read_exact(&mut byte).context("reading")?;
+        match workload {
+            // Until the server's FIN, then close: the server closed first.
+            Workload::ServerCloses => {
+                let _ = conn.read(&mut byte);
+            }
+            Workload::Reset => linger_zero(&conn).context("SO_LINGER 0")?,
+            Workload::ClientCloses | Workload::KeepAlive => {}
+        }
         drop(conn);
         made.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }
 
-fn serve(listener: &TcpListener) {
+/// One connection, a request and its answer after another on it.
+fn pooled_client(server: SocketAddr, done: &AtomicBool, made: &AtomicU64) -> Result<()> {
+    let mut byte = [0u8; 1];
+    let mut conn = TcpStream::connect(server).context("connecting")?;
+    conn.set_nodelay(true).context("TCP_NODELAY")?;
+    while !done.load(Ordering::Relaxed) {
+        conn.write_all(b"x").context("writing")?;
+        conn.read_exact(&mut byte).context("reading")?;
+        made.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn serve(listener: &TcpListener, workload: Workload) {
     let mut byte = [0u8; 1];
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
-        if conn.read_exact(&mut byte).is_ok() && conn.write_all(b"y").is_ok() {
-            // Until the client's FIN: the client closes first, as most clients do.
-            let _ = conn.read(&mut byte);
+        match workload {
+            // The server's own thread per pooled connection: requests until the client leaves.
+            Workload::KeepAlive => {
+                let _ = conn.set_nodelay(true);
+                thread::spawn(move || {
+                    let mut byte = [0u8; 1];
+                    while conn.read_exact(&mut byte).is_ok() && conn.write_all(b"y").is_ok() {}
+                });
+            }
+            // Answer, then close at once: this side closes first.
+            Workload::ServerCloses => {
+                let _ = conn.read_exact(&mut byte).and_then(|()| conn.write_all(b"y"));
+            }
+            // Answer, then wait for the client's FIN (or reset) before closing.
+            Workload::ClientCloses | Workload::Reset => {
+                if conn.read_exact(&mut byte).is_ok() && conn.write_all(b"y").is_ok() {
+                    let _ = conn.read(&mut byte);
+                }
+            }
         }
     }
+}
+
+/// SO_LINGER with a zero timeout: close() then sends a reset and skips TIME_WAIT.
+fn linger_zero(conn: &TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: our own socket; the option value is a valid `linger` of the size given.
+    let ret = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if ret == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// `ip link set lo up`, without iproute2.

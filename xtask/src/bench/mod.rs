@@ -1,21 +1,26 @@
 //! `cargo xtask bench`: what tracing costs, measured side by side in one run.
 //!
 //! Churn: every configuration (no tracer, the floor, tcptrace's commands, the peers) runs the
-//! same loopback workload, round after round, interleaved so that drift (thermal, other load)
-//! spreads over all of them; each line gives min/median/max of the connection rate, the median
-//! as a ratio of the untraced one, what the tracer delivered and lost, its CPU time and peak RSS.
+//! same loopback workloads (client closes first, server closes first, resets, a keep-alive
+//! pool), round after round, interleaved so that drift (thermal, other load) spreads over all
+//! of them; each line gives min/median/max of the rate, the median as a ratio of the untraced
+//! one, how idle the CPUs were (a workload that leaves them idle hides a tracer's cost), and
+//! where the cost is per connection: the configuration's BPF programs (run times the kernel
+//! keeps with `kernel.bpf_stats_enabled`, `bpf_stats`) and the tracer's own CPU time, their
+//! total as a multiple of the floor's; then what it delivered and lost and its peak RSS.
 //! Replay: tcptrace's user space alone on a generated event stream (`tcptrace/examples/replay`).
 //!
 //! The binary measured is built with tcptrace's `bench` feature ([`FEATURE`]): the floor's and
 //! the minimum's flags (`--bench-floor`, `--bench-minimum`) exist only there.
 
+mod bpf_stats;
 mod churn;
 mod tracers;
 
 use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-pub use churn::churn;
+pub use churn::{Workload, churn};
 use clap::Args;
 use tracers::{Tracer, TracerCost};
 
@@ -64,6 +69,16 @@ pub struct RoundArgs {
     /// runs), e.g. --only tcptrace,tcplife
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// The workloads, e.g. --workloads server-closes,keep-alive; default: all four
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workloads: Vec<Workload>,
+    /// Print each configuration's BPF programs: ns per run and runs per connection
+    #[arg(long)]
+    verbose: bool,
+    /// A check that everything runs (set by `bench --smoke`): every configuration on the
+    /// server-closes workload, the baseline and `tcptrace leaks` on the others
+    #[arg(long = "smoke-rounds", hide = true)]
+    smoke_rounds: bool,
 }
 
 /// Configurations the VM tier leaves out: bpftrace's LLVM libraries would make the initramfs
@@ -71,16 +86,37 @@ pub struct RoundArgs {
 const NOT_IN_VM: &[&str] = &["bpftrace"];
 
 /// One configuration's run in one round.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sample {
     rate: f64,
+    /// Connections made (requests, for keep-alive).
+    connections: u64,
     cost: TracerCost,
+    /// The tracer's CPU time while the workload ran (start-up and report left out).
+    tracer_cpu_s: f64,
+    /// Share of the CPUs idle while the workload ran.
+    idle: f64,
+    /// The configuration's programs, what they ran meanwhile; `None` without bpftool.
+    programs: Option<Vec<bpf_stats::ProgStat>>,
+}
+
+impl Sample {
+    /// BPF time per connection, ns.
+    fn bpf_ns(&self) -> Option<f64> {
+        let total: u64 = self.programs.as_ref()?.iter().map(|p| p.run_time_ns).sum();
+        Some(total as f64 / self.connections.max(1) as f64)
+    }
+
+    /// The tracer's own CPU time (user and system) per connection while the workload ran, ns.
+    fn user_ns(&self) -> f64 {
+        self.tracer_cpu_s * 1e9 / self.connections.max(1) as f64
+    }
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let mut rounds = args.rounds.clone();
     if args.smoke {
-        (rounds.rounds, rounds.seconds) = (1, 1);
+        (rounds.rounds, rounds.seconds, rounds.smoke_rounds) = (1, 1, true);
     }
     run_checked(cargo().args([
         "build",
@@ -103,7 +139,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Every wanted configuration that can start here, round after round, then the table.
+/// Every wanted configuration that can start here, on every workload, round after round
+/// (configurations interleaved), then a table per workload.
 pub fn run_rounds(args: &RoundArgs, tcptrace: &Path) -> Result<()> {
     let mut configs: Vec<Tracer> = Vec::new();
     let wanted = |tracer: Tracer| {
@@ -123,21 +160,47 @@ pub fn run_rounds(args: &RoundArgs, tcptrace: &Path) -> Result<()> {
             Err(e) => println!("bench: {} left out: {e:#}", tracer.name()),
         }
     }
-    let (rounds, seconds) = (args.rounds.max(1), args.seconds);
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
-    for round in 1..=rounds {
-        for (i, &tracer) in configs.iter().enumerate() {
-            let sample = measure(tracer, tcptrace, args.threads, seconds)
-                .with_context(|| format!("round {round}, {}", tracer.name()))?;
-            eprintln!(
-                "bench: round {round}/{rounds} {:<30} {:>9.0} conn/s",
-                tracer.name(),
-                sample.rate
-            );
-            samples[i].push(sample);
+    let workloads =
+        if args.workloads.is_empty() { Workload::ALL.to_vec() } else { args.workloads.clone() };
+    // Without bpftool (or in a kernel without the sysctl) the BPF column stays empty.
+    let stats = match bpf_stats::Enabled::new().and_then(|e| bpf_stats::snapshot().map(|_| e)) {
+        Ok(enabled) => Some(enabled),
+        Err(e) => {
+            println!("bench: no BPF run times ({e:#})");
+            None
         }
+    };
+    let (rounds, seconds) = (args.rounds.max(1), args.seconds);
+    for &workload in &workloads {
+        let configs: Vec<Tracer> = configs
+            .iter()
+            .copied()
+            .filter(|&t| {
+                !args.smoke_rounds
+                    || workload == Workload::ServerCloses
+                    || matches!(t, Tracer::Baseline | Tracer::Leaks)
+            })
+            .collect();
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
+        for round in 1..=rounds {
+            for (i, &tracer) in configs.iter().enumerate() {
+                let run = Run { tracer, tcptrace, threads: args.threads, seconds, workload };
+                let sample = measure(&run, stats.is_some()).with_context(|| {
+                    format!("round {round}, {}, {}", workload.name(), tracer.name())
+                })?;
+                eprintln!(
+                    "bench: {} round {round}/{rounds} {:<44} {:>9.0} {}",
+                    workload.name(),
+                    tracer.name(),
+                    sample.rate,
+                    workload.unit()
+                );
+                samples[i].push(sample);
+            }
+        }
+        print_table(&configs, &samples, args, workload);
     }
-    print_table(&configs, &samples, args.threads, seconds, rounds);
+    drop(stats);
     Ok(())
 }
 
@@ -155,6 +218,10 @@ fn vm_rounds(args: &RoundArgs, tcptrace: &Path) -> Result<()> {
     only.retain(|word| !NOT_IN_VM.iter().any(|left_out| word.contains(left_out)));
     let mut extra = vec![tcptrace.to_path_buf()];
     extra.extend(tracers::libbpf_tools());
+    // For the BPF column (its libraries come along).
+    extra.extend(
+        ["/usr/sbin/bpftool"].map(std::path::PathBuf::from).into_iter().filter(|p| p.exists()),
+    );
     let command = crate::vm::VmCommand {
         name: "bench".to_owned(),
         program: xtask,
@@ -165,18 +232,32 @@ fn vm_rounds(args: &RoundArgs, tcptrace: &Path) -> Result<()> {
             format!("--seconds={}", args.seconds),
             format!("--threads={}", args.threads),
             format!("--only={}", only.join(",")),
-        ],
+        ]
+        .into_iter()
+        .chain(vm_workloads(args).map(|workloads| {
+            let names: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
+            format!("--workloads={}", names.join(","))
+        }))
+        .chain(args.smoke_rounds.then(|| "--smoke-rounds".to_owned()))
+        .chain(args.verbose.then(|| "--verbose".to_owned()))
+        .collect(),
         env: Vec::new(),
     };
     // Loading and attaching is slow under emulation: allow a minute per run.
-    let runs = (args.rounds.max(1) + 1) * Tracer::ALL.len();
+    let workloads =
+        if args.workloads.is_empty() { Workload::ALL.len() } else { args.workloads.len() };
+    let runs = (args.rounds.max(1) * workloads + 1) * Tracer::ALL.len();
     let timeout = Duration::from_secs(120 + runs as u64 * (args.seconds + 60));
     let outcomes = crate::vm::run(&kernel, &[command], &extra, timeout)?;
     let outcome = outcomes.first().context("the VM ran nothing")?;
     println!();
     println!("In the VM (Debian's stock kernel under qemu TCG, close hook fentry):");
     for line in outcome.output.lines() {
-        if line.starts_with('|') || line.starts_with("Loopback churn") || line.starts_with("bench:")
+        if line.starts_with('|')
+            || line.starts_with("Workload ")
+            || line.starts_with("bench:")
+            || line.starts_with("  ")
+            || line.contains("BPF programs per connection")
         {
             println!("{line}");
         }
@@ -187,22 +268,78 @@ fn vm_rounds(args: &RoundArgs, tcptrace: &Path) -> Result<()> {
     }
 }
 
-fn measure(tracer: Tracer, tcptrace: &Path, threads: usize, seconds: u64) -> Result<Sample> {
-    let running = tracers::start(tracer, tcptrace)?;
-    let churned = run_churn(threads, seconds);
+/// One configuration on one workload.
+struct Run<'a> {
+    tracer: Tracer,
+    tcptrace: &'a Path,
+    threads: usize,
+    seconds: u64,
+    workload: Workload,
+}
+
+/// The workloads the VM runs, when not all: those asked for, and for a smoke run only
+/// server-closes (the host's smoke run checks the others; emulation makes each run slow).
+fn vm_workloads(args: &RoundArgs) -> Option<Vec<Workload>> {
+    if !args.workloads.is_empty() {
+        Some(args.workloads.clone())
+    } else if args.smoke_rounds {
+        Some(vec![Workload::ServerCloses])
+    } else {
+        None
+    }
+}
+
+fn measure(run: &Run<'_>, bpf: bool) -> Result<Sample> {
+    let existing = if bpf { Some(bpf_stats::snapshot()?) } else { None };
+    let running = tracers::start(run.tracer, run.tcptrace)?;
+    let from = existing.as_ref().map(|_| bpf_stats::snapshot()).transpose()?;
+    let cpu_from = cpu_times()?;
+    let tracer_from = running.as_ref().map(tracers::Running::cpu_s).transpose()?;
+    let churned = run_churn(run.threads, run.seconds, run.workload);
+    let tracer_to = running.as_ref().map(tracers::Running::cpu_s).transpose()?;
+    let idle = cpu_times()?.idle_share_since(&cpu_from);
+    let to = existing.as_ref().map(|_| bpf_stats::snapshot()).transpose()?;
     let cost = match running {
         Some(running) => running.stop()?,
         None => TracerCost::default(),
     };
+    let tracer_cpu_s = tracer_from.zip(tracer_to).map_or(0.0, |(from, to)| to - from);
+    let programs = match (&existing, &from, &to) {
+        (Some(existing), Some(from), Some(to)) => Some(bpf_stats::ran(existing, from, to)),
+        _ => None,
+    };
     let (connections, secs) = churned?;
-    Ok(Sample { rate: connections as f64 / secs, cost })
+    Ok(Sample { rate: connections as f64 / secs, connections, cost, tracer_cpu_s, idle, programs })
+}
+
+/// The CPUs' time counters from /proc/stat (all CPUs, in ticks).
+struct CpuTimes {
+    idle: u64,
+    total: u64,
+}
+
+fn cpu_times() -> Result<CpuTimes> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("an empty /proc/stat")?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok(CpuTimes { idle, total: ticks.iter().take(8).sum() })
+}
+
+impl CpuTimes {
+    fn idle_share_since(&self, earlier: &Self) -> f64 {
+        let total = self.total.saturating_sub(earlier.total).max(1);
+        self.idle.saturating_sub(earlier.idle) as f64 / total as f64
+    }
 }
 
 /// The generator in a process of its own (its own network namespace, its own CPU accounting).
-fn run_churn(threads: usize, seconds: u64) -> Result<(u64, f64)> {
+fn run_churn(threads: usize, seconds: u64, workload: Workload) -> Result<(u64, f64)> {
     let exe = std::env::current_exe().context("the xtask binary")?;
     let out = Command::new(exe)
         .args(["churn", "--threads", &threads.to_string(), "--seconds", &seconds.to_string()])
+        .args(["--workload", workload.name()])
         .output()
         .context("running the churn generator")?;
     if !out.status.success() {
@@ -217,8 +354,8 @@ fn run_churn(threads: usize, seconds: u64) -> Result<(u64, f64)> {
 }
 
 /// `xtask churn`: the generator's process.
-pub fn churn_main(threads: usize, seconds: u64) -> Result<()> {
-    let churned = churn(threads, Duration::from_secs(seconds))?;
+pub fn churn_main(threads: usize, seconds: u64, workload: Workload) -> Result<()> {
+    let churned = churn(threads, Duration::from_secs(seconds), workload)?;
     println!(
         "{}",
         serde_json::json!({"connections": churned.connections, "seconds": churned.seconds})
@@ -244,51 +381,86 @@ fn median(values: &mut [f64]) -> f64 {
     if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
 }
 
-fn print_table(
-    configs: &[Tracer],
-    samples: &[Vec<Sample>],
-    threads: usize,
-    seconds: u64,
-    rounds: usize,
-) {
+fn print_table(configs: &[Tracer], samples: &[Vec<Sample>], args: &RoundArgs, workload: Workload) {
+    let (threads, seconds, rounds) = (args.threads, args.seconds, args.rounds.max(1));
+    let unit = workload.unit();
     println!();
     println!(
-        "Loopback churn: {threads} client threads (connect, 1 byte each way, close), {seconds} s per run, {rounds} rounds interleaved"
+        "Workload {}: {threads} client threads and {threads} server threads on loopback, {seconds} s per run, {rounds} rounds interleaved",
+        workload.name()
     );
     println!(
-        "| tracer | conn/s median (min–max) | vs none | events/s delivered | lost | tracer CPU s/s | tracer peak RSS MiB |"
+        "| tracer | {unit} median (min–max) | vs none | CPU idle | BPF µs/conn | tracer CPU µs/conn | total µs/conn | × floor | events/s | lost | peak RSS MiB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    let baseline = samples
-        .first()
-        .map(|s| median(&mut s.iter().map(|x| x.rate).collect::<Vec<_>>()))
-        .unwrap_or(f64::NAN);
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let med_of = |samples: &[Sample], f: &dyn Fn(&Sample) -> Option<f64>| -> Option<f64> {
+        let mut values: Vec<f64> = samples.iter().filter_map(f).collect();
+        (!values.is_empty()).then(|| median(&mut values))
+    };
+    let baseline = samples.first().and_then(|s| med_of(s, &|x| Some(x.rate))).unwrap_or(f64::NAN);
+    let total_us = |s: &Sample| Some((s.bpf_ns()? + s.user_ns()) / 1e3);
+    let floor = configs
+        .iter()
+        .position(|&t| t == Tracer::Floor)
+        .and_then(|i| med_of(&samples[i], &total_us));
+    let show = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+    };
     for (tracer, samples) in configs.iter().zip(samples) {
         let mut rates: Vec<f64> = samples.iter().map(|s| s.rate).collect();
         let med = median(&mut rates);
         let (min, max) = (rates[0], rates[rates.len() - 1]);
-        let per_s = |x: u64| x as f64 / seconds as f64;
-        let events = samples.iter().filter_map(|s| s.cost.events).map(per_s).collect::<Vec<_>>();
-        let events = if events.is_empty() {
-            "-".to_owned()
-        } else {
-            format!("{:.0}", median(&mut events.clone()))
-        };
+        let events = med_of(samples, &|s| s.cost.events.map(|e| e as f64 / seconds as f64));
         let lost = if samples.iter().all(|s| s.cost.lost.is_none()) {
             "-".to_owned()
         } else {
             samples.iter().filter_map(|s| s.cost.lost).sum::<u64>().to_string()
         };
         let traced = *tracer != Tracer::Baseline;
-        let cpu =
-            median(&mut samples.iter().map(|s| s.cost.cpu_s / seconds as f64).collect::<Vec<_>>());
+        let idle = med_of(samples, &|s| Some(s.idle * 100.0));
+        let (bpf, user, total) = if traced {
+            (
+                med_of(samples, &|s| s.bpf_ns().map(|ns| ns / 1e3)),
+                med_of(samples, &|s| Some(s.user_ns() / 1e3)),
+                med_of(samples, &total_us),
+            )
+        } else {
+            (None, None, None)
+        };
+        let times_floor = total.zip(floor).map(|(t, f)| t / f);
         let rss = samples.iter().map(|s| s.cost.max_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
         println!(
-            "| {} | {med:.0} ({min:.0}–{max:.0}) | {:.1}% | {events} | {lost} | {} | {} |",
+            "| {} | {med:.0} ({min:.0}–{max:.0}) | {:.1}% | {}% | {} | {} | {} | {} | {} | {lost} | {} |",
             tracer.name(),
             med / baseline * 100.0,
-            if traced { format!("{cpu:.2}") } else { "-".to_owned() },
+            show(idle, 0),
+            show(bpf, 2),
+            show(user, 2),
+            show(total, 2),
+            show(times_floor, 1),
+            show(events, 0),
             if traced { format!("{rss:.1}") } else { "-".to_owned() },
         );
+    }
+    if args.verbose {
+        for (tracer, samples) in configs.iter().zip(samples) {
+            // The last round's programs, per connection.
+            let Some(sample) = samples.last() else { continue };
+            let Some(programs) = &sample.programs else { continue };
+            if programs.is_empty() {
+                continue;
+            }
+            println!("{} ({}): BPF programs per connection", tracer.name(), workload.name());
+            let per_conn = |x: u64| x as f64 / sample.connections.max(1) as f64;
+            for p in programs {
+                println!(
+                    "  {:<32} {:>8.0} ns/run × {:>5.2} runs = {:>7.0} ns",
+                    p.name,
+                    p.run_time_ns as f64 / p.run_cnt.max(1) as f64,
+                    per_conn(p.run_cnt),
+                    per_conn(p.run_time_ns)
+                );
+            }
+        }
     }
 }

@@ -160,8 +160,6 @@ pub struct Running {
 pub struct TracerCost {
     pub events: Option<u64>,
     pub lost: Option<u64>,
-    /// User and system CPU time of the tracer.
-    pub cpu_s: f64,
     /// Peak resident set size, KiB.
     pub max_rss_kib: u64,
 }
@@ -211,6 +209,21 @@ fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> 
 }
 
 impl Running {
+    /// The tracer's user and system CPU time so far, from /proc/PID/stat: read when the
+    /// workload starts and ends, so start-up (loading, the first inventory) and the final
+    /// report are left out of the per-connection cost.
+    pub fn cpu_s(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .context("reading the tracer's /proc stat")?;
+        // After the command name, which may hold spaces: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').context("no command name")?.1.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok((ticks(14) + ticks(15)) as f64 / hz)
+    }
+
     /// Stops the tracer (SIGINT, as a user's Ctrl-C) and reads what it delivered and cost.
     pub fn stop(mut self) -> Result<TracerCost> {
         let pid = libc::pid_t::try_from(self.child.id()).context("pid")?;
@@ -224,13 +237,7 @@ impl Running {
             bail!("{} failed (status {status}): {}", self.tracer.name(), stderr.join("\n"));
         }
         let (events, lost) = delivered(self.tracer, &stdout, &stderr);
-        let cpu = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-        Ok(TracerCost {
-            events,
-            lost,
-            cpu_s: cpu(usage.ru_utime) + cpu(usage.ru_stime),
-            max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-        })
+        Ok(TracerCost { events, lost, max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0) })
     }
 }
 
