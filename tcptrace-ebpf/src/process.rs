@@ -194,5 +194,5 @@ fn report_exit() -> bool {
 extern "C" fn release_on_exit(fd: u32, table: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given above.
     let table = unsafe { &*table.cast::<FdTable>() };
-    finish::<i64>(release_if_last(table, fd, RELEASE_EXIT))
+    finish::<i64>(release_if_last::<false>(table, fd, RELEASE_EXIT))
 }

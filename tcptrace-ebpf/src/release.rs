@@ -111,8 +111,15 @@ pub fn report_release(
 }
 
 /// Tracepoint mode: reports a release if `fd` holds the last reference to a TCP socket.
+/// `OWNED_FIRST`: look the socket up in the owner map before reading it (see below); close(2)
+/// does, the per-descriptor loop of close_range(2) cannot afford the instructions (the
+/// verifier refuses it, E2BIG).
 #[inline(always)]
-pub fn release_if_last(table: &FdTable, fd: u32, reason: u8) -> Result<(), ReadFailed> {
+pub fn release_if_last<const OWNED_FIRST: bool>(
+    table: &FdTable,
+    fd: u32,
+    reason: u8,
+) -> Result<(), ReadFailed> {
     let Some(file) = table.file(fd)? else {
         return Ok(());
     };
@@ -121,6 +128,12 @@ pub fn release_if_last(table: &FdTable, fd: u32, reason: u8) -> Result<(), ReadF
     };
     if file_refs(file)? != 1 {
         return Ok(());
+    }
+    // A socket with an owner is TCP (only TCP opens are remembered), and in lean mode user
+    // space has its endpoints: `report_release` reads its state alone, where `SockInfo` is
+    // seven reads. Any other socket must be read to tell whether it is TCP at all.
+    if OWNED_FIRST && lean() && OWNERS.get_ptr(sk).is_some() {
+        return report_release(sk, None, fd as i32, reason);
     }
     let Some(info) = SockInfo::read(sk)? else {
         return Ok(());

@@ -185,7 +185,7 @@ fn on_close(ctx: &TracePointContext) -> Result<(), ReadFailed> {
     let Some(table) = FdTable::current()? else {
         return Ok(());
     };
-    release_if_last(&table, arg(ctx, 0)? as u32, RELEASE_CLOSE)
+    release_if_last::<true>(&table, arg(ctx, 0)? as u32, RELEASE_CLOSE)
 }
 
 #[inline(always)]
@@ -198,7 +198,7 @@ fn on_dup(ctx: &TracePointContext) -> Result<(), ReadFailed> {
     let Some(table) = FdTable::current()? else {
         return Ok(());
     };
-    release_if_last(&table, new, RELEASE_DUP)
+    release_if_last::<false>(&table, new, RELEASE_DUP)
 }
 
 #[tracepoint]
@@ -245,7 +245,7 @@ fn on_close_range(ctx: &TracePointContext) -> Result<(), ReadFailed> {
         if fd < first || fd > last {
             break;
         }
-        if let Err(e) = release_if_last(&table, fd, RELEASE_CLOSE_RANGE) {
+        if let Err(e) = release_if_last::<false>(&table, fd, RELEASE_CLOSE_RANGE) {
             result = Err(e);
         }
     }

@@ -10,8 +10,9 @@
 //! total as a multiple of the floor's; then what it delivered and lost and its peak RSS.
 //! Replay: tcptrace's user space alone on a generated event stream (`tcptrace/examples/replay`).
 //!
-//! The binary measured is built with tcptrace's `bench` feature ([`FEATURE`]): the floor's and
-//! the minimum's flags (`--bench-floor`, `--bench-minimum`) exist only there.
+//! The binary measured is the packaged one's build (static, musl, mimalloc) with tcptrace's
+//! `bench` feature ([`FEATURE`]): the floor's and the minimum's flags (`--bench-floor`,
+//! `--bench-minimum`) exist only there.
 
 mod bpf_stats;
 mod churn;
@@ -24,7 +25,7 @@ pub use churn::{Workload, churn};
 use clap::Args;
 use tracers::{Tracer, TracerCost};
 
-use crate::{cargo, run_checked, workspace_root};
+use crate::{cargo, run_checked, setup::MUSL_TARGET, workspace_root};
 
 /// tcptrace's cargo feature that holds the benchmark's programs and flags; every build this
 /// module measures, and the root tests of those programs, enable it.
@@ -118,6 +119,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if args.smoke {
         (rounds.rounds, rounds.seconds, rounds.smoke_rounds) = (1, 1, true);
     }
+    // The target the package ships (static, musl with mimalloc), so the figures are the
+    // shipped binary's, and `dist`'s build of the dependencies serves this one too.
     run_checked(cargo().args([
         "build",
         "--release",
@@ -127,11 +130,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         FEATURE,
         "--bins",
         "--examples",
+        "--target",
+        MUSL_TARGET,
     ]))?;
-    let root = workspace_root();
-    let tcptrace = root.join("target/release/tcptrace");
+    let release = workspace_root().join("target").join(MUSL_TARGET).join("release");
+    let tcptrace = release.join("tcptrace");
 
-    replay(&root.join("target/release/examples/replay"), args.smoke)?;
+    replay(&release.join("examples/replay"), args.smoke)?;
     run_rounds(&rounds, &tcptrace)?;
     if args.vm {
         vm_rounds(&rounds, &tcptrace)?;
