@@ -4,7 +4,7 @@
 //! in every Prometheus that scrapes this host, for as long as the series lives. Labels are
 //! therefore only the process name and the container (never pids, ports, addresses or stacks:
 //! those are unbounded), and the `(comm, container)` pairs admitted at once are bounded by
-//! `--max-series`: a pair beyond the bound is counted under `comm="other"`. Pairs that saw no
+//! `--max-series` (in pairs: `metrics::SERIES_PER_OWNER` series each): a pair beyond the bound is counted under `comm="other"`. Pairs that saw no
 //! count for a while leave (`expire`), so a host whose containers are redeployed for weeks
 //! does not grow.
 
@@ -12,19 +12,10 @@ use std::collections::HashMap;
 
 use prometheus_client::encoding::EncodeLabelSet;
 
-use crate::{
-    container::{Cgroup, Container},
-    event::TcpState,
-};
+use crate::container::{Cgroup, Container};
 
 /// The process name every pair beyond the bound is counted under.
 pub const OTHER: &str = "other";
-
-/// Series one `(comm, container)` pair can have at most, across every family labelled by it:
-/// every TCP state, 5 finding kinds, 2 directions, released, TIME_WAIT entries, port share, and
-/// the lifetime histogram (its buckets, `+Inf`, `_sum` and `_count`).
-pub const SERIES_PER_OWNER: usize =
-    TcpState::ALL.len() + 5 + 2 + 1 + 1 + 1 + (super::metrics::LIFETIME_BUCKETS.len() + 3);
 
 /// Who a count belongs to, as Prometheus labels.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
@@ -66,13 +57,9 @@ pub struct Owners {
 }
 
 impl Owners {
-    /// At most `max_series` series: `max_series / SERIES_PER_OWNER` pairs, `other` included.
-    pub fn new(max_series: usize) -> Self {
-        Self {
-            last_seen_ns: HashMap::new(),
-            max: (max_series / SERIES_PER_OWNER).max(1),
-            folded: 0,
-        }
+    /// At most `max` pairs, `other` included.
+    pub fn new(max: usize) -> Self {
+        Self { last_seen_ns: HashMap::new(), max: max.max(1), folded: 0 }
     }
 
     /// The pairs admitted at most.
@@ -128,7 +115,7 @@ mod tests {
 
     #[test]
     fn pairs_beyond_the_bound_fold_into_other_and_are_counted() {
-        let mut owners = Owners::new(3 * SERIES_PER_OWNER);
+        let mut owners = Owners::new(3);
         assert_eq!(owners.max(), 3);
         assert_eq!(owners.admit(owner("a"), 1), owner("a"));
         assert_eq!(owners.admit(owner("b"), 1), owner("b"));
@@ -142,7 +129,7 @@ mod tests {
 
     #[test]
     fn pairs_that_stop_counting_leave_and_make_room() {
-        let mut owners = Owners::new(3 * SERIES_PER_OWNER);
+        let mut owners = Owners::new(3);
         owners.admit(owner("a"), 10);
         owners.admit(owner("b"), 20);
         assert_eq!(owners.expire(15), vec![owner("a")]);

@@ -38,6 +38,13 @@ use crate::{
 /// a day-long connection pool.
 pub const LIFETIME_BUCKETS: [f64; 9] = [0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 3600.0, 86400.0];
 
+/// Series one `(comm, container)` pair can have at most, across every family labelled by it:
+/// every TCP state, 5 finding kinds, 2 directions, released, TIME_WAIT entries, port share, and
+/// the lifetime histogram (its buckets, `+Inf`, `_sum` and `_count`). `--max-series` is
+/// turned into pairs with it.
+pub const SERIES_PER_OWNER: usize =
+    TcpState::ALL.len() + GAUGE_KINDS.len() + DIRECTIONS.len() + 3 + (LIFETIME_BUCKETS.len() + 3);
+
 /// An owner's series leave after it counted nothing (and held nothing) this long.
 pub const RETENTION: Duration = Duration::from_secs(15 * 60);
 
@@ -272,7 +279,7 @@ impl MetricsSink {
         Self {
             agg,
             families: Families::new(close_hook),
-            owners: Owners::new(max_series),
+            owners: Owners::new(max_series / SERIES_PER_OWNER),
             window: TimeWaitWindow::default(),
             scratch: Vec::new(),
             held: HashSet::new(),
