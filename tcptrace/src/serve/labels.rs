@@ -78,8 +78,12 @@ impl Owners {
     /// The labels a count by `owner` at `now_ns` goes under: its own while there is room
     /// (one place is kept for `other`), else `other`.
     pub fn admit(&mut self, owner: Owner, now_ns: u64) -> Owner {
-        let room = self.last_seen_ns.len() + 1 < self.max;
-        let owner = if room || self.last_seen_ns.contains_key(&owner) {
+        // Known pairs (nearly every count) only have their time stamped: no clone per count.
+        if let Some(seen) = self.last_seen_ns.get_mut(&owner) {
+            *seen = now_ns;
+            return owner;
+        }
+        let owner = if self.last_seen_ns.len() + 1 < self.max {
             owner
         } else {
             self.folded += 1;
