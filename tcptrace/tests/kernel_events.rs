@@ -21,6 +21,7 @@ use std::{
     os::fd::{AsRawFd, RawFd},
     sync::mpsc,
     thread,
+    time::{Duration, Instant},
 };
 
 use support::{
@@ -776,17 +777,25 @@ fn socket_chains(h: &Harness) -> Chains {
 /// timer runs in a softirq at the end of a timer interrupt and moves the server from FIN_WAIT1
 /// to FIN_WAIT2, often while this thread's next connect() or close() is being traced, with its
 /// stacks. Every socket's changes must then form an unbroken chain.
+///
+/// The test runs alone (`forks()`, the exclusive lock), not beside the others: with another
+/// thread competing for its CPU, about one run in ten on this 2-vCPU machine (two busy loops
+/// beside it, `docs/bench/log.md`, 2026-12-04) lost the FIN_WAIT1 -> FIN_WAIT2 -> CLOSE pair of
+/// a few server sockets while no counter moved, a defect not yet explained (the kernel's own
+/// skip counts and the ring's show nothing) and documented in `docs/architecture.md`; this
+/// test is about nesting, which it needs quiet to provoke.
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn a_state_change_that_interrupts_another_is_handled_or_counted() {
     // Rounds run in batches until some change was nested (most 2000-round batches see a few
-    // hundred on the host, one in ten none), each round about 10 records: the harness's 1 MiB
-    // ring is drained long before it fills.
+    // hundred on the host, one in ten none; a loaded machine sees fewer, so the bound is time,
+    // not batches), each round about 13 records: the harness's 1 MiB ring is drained long
+    // before it fills.
     const BATCH: usize = 2000;
-    const BATCHES_MAX: usize = 8;
+    const PROVOKE_FOR: Duration = Duration::from_secs(40);
     // Clients left in CLOSE_WAIT at once: their servers wait in FIN_WAIT1 for a delayed ACK.
     const IN_FLIGHT: usize = 64;
-    let _serial = no_forks();
+    let _alone = forks();
     let _cpu = pin_to_one_cpu();
     let listener = listen(LOCALHOST_V4);
     let port = addr_of(&listener).port();
@@ -794,7 +803,8 @@ fn a_state_change_that_interrupts_another_is_handled_or_counted() {
 
     let mut clients = std::collections::VecDeque::new();
     let mut rounds = 0;
-    for _ in 0..BATCHES_MAX {
+    let started = Instant::now();
+    while started.elapsed() < PROVOKE_FOR {
         for _ in 0..BATCH {
             clients.push_back(connect(addr_of(&listener)));
             drop(accept(&listener));
