@@ -127,7 +127,10 @@ pub const COUNTER_NESTED_CHANGES: u32 = 5;
 /// not sent. An expected "no" (an empty descriptor slot, a file that is not a TCP socket, no BTF
 /// offsets) is not counted.
 pub const COUNTER_READ_FAILED: u32 = 6;
-pub const COUNTER_COUNT: u32 = 7;
+/// A record was written to the ring. User space compares it with the records it read: a
+/// difference after the last drain is a loss no other counter sees.
+pub const COUNTER_SENT_EVENTS: u32 = 7;
+pub const COUNTER_COUNT: u32 = 8;
 
 /// `RawEvent::user_stack`/`kernel_stack`: no stack captured.
 pub const STACK_NONE: i32 = -1;

@@ -22,8 +22,8 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     BuildIdFrame, CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT, COUNTER_LOST_EVENTS,
-    COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, Filter, KernelOffsets, Owner, RawEvent, Settings,
-    StateMarks, USER_STACK_FRAMES,
+    COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_SENT_EVENTS, Filter, KernelOffsets, Owner,
+    RawEvent, Settings, StateMarks, USER_STACK_FRAMES,
 };
 
 /// Reads a load-time global. The volatile read keeps the compiler from folding the zero
@@ -257,6 +257,8 @@ pub fn current_event(kind: u8) -> RawEvent {
 pub fn emit(event: &RawEvent) {
     if EVENTS.output::<RawEvent>(event, wakeup()).is_err() {
         count(COUNTER_LOST_EVENTS);
+    } else {
+        count(COUNTER_SENT_EVENTS);
     }
 }
 

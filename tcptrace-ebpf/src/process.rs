@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tcptrace_common::{
-    CLOSE_HOOK_TRACEPOINT, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS, KIND_EXEC, KIND_EXIT,
-    RELEASE_EXIT, RawExec,
+    CLOSE_HOOK_TRACEPOINT, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS, COUNTER_SENT_EVENTS,
+    KIND_EXEC, KIND_EXIT, RELEASE_EXIT, RawExec,
 };
 
 use crate::{
@@ -160,6 +160,7 @@ fn report_exec(ctx: &TracePointContext) -> Result<(), ReadFailed> {
         }
     }
     record.submit(wakeup());
+    count(COUNTER_SENT_EVENTS);
     copied
 }
 

@@ -22,6 +22,8 @@ pub struct Counters {
     pub stack_failures: u64,
     /// Children of followed processes that could not be followed (map full).
     pub follow_full: u64,
+    /// Records written to the ring (not a loss: the reader compares it with what it read).
+    pub sent_events: u64,
 }
 
 /// The runs the kernel skipped that are lost, from each attached program's skip count

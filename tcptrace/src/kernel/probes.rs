@@ -14,8 +14,8 @@ use aya::{
 };
 use tcptrace_common::{
     CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS,
-    COUNTER_NESTED_CHANGES, COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_STACK_FAILED,
-    KernelOffsets, STACKS_KERNEL, STACKS_USER, names,
+    COUNTER_NESTED_CHANGES, COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_SENT_EVENTS,
+    COUNTER_STACK_FAILED, KernelOffsets, STACKS_KERNEL, STACKS_USER, names,
 };
 
 #[cfg(feature = "bench")]
@@ -194,6 +194,7 @@ impl Probes {
             ctx_map_full: sum(COUNTER_CTX_MAP_FULL)?,
             stack_failures: sum(COUNTER_STACK_FAILED)?,
             follow_full: sum(COUNTER_FOLLOW_FULL)?,
+            sent_events: sum(COUNTER_SENT_EVENTS)?,
         })
     }
 }

@@ -37,6 +37,7 @@ impl Losses {
             ctx_map_full,
             stack_failures: _,
             follow_full,
+            sent_events: _,
         } = self.kernel;
         let lines = [
             (lost_events, "events lost: the ring buffer was full (try a larger --ring-size)"),
@@ -85,6 +86,7 @@ mod tests {
                 ctx_map_full: 5,
                 stack_failures: 6,
                 follow_full: 7,
+                sent_events: 1000,
             },
             decode_errors: 8,
             unreadable_stacks: 1,
@@ -96,5 +98,6 @@ mod tests {
         assert!(warnings.iter().any(|w| w.starts_with("3 kernel reads failed")), "{warnings:#?}");
         assert!(warnings.iter().any(|w| w.starts_with("7 stacks not captured")), "{warnings:#?}");
         assert!(!warnings.iter().any(|w| w.starts_with("100 ")), "nested changes are not lost");
+        assert!(!warnings.iter().any(|w| w.starts_with("1000 ")), "sent records are not lost");
     }
 }

@@ -330,8 +330,12 @@ impl Harness {
     /// are not losses: the second state-change program handled them.)
     pub fn expect_nothing_lost(&self) {
         let counters = self.probes.counters().expect("reading counters");
-        let nested_changes = counters.nested_changes;
-        assert_eq!(counters, Counters { nested_changes, ..Counters::default() }, "kernel counters");
+        let Counters { nested_changes, sent_events, .. } = counters;
+        assert_eq!(
+            counters,
+            Counters { nested_changes, sent_events, ..Counters::default() },
+            "kernel counters"
+        );
     }
 
     /// The events so far, for a failure message: the last `DUMP_LINES` of them, so a burst's
