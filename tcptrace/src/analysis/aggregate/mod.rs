@@ -359,14 +359,20 @@ impl Aggregator {
         let pid = known.and_then(TrackedSocket::pid).or(record.pid);
         let remote = record.endpoints.map(|e| e.remote).or(known.and_then(|s| s.remote()));
         let stack = known.and_then(|s| s.stack.clone());
-        if let Some(remote) = remote {
+        // An accepted socket's remote is a client's ephemeral port: a new endpoint at every
+        // connection, neither a service the process talked to nor a rate (ephemeral ports are
+        // used up by connects, not accepts). Counted per remote, a server that closes first
+        // made a table entry per connection: a fifth of the tracer's CPU under churn, and
+        // memory growing with the rate. Its entries count per process only.
+        let service = remote.filter(|_| known.is_none_or(|s| s.direction != Direction::Passive));
+        if let Some(remote) = service {
             self.remotes.time_wait(remote);
         }
         if let Some(pid) = pid {
             self.process(pid, None).time_wait_entries += 1;
             self.note(pid, Count::TimeWait { remote });
             // A process folded already has exited: no rate can come of it.
-            if let Some(remote) = remote
+            if let Some(remote) = service
                 && self.processes.contains_key(&pid)
             {
                 self.churn.record(pid, remote, ts, stack);

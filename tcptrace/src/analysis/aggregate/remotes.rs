@@ -1,8 +1,10 @@
 //! Connections and TIME_WAIT entries per remote endpoint: which services a run talked to, and
 //! how often (`tcptrace run --report`, `tcptrace compare`).
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
 
+// foldhash, not SipHash: looked up at every connect and TIME_WAIT entry, on the event path.
+use foldhash::HashMap;
 use serde::Serialize;
 
 /// Remotes counted at most; beyond, in `other`.
@@ -24,10 +26,12 @@ pub struct Remotes {
 
 impl Remotes {
     fn stats(&mut self, remote: SocketAddr) -> &mut RemoteStats {
-        if self.by_remote.len() >= MAX_REMOTES && !self.by_remote.contains_key(&remote) {
-            return &mut self.other;
+        let full = self.by_remote.len() >= MAX_REMOTES;
+        match self.by_remote.entry(remote) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(_) if full => &mut self.other,
+            std::collections::hash_map::Entry::Vacant(new) => new.insert(RemoteStats::default()),
         }
-        self.by_remote.entry(remote).or_default()
     }
 
     pub fn connect(&mut self, remote: SocketAddr) {

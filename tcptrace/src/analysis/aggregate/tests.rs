@@ -197,6 +197,32 @@ fn an_open_the_full_table_cannot_track_is_still_counted() {
 }
 
 #[test]
+fn a_server_closing_first_counts_its_time_wait_entries_without_a_counter_per_client_port() {
+    let mut agg = Aggregator::new(64);
+    for i in 0..10u64 {
+        let sk = 0xaaaa_0000 + i * 64;
+        let mut r = |kind| {
+            let mut r = record(i * SEC, 5, "server", sk, kind);
+            r.endpoints = Some(Endpoints {
+                local: addr(SERVER),
+                remote: SocketAddr::new(addr("10.0.0.1:0").ip(), 40_000 + i as u16),
+            });
+            agg.apply(&r);
+        };
+        r(RecordKind::Accept { state: Some(TcpState::Established) });
+        r(RecordKind::Release { reason: ReleaseReason::Close });
+        r(RecordKind::TimeWait { from: TcpState::FinWait2 });
+    }
+    // A client's churn toward one service is still counted per remote.
+    short_lived(&mut agg, 6, "client", 0);
+    short_lived(&mut agg, 6, "client", SEC);
+    assert_eq!(agg.processes[&5].time_wait_entries, 10);
+    assert_eq!(agg.remotes.by_remote.len(), 1, "{:?}", agg.remotes.by_remote);
+    assert_eq!(agg.remotes.by_remote[&addr(SERVER)].time_wait_entries, 2);
+    assert_eq!(agg.churn.pids_with_rates(), HashSet::from([6]));
+}
+
+#[test]
 fn a_process_costs_little_memory() {
     let mut stats = ProcessStats::new("curl".to_owned());
     stats.record_lifetime(1_500_000);
