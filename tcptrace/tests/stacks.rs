@@ -135,6 +135,8 @@ fn leaks_groups_a_c_programs_findings_by_the_path_that_opened_them() {
     assert!(
         findings.iter().all(|f| f["stack"] == orders["stack"] || f["stack"] == refresh["stack"])
     );
+    // With frame pointers the walk reaches main: nothing is cut short.
+    assert!(groups.iter().chain(&findings).all(|g| g["stack_truncated"] == false), "{report:#}");
 }
 
 #[test]
@@ -181,9 +183,60 @@ fn a_program_without_frame_pointers_gets_a_short_stack_and_no_error() {
         let from_leaky_c =
             |frame: &Value| frame["file"].as_str().is_some_and(|f| f.ends_with("leaky.c"));
         assert!(!stack.iter().any(from_leaky_c), "{f:#}");
+        // ... and the report says the stack was cut short.
+        assert_eq!(f["stack_truncated"], true, "{f:#}");
     }
     // Not `stack_failures == 0`: this test's own server (a Rust build without frame pointers)
     // accepts the connections, and a walk of its stack may find nothing to capture.
+}
+
+/// Debian's python3 is built without frame pointers: the kernel's walk reads through the
+/// interpreter's registers and used to hand back a kernel-space "return address" as the only
+/// frame past the C library, which the report then named as the opening site.
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn no_report_shows_a_frame_that_cannot_be_a_user_return_address() {
+    const PROGRAM: &str = "import socket, sys\n\
+        def open_order_client(port):\n    return socket.create_connection(('127.0.0.1', port))\n\
+        held = [open_order_client(int(sys.argv[1])) for _ in range(4)]\n\
+        print('ready', flush=True)\nsys.stdin.read()\n";
+    let port = holding_server().to_string();
+    let tracer = Tracer::start(&["leaks", "--port", &port, "--min-age", "1s", "--json"]);
+    let mut python = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", PROGRAM, &port])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running /usr/bin/python3");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(python.stdout.as_mut().expect("stdout")),
+        &mut ready,
+    )
+    .expect("reading python's output");
+    assert_eq!(ready.trim(), "ready");
+    thread::sleep(Duration::from_millis(1500));
+    let report = json(&finish(tracer));
+    let _ = python.kill();
+    let _ = python.wait();
+    let pid = python.id();
+    let findings: Vec<&Value> =
+        array(&report["findings"]).iter().filter(|f| f["pid"] == pid).collect();
+    assert_eq!(findings.len(), 4, "{report:#}");
+    let groups = groups_of(&report, pid);
+    for stack in findings.iter().chain(&groups).map(|f| &f["stack"]) {
+        for frame in array(stack) {
+            let addr = frame["addr"].as_str().and_then(|a| a.strip_prefix("0x"));
+            let addr = addr.and_then(|a| u64::from_str_radix(a, 16).ok()).expect("a hex addr");
+            assert!(addr != 0 && addr < 1 << 47, "not a user return address: {frame:#}");
+        }
+    }
+    for g in &groups {
+        let site = g["site"].as_str().unwrap_or_default();
+        assert!(!site.contains("0xffff"), "{g:#}");
+        // The walk stopped in the interpreter, short of main: said so.
+        assert_eq!(g["stack_truncated"], true, "{g:#}");
+    }
 }
 
 #[test]

@@ -213,6 +213,7 @@ mod tests {
                     line: Some(12),
                     module: Some("/usr/bin/app".to_owned()),
                 }],
+                truncated: false,
             })
         });
         Finding {

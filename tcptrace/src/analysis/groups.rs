@@ -37,6 +37,8 @@ pub struct FindingGroup {
     /// The open site in one line (innermost own frame ← its caller); `null` without a stack.
     pub site: Option<String>,
     pub stack: Option<Arc<OpenStack>>,
+    /// The stack stops before a `main` or a thread's start (see `Finding::stack_truncated`).
+    pub stack_truncated: bool,
     pub explanation: &'static str,
     pub fix: &'static str,
     /// Index of the group's first finding in the slice it was grouped from.
@@ -80,6 +82,7 @@ pub fn group(findings: &[Finding]) -> Vec<FindingGroup> {
                 fds: Vec::new(),
                 site: f.stack.as_ref().and_then(|s| s.site()),
                 stack: f.stack.clone(),
+                stack_truncated: f.stack.as_ref().is_some_and(|s| s.truncated),
                 explanation: f.kind.explanation(),
                 fix: f.kind.fix(),
                 first_finding: i,
@@ -124,6 +127,7 @@ mod tests {
                 line: Some(10 + user_id),
                 module: Some("/tmp/leaky".to_owned()),
             }],
+            truncated: false,
         })
     }
 

@@ -101,6 +101,9 @@ struct JsonRecord<'a> {
     skaddr: String,
     close_hook: &'static str,
     stack: Option<&'a OpenStack>,
+    /// With a stack: whether it stops short of a `main` or a thread's start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack_truncated: Option<bool>,
     /// The process's cgroup path, and its container.
     cgroup: Option<&'a str>,
     container: Option<&'a Container>,
@@ -187,6 +190,9 @@ impl<W: Write> Renderer<W> {
         for frame in r.stack.iter().flat_map(|stack| &stack.frames) {
             writeln!(self.out, "{:>17}{}", "", frame.display())?;
         }
+        if r.stack.as_ref().is_some_and(|s| s.truncated) {
+            writeln!(self.out, "{:>17}(stack cut short)", "")?;
+        }
         Ok(())
     }
 
@@ -228,6 +234,7 @@ impl<W: Write> Renderer<W> {
             skaddr: format!("{:#x}", r.skaddr),
             close_hook: self.close_hook.name(),
             stack: r.stack.as_deref(),
+            stack_truncated: r.stack.as_ref().map(|s| s.truncated),
             cgroup: r.cgroup.as_ref().map(|c| c.path.as_str()),
             container: r.cgroup.as_ref().and_then(|c| c.container.as_ref()),
         };

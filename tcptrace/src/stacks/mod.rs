@@ -9,6 +9,7 @@
 
 mod build_ids;
 mod resolver;
+mod trust;
 
 use serde::{Serialize, Serializer};
 
@@ -25,6 +26,10 @@ pub struct OpenStack {
     /// The kernel's (user, kernel) stack ids.
     pub key: (Option<u32>, Option<u32>),
     pub frames: Vec<Frame>,
+    /// The user frames stop before a `main` or a thread's start: code without frame pointers
+    /// ended the walk (the frames it left implausible are dropped), or the kernel's frame
+    /// limit did. Reports say so (`stack_truncated`).
+    pub truncated: bool,
 }
 
 impl Serialize for OpenStack {
@@ -132,6 +137,7 @@ mod tests {
                 frame(0x5555_0000_2000, Some("handle_orders"), Some("/tmp/leaky"), Some(75)),
                 frame(0x5555_0000_3000, Some("main"), Some("/tmp/leaky"), Some(90)),
             ],
+            truncated: false,
         }
     }
 
@@ -168,6 +174,7 @@ mod tests {
                 ),
                 frame(0x5555_0000_1000, Some("leaky::open_conn"), Some("/tmp/leaky"), Some(12)),
             ],
+            truncated: false,
         };
         assert_eq!(stack.site().as_deref(), Some("leaky::open_conn (leaky.c:12)"));
     }
@@ -177,10 +184,14 @@ mod tests {
         let stack = OpenStack {
             key: (Some(1), None),
             frames: vec![frame(0x7f00_0000_1000, None, Some("/lib/libc.so.6"), None)],
+            truncated: false,
         };
         assert_eq!(stack.site().as_deref(), Some("0x7f0000001000 (libc.so.6)"));
-        let kernel_only =
-            OpenStack { key: (None, Some(2)), frames: c_stack().frames[..1].to_vec() };
+        let kernel_only = OpenStack {
+            key: (None, Some(2)),
+            frames: c_stack().frames[..1].to_vec(),
+            truncated: false,
+        };
         assert_eq!(kernel_only.site(), None);
     }
 

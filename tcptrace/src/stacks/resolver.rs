@@ -28,6 +28,7 @@ use tcptrace_common::{BUILD_ID_IP, BUILD_ID_VALID, BuildIdFrame, USER_STACK_FRAM
 use super::{
     KERNEL_MODULE, OpenStack,
     build_ids::{BuildId, BuildIds},
+    trust,
 };
 use crate::{
     event::StackIds,
@@ -44,6 +45,16 @@ const MAX_CACHED_STACKS: usize = 8192;
 enum RawFrame {
     InFile { build_id: BuildId, offset: u64 },
     Address(u64),
+}
+
+impl RawFrame {
+    /// Whether the frame can be a return address at all (see `trust`).
+    fn plausible(&self) -> bool {
+        match *self {
+            Self::InFile { offset, .. } => trust::plausible_offset(offset),
+            Self::Address(addr) => trust::plausible_address(addr),
+        }
+    }
 }
 
 pub struct StackResolver {
@@ -104,13 +115,19 @@ impl StackResolver {
                 ..frame
             }));
         }
+        let kernel_frames = frames.len();
+        let mut truncated = false;
         if let Some(user) = &user {
-            frames.extend(self.user_stack(pid, user));
+            // The first implausible frame and everything outer of it came through a broken
+            // frame-pointer chain.
+            let trusted = user.iter().take_while(|f| f.plausible()).count();
+            frames.extend(self.user_stack(pid, &user[..trusted]));
+            truncated = trust::truncated(&frames[kernel_frames..], user.len() >= USER_STACK_FRAMES);
         }
         if frames.is_empty() {
             return None;
         }
-        let stack = Arc::new(OpenStack { key: (ids.user, ids.kernel), frames });
+        let stack = Arc::new(OpenStack { key: (ids.user, ids.kernel), frames, truncated });
         if self.stacks.len() >= MAX_CACHED_STACKS {
             self.stacks.clear();
         }

@@ -41,6 +41,10 @@ pub struct Finding {
     /// The code path that opened the socket (for churn: the latest connection toward the
     /// remote); `null` when stacks were off, not captured, or the socket predates the trace.
     pub stack: Option<Arc<OpenStack>>,
+    /// The stack stops before a `main` or a thread's start (code without frame pointers, or
+    /// the kernel's frame limit): its outer frames, and maybe the function that opened the
+    /// socket, are missing.
+    pub stack_truncated: bool,
     /// The process's container.
     #[serde(rename = "container", serialize_with = "serialize_container")]
     pub cgroup: Option<Arc<Cgroup>>,
@@ -103,6 +107,7 @@ impl Finding {
             explanation: kind.explanation(),
             fix: kind.fix(),
             stack: None,
+            stack_truncated: false,
             cgroup: None,
         }
     }
@@ -158,6 +163,7 @@ pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
     }
     for finding in &mut findings {
         finding.cgroup = cgroup(finding.pid);
+        finding.stack_truncated = finding.stack.as_ref().is_some_and(|s| s.truncated);
     }
     findings.sort_by_key(|f| (f.pid, f.kind, f.fd, f.remote));
     findings

@@ -273,6 +273,7 @@ mod tests {
                 line: Some(87),
                 module: Some("/usr/bin/leaky".to_owned()),
             }],
+            truncated: false,
         };
         agg.apply(&Record {
             stack: Some(std::sync::Arc::new(stack)),

@@ -127,6 +127,9 @@ fn write_group_details(out: &mut impl Write, g: &FindingGroup) -> io::Result<()>
         if frames.len() > TEXT_FRAMES {
             writeln!(out, "        ... {} more frames (--json)", frames.len() - TEXT_FRAMES)?;
         }
+        if stack.truncated {
+            writeln!(out, "        (stack cut short: code without frame pointers, or too deep)")?;
+        }
     }
     Ok(())
 }
