@@ -237,6 +237,21 @@ fn holding_client(
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn leaks_json_names_each_leaking_socket_and_nothing_else() {
     let _serial = forks();
+    // A run whose report counts lost events says its findings may be wrong, and is run again:
+    // under the VM tier's emulation a state change is now and then skipped by the kernel
+    // (counted as a missed run, see `kernel_events`' nesting test). The findings of a run
+    // that lost nothing must be exact; a third lossy run fails.
+    for attempt in 1..=3 {
+        if leaks_scenario(attempt == 3) {
+            return;
+        }
+        eprintln!("attempt {attempt}: events were lost (counted), so the run is made again");
+    }
+}
+
+/// One run of `leaks_json_names_each_leaking_socket_and_nothing_else`'s scenario: false when
+/// the report counts lost events and `last` is false; otherwise its assertions hold.
+fn leaks_scenario(last: bool) -> bool {
     let listener = listen(LOCALHOST_V4);
     let (leaks, hook) = start_json(&["leaks", "--min-age", "1s"], addr_of(&listener).port());
 
@@ -262,6 +277,9 @@ fn leaks_json_names_each_leaking_socket_and_nothing_else() {
     assert!(output.status.success(), "{printed}");
     let report: serde_json::Value =
         serde_json::from_str(&output.stdout).expect("one JSON document");
+    if report["events_lost"] != 0 && !last {
+        return false;
+    }
     let mut found: Vec<(String, i64, i64)> = report["findings"]
         .as_array()
         .expect("findings")
@@ -293,6 +311,7 @@ fn leaks_json_names_each_leaking_socket_and_nothing_else() {
         .find(|p| p["pid"] == i64::from(std::process::id()))
         .expect("this process in the report");
     assert_eq!((me["opened"].as_i64(), me["findings"].as_i64()), (Some(3), Some(0)), "{printed}");
+    true
 }
 
 #[test]

@@ -2,8 +2,8 @@
 
 use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
-// foldhash, not the standard SipHash: every TIME_WAIT entry looks its counter up, on the
-// event path (with SipHash this lookup was a tenth of the tracer's CPU under churn).
+// foldhash, not SipHash: a connect()ed socket's TIME_WAIT entry looks its counter up, on the
+// event path.
 use foldhash::HashMap;
 
 use crate::stacks::OpenStack;
