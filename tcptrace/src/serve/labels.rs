@@ -4,9 +4,9 @@
 //! in every Prometheus that scrapes this host, for as long as the series lives. Labels are
 //! therefore only the process name and the container (never pids, ports, addresses or stacks:
 //! those are unbounded), and the `(comm, container)` pairs admitted at once are bounded by
-//! `--max-series` (in pairs: `metrics::SERIES_PER_OWNER` series each): a pair beyond the bound is counted under `comm="other"`. Pairs that saw no
-//! count for a while leave (`expire`), so a host whose containers are redeployed for weeks
-//! does not grow.
+//! `--max-series` (in pairs: `metrics::SERIES_PER_OWNER` series each): a pair beyond the bound
+//! is counted under `comm="other"`. Pairs that saw no count for a while leave (`expire`), so a
+//! host whose containers are redeployed for weeks does not grow.
 
 use std::collections::HashMap;
 

@@ -1,7 +1,7 @@
 //! Connections and TIME_WAIT entries per remote endpoint: which services a run talked to, and
 //! how often (`tcptrace run --report`, `tcptrace compare`).
 
-use std::net::SocketAddr;
+use std::{collections::hash_map::Entry, net::SocketAddr};
 
 // foldhash, not SipHash: looked up at every connect and TIME_WAIT entry, on the event path.
 use foldhash::HashMap;
@@ -26,11 +26,12 @@ pub struct Remotes {
 
 impl Remotes {
     fn stats(&mut self, remote: SocketAddr) -> &mut RemoteStats {
+        // One lookup: a known remote, or room for a new one, or `other`.
         let full = self.by_remote.len() >= MAX_REMOTES;
         match self.by_remote.entry(remote) {
-            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
-            std::collections::hash_map::Entry::Vacant(_) if full => &mut self.other,
-            std::collections::hash_map::Entry::Vacant(new) => new.insert(RemoteStats::default()),
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(_) if full => &mut self.other,
+            Entry::Vacant(new) => new.insert(RemoteStats::default()),
         }
     }
 
