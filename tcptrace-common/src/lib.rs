@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod event;
+pub mod interp;
 pub mod lifecycle;
 /// The names of the kernel object's maps, globals and programs, for user space to load them by.
 pub mod names;
@@ -25,6 +26,7 @@ pub mod offsets;
 
 pub use config::*;
 pub use event::*;
+pub use interp::*;
 pub use lifecycle::*;
 pub use nested::*;
 pub use net::*;

@@ -30,6 +30,8 @@ pub const CONNECT_FD: &str = "CONNECT_FD";
 pub const LAST_RESET: &str = "LAST_RESET";
 /// Per-CPU `StateMarks` of the nested state-change program.
 pub const STATE_MARKS: &str = "STATE_MARKS";
+/// tgid → `PyLayout` of the Python processes whose opens carry interpreter frames.
+pub const PY_PROCS: &str = "PY_PROCS";
 
 /// Every map of the kernel object.
 pub const MAPS: &[&str] = &[
@@ -45,6 +47,7 @@ pub const MAPS: &[&str] = &[
     CONNECT_FD,
     LAST_RESET,
     STATE_MARKS,
+    PY_PROCS,
 ];
 
 /// Load-time global: `Filter`.

@@ -45,9 +45,13 @@ pub struct KernelOffsets {
     pub regs_arg0: u32,
     /// This architecture's number of connect(2).
     pub sys_connect: u32,
+    /// `task_struct.thread.fsbase` (x86-64): the thread pointer, which is what
+    /// `pthread_self()` returns, so a Python thread is found by it in any pid namespace
+    /// (`PyLayout::tstate_thread_id`). 0 when unknown: threads are then matched by thread id.
+    pub task_fsbase: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 28 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 29 * 4);
 
 impl KernelOffsets {
     pub const fn zeroed() -> Self {
@@ -80,6 +84,7 @@ impl KernelOffsets {
             regs_syscall_nr: 0,
             regs_arg0: 0,
             sys_connect: 0,
+            task_fsbase: 0,
         }
     }
 }

@@ -124,6 +124,16 @@ pub fn current_mm() -> Result<Option<u64>, ReadFailed> {
     member(current_task(), global!(OFFSETS.task_mm)).map(Some)
 }
 
+/// The current task's thread pointer (`KernelOffsets::task_fsbase`); `None` where unknown.
+#[inline(always)]
+pub fn current_thread_pointer() -> Option<u64> {
+    let offset = global!(OFFSETS.task_fsbase);
+    if !offsets_valid() || offset == 0 {
+        return None;
+    }
+    member::<u64>(current_task(), offset).ok().filter(|&fs| fs != 0)
+}
+
 /// The descriptor the current task passed to connect(2), from the user registers its syscall
 /// entry saved; `None` when it is not inside connect() (io_uring, a socket the kernel opens).
 /// Only where `KernelOffsets::connect_regs` is set (`syscalls::connect_fd` decides).

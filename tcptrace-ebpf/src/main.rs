@@ -18,6 +18,7 @@
 #[cfg(feature = "bench")]
 mod bench;
 mod filter;
+mod interp;
 mod kernel;
 mod maps;
 mod nested;

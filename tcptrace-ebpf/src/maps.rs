@@ -23,7 +23,7 @@ use aya_ebpf::{
 use tcptrace_common::{
     BuildIdFrame, CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT, COUNTER_LOST_EVENTS,
     COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_SENT_EVENTS, Filter, KernelOffsets, Owner,
-    RawEvent, Settings, StateMarks, USER_STACK_FRAMES,
+    PyLayout, RawEvent, Settings, StateMarks, USER_STACK_FRAMES,
 };
 
 /// Reads a load-time global. The volatile read keeps the compiler from folding the zero
@@ -148,6 +148,12 @@ pub static SITE_STACKS: LruHashMap<SiteKey, i32> = LruHashMap::with_max_entries(
 /// pid in before it execs; forks of a followed task join; exits leave. Size set by user space.
 #[map]
 pub static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
+
+/// tgid → where its Python interpreter keeps its frames (see `interp`). User space adds a
+/// process when it recognises its interpreter and removes it at exit. Size set by user space
+/// (1 without user stacks).
+#[map]
+pub static PY_PROCS: HashMap<u32, PyLayout> = HashMap::with_max_entries(1, 0);
 
 /// All events, in order per CPU. Size set by user space.
 #[map]

@@ -20,15 +20,15 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     CLOSE_HOOK_TRACEPOINT, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS, COUNTER_SENT_EVENTS,
-    KIND_EXEC, KIND_EXIT, RELEASE_EXIT, RawExec,
+    KIND_EXEC, KIND_EXIT, RELEASE_EXIT, RawExec, STACKS_USER,
 };
 
 use crate::{
     filter::{following, process_matches},
     kernel::{FdTable, current_group_dead},
     maps::{
-        EVENTS, FOLLOWED, ReadFailed, SETTINGS, close_hook, count, current_event, emit, finish,
-        global, wakeup,
+        EVENTS, FOLLOWED, PY_PROCS, ReadFailed, SETTINGS, close_hook, count, current_event, emit,
+        finish, global, wakeup,
     },
     release::release_if_last,
 };
@@ -68,6 +68,11 @@ fn on_exit() -> Result<(), ReadFailed> {
             Ok(None) => {}
             Err(e) => result = Err(e),
         }
+    }
+    // The kernel side forgets an interpreter itself: user space hears only of the exits the
+    // filters pass, and a reused pid must not be walked with a dead process's layout.
+    if group_dead && global!(SETTINGS.stacks) & STACKS_USER != 0 {
+        let _ = PY_PROCS.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
     }
     // Last, so the exit and its releases above still pass the filter.
     if following() {

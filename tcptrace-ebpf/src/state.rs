@@ -30,6 +30,7 @@ use tcptrace_common::{
 use crate::bench;
 use crate::{
     filter::{addr_matches, filters_process, process_matches},
+    interp::emit_open,
     kernel::SockInfo,
     maps::{
         LAST_RESET, OWNERS, ReadFailed, count, current_event, emit, finish, lean, opener_cgroup,
@@ -399,6 +400,10 @@ fn on_open<C: StackIdContext + EbpfContext>(ctx: &C, change: Change) -> Result<(
     if !remember_owner(skaddr, event.pid, event.fd) {
         event.flags |= FLAG_OWNER_LOST;
     }
-    emit(&event);
+    if new == SYN_SENT {
+        emit_open(&event)
+    } else {
+        emit(&event)
+    }
     read
 }

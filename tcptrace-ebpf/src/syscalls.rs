@@ -22,9 +22,10 @@ use tcptrace_common::{
 use crate::bench;
 use crate::{
     filter::{addr_matches, process_matches},
+    interp::emit_open,
     kernel::{FdTable, SockInfo, connect_fd_from_regs, socket_sock},
     maps::{
-        CONNECT_FD, OFFSETS, ReadFailed, count, current_event, emit, finish, global, opener_cgroup,
+        CONNECT_FD, OFFSETS, ReadFailed, count, current_event, finish, global, opener_cgroup,
         remember_owner,
     },
     release::release_if_last,
@@ -135,7 +136,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), ReadFailed> {
     capture(ctx, &mut event, KernelStack::Pointless);
     // Without BTF the descriptor cannot be tied to its sock: report what is known.
     let Some(table) = FdTable::current()? else {
-        emit(&event);
+        emit_open(&event);
         return Ok(());
     };
     // Closed by another thread already, or not a TCP socket: not a connection to report.
@@ -164,7 +165,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), ReadFailed> {
     if info.state != CLOSE && !remember_owner(sk, event.pid, event.fd) {
         event.flags |= FLAG_OWNER_LOST;
     }
-    emit(&event);
+    emit_open(&event);
     Ok(())
 }
 

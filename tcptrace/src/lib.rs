@@ -10,7 +10,8 @@
 //! - `analysis`: the lifecycle aggregator, findings, groups, budgets, comparisons;
 //! - `pipeline`: the one event loop every command shares, and per-socket attribution;
 //! - `inventory`: the sockets that exist already (sock_diag, /proc);
-//! - `stacks` and `symbolize`: the code path that opened a connection;
+//! - `stacks`, `interp` and `symbolize`: the code path that opened a connection, and its
+//!   frames in an interpreter (Python);
 //! - `container`: which container (or pod, or service) a process runs in;
 //! - `event`: ring records decoded into domain types;
 //! - `kernel`: loading, attaching and reading the kernel programs.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod cmd;
 pub mod container;
 pub mod event;
+pub mod interp;
 pub mod inventory;
 pub mod kernel;
 pub mod pipeline;

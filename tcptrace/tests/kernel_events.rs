@@ -886,7 +886,7 @@ fn connect_and_accept_carry_their_stacks() {
         let connect = event.kind == EventKind::Connect;
         assert!(event.stacks.user.is_some(), "{event:?}");
         assert_eq!(event.stacks.kernel.is_some(), connect, "{event:?}");
-        let stack = stacks.resolve(me.pid, event.stacks).expect("a readable stack");
+        let stack = stacks.resolve(me.pid, event.stacks, None).expect("a readable stack");
         let symbols: Vec<&str> = stack.frames.iter().filter_map(|f| f.symbol.as_deref()).collect();
         let kernel = stack.frames.iter().filter(|f| f.addr >= 1 << 63).count();
         assert!(kernel < stack.frames.len(), "user frames last: {symbols:?}");

@@ -234,8 +234,11 @@ fn no_report_shows_a_frame_that_cannot_be_a_user_return_address() {
     for g in &groups {
         let site = g["site"].as_str().unwrap_or_default();
         assert!(!site.contains("0xffff"), "{g:#}");
-        // The walk stopped in the interpreter, short of main: said so.
-        assert_eq!(g["stack_truncated"], true, "{g:#}");
+        // The native walk stops in the interpreter, short of main: said so, unless the
+        // interpreter's own frames (tests/python.rs) carried the stack out to its module. An
+        // open right after the exec can come before tcptrace knows the interpreter.
+        let interpreted = array(&g["stack"]).iter().any(|f| f["module"] == "[python]");
+        assert_eq!(g["stack_truncated"], !interpreted, "{g:#}");
     }
 }
 

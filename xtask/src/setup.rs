@@ -13,7 +13,9 @@ use anyhow::{Context as _, Result, bail};
 /// package's install test (`man 8 tcptrace`), musl-tools for the packaged binary (static, with
 /// musl: ring's C parts are compiled with musl-gcc), prometheus (with promtool) and curl for `serve`'s
 /// tests (tests/serve.rs: a real Prometheus scrapes it; promtool checks the exposition and the
-/// alert rules in deploy/).
+/// alert rules in deploy/), python3 and python3-dev for the interpreter-frame tests
+/// (tests/python.rs: Debian's interpreter runs the leaking program; its headers check the
+/// layout tcptrace reads it with).
 const DEBIAN_PACKAGES: &[&str] = &[
     "gcc",
     "llvm-22-dev",
@@ -33,6 +35,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "curl",
     "musl-tools",
+    "python3",
+    "python3-dev",
 ];
 /// Services that the packages above start on install (Debian's postinst does, unless a
 /// policy-rc.d forbids it) and enable at boot. The tests never use them: stopped and disabled.

@@ -200,12 +200,17 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use super::*;
-    use crate::{analysis::groups::group, event::TcpState, stacks::OpenStack, symbolize::Frame};
+    use crate::{
+        analysis::groups::group,
+        event::TcpState,
+        stacks::{OpenStack, StackKey},
+        symbolize::Frame,
+    };
 
     fn finding(pid: u32, kind: FindingKind, function: Option<&str>) -> Finding {
         let stack = function.map(|function| {
             Arc::new(OpenStack {
-                key: (Some(function.len() as u32), None),
+                key: StackKey::native(Some(function.len() as u32), None),
                 frames: vec![Frame {
                     addr: 0x5555_0000_1000,
                     symbol: Some(function.to_owned()),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     analysis::findings::{Finding, FindingKind},
     container::{Cgroup, serialize_container},
-    stacks::OpenStack,
+    stacks::{OpenStack, StackKey},
 };
 
 /// Remotes a group lists; the rest are only counted (`remotes_total`).
@@ -62,7 +62,7 @@ fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S
 /// Findings of the same process and kind whose sockets were opened by the same stack (or that
 /// all have none) form one group. Groups come by pid, then largest first.
 pub fn group(findings: &[Finding]) -> Vec<FindingGroup> {
-    type Key = (u32, FindingKind, Option<(Option<u32>, Option<u32>)>);
+    type Key = (u32, FindingKind, Option<StackKey>);
     let mut index: HashMap<Key, usize> = HashMap::new();
     let mut groups: Vec<FindingGroup> = Vec::new();
     let mut remotes: Vec<HashMap<SocketAddr, u64>> = Vec::new();
@@ -119,7 +119,7 @@ mod tests {
 
     fn stack(user_id: u32, function: &str) -> Arc<OpenStack> {
         Arc::new(OpenStack {
-            key: (Some(user_id), None),
+            key: StackKey::native(Some(user_id), None),
             frames: vec![Frame {
                 addr: 0x5555_0000_1000 + u64::from(user_id),
                 symbol: Some(function.to_owned()),

@@ -9,13 +9,17 @@ use std::{
 };
 
 use tcptrace_common::{
-    AF_INET, AF_INET6, FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_ACCEPT, KIND_CONNECT,
-    KIND_EXEC, KIND_EXIT, KIND_RELEASE, KIND_STATE, RawEvent, RawExec,
+    AF_INET, AF_INET6, FLAG_ADDRS, FLAG_INTERP, FLAG_OWNER_LOST, FLAG_RESET, INTERP_FRAMES,
+    KIND_ACCEPT, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_RELEASE, KIND_STATE, RawEvent, RawExec,
+    RawInterpEvent,
 };
 
 use super::{
     error::DecodeError,
-    types::{Comm, Endpoints, Event, EventKind, ReleaseReason, StackIds, TcpState},
+    types::{
+        Comm, Endpoints, Event, EventKind, InterpStack, InterpWalk, ReleaseReason, Runtime,
+        StackIds, TcpState,
+    },
 };
 
 fn ip(family: u16, raw: &[u8; 16]) -> Result<IpAddr, DecodeError> {
@@ -93,6 +97,7 @@ impl TryFrom<&RawEvent> for Event {
             kind,
             exec_path: None,
             cgroup: (cgroup_id != 0).then_some(cgroup_id),
+            interp: None,
         })
     }
 }
@@ -116,8 +121,28 @@ impl TryFrom<&[u8]> for Event {
                 event.exec_path = Some(PathBuf::from(OsStr::from_bytes(&path[..end])));
             }
         }
+        if raw.flags & FLAG_INTERP != 0
+            && matches!(event.kind, EventKind::Connect | EventKind::Accept { .. })
+        {
+            event.interp = Some(Box::new(interp_stack(bytes)?));
+        }
         Ok(event)
     }
+}
+
+/// The frames after the event of a `RawInterpEvent`.
+fn interp_stack(bytes: &[u8]) -> Result<InterpStack, DecodeError> {
+    if bytes.len() < size_of::<RawInterpEvent>() {
+        return Err(DecodeError::ShortInterp(bytes.len()));
+    }
+    // SAFETY: the length is checked above; read_unaligned copies plain integers.
+    let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawInterpEvent>()) };
+    let count = (raw.count as usize).min(INTERP_FRAMES);
+    Ok(InterpStack {
+        runtime: Runtime::try_from(raw.runtime)?,
+        walk: InterpWalk::try_from(raw.status)?,
+        frames: raw.frames[..count].to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -180,6 +205,59 @@ mod tests {
         assert!(matches!(event.kind, EventKind::State { reset: true, .. }));
         assert_eq!(event.endpoints.unwrap().local, "[::1]:40000".parse().unwrap());
         assert_eq!(event.fd, None, "fd -1 means unknown");
+    }
+
+    fn interp_bytes(record: &RawInterpEvent) -> Vec<u8> {
+        // SAFETY: RawInterpEvent is repr(C) plain data without padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                (record as *const RawInterpEvent).cast::<u8>(),
+                size_of::<RawInterpEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_the_interpreter_frames_of_a_connect() {
+        let mut raw = raw_state(0, 0);
+        raw.kind = KIND_CONNECT;
+        raw.flags |= FLAG_INTERP;
+        let mut record = RawInterpEvent {
+            event: raw,
+            runtime: tcptrace_common::RUNTIME_PYTHON,
+            status: tcptrace_common::INTERP_CUT,
+            count: 2,
+            _pad0: 0,
+            frames: [tcptrace_common::InterpFrame::default(); INTERP_FRAMES],
+        };
+        record.frames[0] = tcptrace_common::InterpFrame { code: 0x7f00, instr: 0x7f80 };
+        record.frames[1] = tcptrace_common::InterpFrame { code: 0x8f00, instr: 0x8f80 };
+        record.frames[2] = tcptrace_common::InterpFrame { code: 0xdead, instr: 0xbeef };
+        let event = Event::try_from(interp_bytes(&record).as_slice()).expect("decodes");
+        let interp = event.interp.expect("interpreter frames");
+        assert_eq!(interp.runtime, Runtime::Python);
+        assert_eq!(interp.walk, InterpWalk::Cut);
+        assert_eq!(interp.frames, record.frames[..2], "only the frames it counted");
+
+        // A count past the array is cut to it, never read beyond.
+        record.count = u32::MAX;
+        let event = Event::try_from(interp_bytes(&record).as_slice()).expect("decodes");
+        assert_eq!(event.interp.unwrap().frames.len(), INTERP_FRAMES);
+
+        let bytes = interp_bytes(&record);
+        assert_eq!(
+            Event::try_from(&bytes[..size_of::<RawEvent>() + 8]),
+            Err(DecodeError::ShortInterp(size_of::<RawEvent>() + 8))
+        );
+        record.runtime = 9;
+        assert_eq!(Event::try_from(interp_bytes(&record).as_slice()), Err(DecodeError::Runtime(9)));
+        record.runtime = tcptrace_common::RUNTIME_PYTHON;
+        record.status = 0;
+        assert_eq!(
+            Event::try_from(interp_bytes(&record).as_slice()),
+            Err(DecodeError::InterpWalk(0))
+        );
     }
 
     #[test]

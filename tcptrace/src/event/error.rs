@@ -12,4 +12,10 @@ pub enum DecodeError {
     Reason(u8),
     #[error("unknown address family {0}")]
     Family(u16),
+    #[error("unknown interpreter {0}")]
+    Runtime(u32),
+    #[error("unknown interpreter walk status {0}")]
+    InterpWalk(u32),
+    #[error("interpreter record of {0} bytes is shorter than its frames")]
+    ShortInterp(usize),
 }

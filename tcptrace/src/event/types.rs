@@ -214,6 +214,60 @@ impl StackIds {
     }
 }
 
+/// The interpreter a `InterpStack` was walked in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Python,
+}
+
+impl TryFrom<u32> for Runtime {
+    type Error = DecodeError;
+
+    fn try_from(raw: u32) -> Result<Self, DecodeError> {
+        match raw {
+            tcptrace_common::RUNTIME_PYTHON => Ok(Self::Python),
+            other => Err(DecodeError::Runtime(other)),
+        }
+    }
+}
+
+/// How the kernel's walk of the interpreter's frames ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterpWalk {
+    /// It reached the outermost frame: the stack is whole.
+    Complete,
+    /// It stopped at its frame limit: outer frames are missing.
+    Cut,
+    /// The calling thread is not one the interpreter lists (a thread started outside it).
+    NoThread,
+    /// A read of the process's memory failed mid-walk.
+    ReadFailed,
+}
+
+impl TryFrom<u32> for InterpWalk {
+    type Error = DecodeError;
+
+    fn try_from(raw: u32) -> Result<Self, DecodeError> {
+        use tcptrace_common::{INTERP_COMPLETE, INTERP_CUT, INTERP_NO_THREAD, INTERP_READ_FAILED};
+        match raw {
+            INTERP_COMPLETE => Ok(Self::Complete),
+            INTERP_CUT => Ok(Self::Cut),
+            INTERP_NO_THREAD => Ok(Self::NoThread),
+            INTERP_READ_FAILED => Ok(Self::ReadFailed),
+            other => Err(DecodeError::InterpWalk(other)),
+        }
+    }
+}
+
+/// The interpreter frames an open record carried, innermost first: addresses in the process
+/// (code object, last instruction), named by `interp` in user space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterpStack {
+    pub runtime: Runtime,
+    pub walk: InterpWalk,
+    pub frames: Vec<tcptrace_common::InterpFrame>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds.
@@ -236,4 +290,7 @@ pub struct Event {
     pub exec_path: Option<PathBuf>,
     /// For connect, listen and accept: the opener's cgroup v2 id, when the kernel reads it.
     pub cgroup: Option<u64>,
+    /// For connect and accept in a process running a known interpreter: its frames (boxed:
+    /// most events have none, and events are moved by value).
+    pub interp: Option<Box<InterpStack>>,
 }

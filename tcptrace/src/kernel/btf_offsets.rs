@@ -18,6 +18,13 @@ const SYSCALL_REGS: Option<(&str, &str)> = Some(("orig_ax", "di"));
 #[cfg(not(target_arch = "x86_64"))]
 const SYSCALL_REGS: Option<(&str, &str)> = None;
 
+/// The `task_struct` member holding a user thread's thread pointer (x86-64: the fs base that
+/// glibc's and musl's `pthread_self()` return); only x86-64 is mapped.
+#[cfg(target_arch = "x86_64")]
+const THREAD_POINTER: Option<&str> = Some("thread.fsbase");
+#[cfg(not(target_arch = "x86_64"))]
+const THREAD_POINTER: Option<&str> = None;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
     #[error("the kernel has no BTF at {path} (CONFIG_DEBUG_INFO_BTF is off)")]
@@ -208,6 +215,10 @@ impl KernelBtf {
             skc_v6_daddr: sk("skc_v6_daddr", 16)?,
             skc_v6_rcv_saddr: sk("skc_v6_rcv_saddr", 16)?,
             task_mm: self.member_sized("task_struct", "mm", 8)?,
+            // Only for finding a Python thread: without it, threads are matched by thread id.
+            task_fsbase: THREAD_POINTER
+                .and_then(|member| self.member_sized("task_struct", member, 8).ok())
+                .unwrap_or(0),
             ..self.connect_regs()
         })
     }
@@ -273,6 +284,9 @@ mod tests {
         assert!(offsets.sock_protocol > offsets.skc_v6_rcv_saddr);
         // struct inet_sock starts with struct sock.
         assert!(offsets.inet_sport > offsets.sock_protocol);
+        // The thread pointer lives in thread_struct, at the end of task_struct.
+        #[cfg(target_arch = "x86_64")]
+        assert!(offsets.task_fsbase > offsets.task_mm, "{offsets:?}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use aya::{
 use tcptrace_common::{
     CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS,
     COUNTER_NESTED_CHANGES, COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_SENT_EVENTS,
-    COUNTER_STACK_FAILED, KernelOffsets, STACKS_KERNEL, STACKS_USER, names,
+    COUNTER_STACK_FAILED, KernelOffsets, PyLayout, STACKS_KERNEL, STACKS_USER, names,
 };
 
 #[cfg(feature = "bench")]
@@ -45,6 +45,9 @@ const USER_STACK_ENTRIES: u32 = 8_192;
 /// Distinct kernel stacks `STACKS` holds: 127 addresses each, 16 MiB (bcc's tools' size).
 const KERNEL_STACK_ENTRIES: u32 = 16_384;
 
+/// Python processes whose opens carry interpreter frames at once (`PY_PROCS`, 40 bytes each).
+const PY_PROCS_ENTRIES: u32 = 4_096;
+
 /// Processes and threads `tcptrace run` can follow at once.
 const FOLLOWED_ENTRIES: u32 = 65_536;
 
@@ -62,6 +65,8 @@ pub struct StackMaps {
     pub user: Option<MapData>,
     /// `STACKS` (addresses), when kernel stacks are captured.
     pub kernel: Option<StackTraceMap<MapData>>,
+    /// `PY_PROCS`, when user stacks are captured.
+    pub interp: Option<HashMap<MapData, u32, PyLayout>>,
 }
 
 impl Probes {
@@ -136,7 +141,13 @@ impl Probes {
         } else {
             None
         };
-        Ok(Some(StackMaps { user, kernel }))
+        let interp = if bits & STACKS_USER != 0 {
+            let map = self.ebpf.take_map(names::PY_PROCS).context("map PY_PROCS already taken")?;
+            Some(HashMap::try_from(map)?)
+        } else {
+            None
+        };
+        Ok(Some(StackMaps { user, kernel, interp }))
     }
 
     /// Follows process `pid` (`Filter::follow`): it and every descendant it forks from now on.
@@ -237,6 +248,7 @@ fn load_object(options: &ProbeOptions, offsets: &KernelOffsets) -> anyhow::Resul
         .map_max_entries(names::USER_ADDR_STACKS, user_stack_entries)
         .map_max_entries(names::SITE_STACKS, user_stack_entries)
         .map_max_entries(names::STACKS, if kernel_stacks { KERNEL_STACK_ENTRIES } else { 1 })
+        .map_max_entries(names::PY_PROCS, if user_stacks { PY_PROCS_ENTRIES } else { 1 })
         .map_max_entries(names::FOLLOWED, if options.following() { FOLLOWED_ENTRIES } else { 1 })
         .load(EBPF_OBJECT)
         .map_err(|e| anyhow!("loading the BPF object: {}", reason(&e)))

@@ -147,10 +147,10 @@ fn attach_stack(stacks: &mut StackResolver, event: &Event, records: &mut [Record
             }
         }
         EventKind::Connect | EventKind::Accept { .. } => {
-            if event.stacks == StackIds::default() {
+            if event.stacks == StackIds::default() && event.interp.is_none() {
                 return;
             }
-            let stack = stacks.resolve(event.pid, event.stacks);
+            let stack = stacks.resolve(event.pid, event.stacks, event.interp.as_deref());
             for record in records
                 .iter_mut()
                 .filter(|r| matches!(r.kind, RecordKind::Connect | RecordKind::Accept { .. }))

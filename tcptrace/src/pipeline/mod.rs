@@ -47,6 +47,8 @@ pub struct Pipeline<S> {
     sweep_every: Option<Duration>,
     /// How containers are found, when it is the degraded way.
     cgroup_note: Option<&'static str>,
+    /// Interpreters found running that tcptrace cannot read (`interp`).
+    stack_notes: Vec<String>,
 }
 
 const NO_HIERARCHY: &str = "no cgroup v2 hierarchy is mounted: containers are found from /proc/<pid>/cgroup, so a process that exits before it is read has none";
@@ -73,9 +75,10 @@ impl<S: Sink> Pipeline<S> {
         let mut probes = Probes::load(options)?;
         let sink = sink(probes.close_hook());
         let stream = probes.events()?;
-        let stacks = probes
+        let mut stacks = probes
             .stack_maps(options.stacks)?
-            .map(|maps| StackResolver::new(maps.user, maps.kernel));
+            .map(|maps| StackResolver::new(maps.user, maps.kernel, maps.interp));
+        let stack_notes = stacks.as_mut().map(StackResolver::take_start_notes).unwrap_or_default();
         let hierarchy = resolver.hierarchy().cloned();
         let feed = Feed::new(capacity, stacks, Placement::new(resolver), sink);
         #[cfg(feature = "bench")]
@@ -87,6 +90,7 @@ impl<S: Sink> Pipeline<S> {
             warnings: Vec::new(),
             started_ns: monotonic_ns(),
             cgroup_note: hierarchy.is_none().then_some(NO_HIERARCHY),
+            stack_notes,
             filter: InventoryFilter::new(options.filter, hierarchy),
             sweep_every,
         };
@@ -103,6 +107,9 @@ impl<S: Sink> Pipeline<S> {
             crate::say!("tcptrace: note: {note}");
         }
         if let Some(note) = self.cgroup_note {
+            crate::say!("tcptrace: note: {note}");
+        }
+        for note in &self.stack_notes {
             crate::say!("tcptrace: note: {note}");
         }
     }

@@ -135,6 +135,7 @@ mod tests {
             kind,
             exec_path: None,
             cgroup,
+            interp: None,
         }
     }
 

@@ -4,7 +4,7 @@
 //! `resolver` reads the kernel's stack map and symbolizes (with a cache per process); this file
 //! is the result and how it is named in one line.
 //!
-//! May import `kernel` (the maps and `bpf_sys`), `event` and `symbolize`; imported by
+//! May import `kernel` (the maps and `bpf_sys`), `event`, `interp` and `symbolize`; imported by
 //! `pipeline`, `analysis` and `render`.
 
 mod build_ids;
@@ -19,12 +19,28 @@ use crate::symbolize::Frame;
 /// The `module` of kernel frames outside any module (the kernel image itself).
 pub const KERNEL_MODULE: &str = "[kernel]";
 
+/// What makes two code paths the same, so a report groups by it: the kernel's stack ids (equal
+/// ids mean equal addresses) and a hash of the interpreter frames (code objects and
+/// instructions), 0 without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub user: Option<u32>,
+    pub kernel: Option<u32>,
+    pub interp: u64,
+}
+
+impl StackKey {
+    /// The key of a stack without interpreter frames.
+    pub const fn native(user: Option<u32>, kernel: Option<u32>) -> Self {
+        Self { user, kernel, interp: 0 }
+    }
+}
+
 /// One connection's code path: kernel frames (innermost first), then user frames (innermost
-/// first). Equal ids mean equal addresses, so a report groups by `key`.
+/// first), where the user frames of an interpreter are its own (`interp`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenStack {
-    /// The kernel's (user, kernel) stack ids.
-    pub key: (Option<u32>, Option<u32>),
+    pub key: StackKey,
     pub frames: Vec<Frame>,
     /// The user frames stop before a `main` or a thread's start: code without frame pointers
     /// ended the walk (the frames it left implausible are dropped), or the kernel's frame
@@ -40,8 +56,11 @@ impl Serialize for OpenStack {
 
 impl OpenStack {
     /// The frames of the program's own code: user frames past the system-call plumbing (the C
-    /// library, Rust's std and its runtimes, Go's runtime and net package) that only pass the
-    /// call on. All user frames when every one is plumbing.
+    /// library, Rust's std and its runtimes, Go's runtime and net package, an interpreter's or
+    /// a JIT runtime's own code) that only pass the call on, and past the interpreted
+    /// libraries (Python's standard library and installed packages) that the application
+    /// called. Without an application frame, from the first library frame; without that
+    /// either, all user frames.
     pub fn own_frames(&self) -> &[Frame] {
         let user = self
             .frames
@@ -49,7 +68,11 @@ impl OpenStack {
             .position(|f| f.module.as_deref() != Some(KERNEL_MODULE) && !is_kernel(f))
             .unwrap_or(self.frames.len());
         let user = &self.frames[user..];
-        match user.iter().position(|f| !is_plumbing(f)) {
+        let first = user
+            .iter()
+            .position(|f| !is_plumbing(f) && !is_interpreted_library(f))
+            .or_else(|| user.iter().position(|f| !is_plumbing(f)));
+        match first {
             Some(first) => &user[first..],
             None => user,
         }
@@ -87,9 +110,34 @@ fn is_kernel(frame: &Frame) -> bool {
     frame.addr >= 1 << 63
 }
 
-/// Frames that only carry a connect() or accept() to the kernel.
+/// Interpreted code that is not the application's: Python's standard library, the packages
+/// installed for it (`lib/python3.N/`, `site-packages`, Debian's `lib/python3/dist-packages`)
+/// and its frozen modules.
+fn is_interpreted_library(frame: &Frame) -> bool {
+    frame.module.as_deref() == Some(crate::interp::PYTHON_MODULE)
+        && frame.file.as_deref().is_some_and(|file| {
+            file.starts_with("<frozen")
+                || file.contains("/lib/python")
+                || file.contains("/site-packages/")
+                || file.contains("/dist-packages/")
+        })
+}
+
+/// Frames that only carry a connect() or accept() to the kernel: system libraries, language
+/// runtimes, and the native code of interpreters and JIT runtimes (CPython's eval loop and its
+/// extension modules, `libjvm.so`, Node's and V8's C++ and builtins, Node's own JavaScript).
 fn is_plumbing(frame: &Frame) -> bool {
-    const LIBRARIES: &[&str] = &["libc.so", "libc-", "ld-linux", "libpthread", "libstd-"];
+    const LIBRARIES: &[&str] = &[
+        "libc.so",
+        "libc-",
+        "ld-linux",
+        "libpthread",
+        "libstd-",
+        "python3",
+        "libpython3",
+        "libjvm.so",
+        "libnode.so",
+    ];
     const NAMESPACES: &[&str] = &[
         "std::",
         "core::",
@@ -103,14 +151,26 @@ fn is_plumbing(frame: &Frame) -> bool {
         "runtime.",
         "__libc_",
         "__GI_",
+        "node::",
+        "v8::",
+        "Builtins_",
     ];
+    // Python's extension modules (`lib-dynload/_socket.cpython-311-….so`) and Node's own
+    // JavaScript, as perf maps name it (`JS:~internalConnect node:net:1090`).
+    const PLACES: &[&str] = &["/lib/python3", "node:internal", "node:net"];
     let library = frame.module.as_deref().is_some_and(|module| {
         let name = module.rsplit('/').next().unwrap_or(module);
         LIBRARIES.iter().any(|lib| name.starts_with(lib))
     });
     // `<std::net::TcpStream as ...>::connect` names its namespace after the `<`.
     let symbol = frame.symbol.as_deref().map(|s| s.trim_start_matches('<'));
-    library || symbol.is_some_and(|s| NAMESPACES.iter().any(|ns| s.starts_with(ns)))
+    let place = |text: Option<&str>| text.is_some_and(|t| PLACES.iter().any(|p| t.contains(p)));
+    // An interpreter frame is the application's or a library's (`is_interpreted_library`).
+    frame.module.as_deref() != Some(crate::interp::PYTHON_MODULE)
+        && (library
+            || symbol.is_some_and(|s| NAMESPACES.iter().any(|ns| s.starts_with(ns)))
+            || place(frame.module.as_deref())
+            || place(symbol))
 }
 
 #[cfg(test)]
@@ -129,7 +189,7 @@ mod tests {
 
     fn c_stack() -> OpenStack {
         OpenStack {
-            key: (Some(1), Some(2)),
+            key: StackKey::native(Some(1), Some(2)),
             frames: vec![
                 frame(0xffff_ffff_8100_0000, Some("__sys_connect"), Some(KERNEL_MODULE), None),
                 frame(0x7f00_0000_1000, Some("__connect"), Some("/lib/libc.so.6"), None),
@@ -162,7 +222,7 @@ mod tests {
     #[test]
     fn the_site_skips_rust_std() {
         let stack = OpenStack {
-            key: (Some(1), None),
+            key: StackKey::native(Some(1), None),
             frames: vec![
                 frame(0x7f00_0000_1000, Some("connect"), Some("/lib/libc.so.6"), None),
                 frame(0x5555_0000_0100, Some("std::net::tcp::TcpStream::connect"), None, None),
@@ -179,16 +239,88 @@ mod tests {
         assert_eq!(stack.site().as_deref(), Some("leaky::open_conn (leaky.c:12)"));
     }
 
+    fn python(symbol: &str, file: &str, line: u32) -> Frame {
+        Frame {
+            addr: 0x7f00_1000_0000,
+            symbol: Some(symbol.to_owned()),
+            file: Some(file.to_owned()),
+            line: Some(line),
+            module: Some(crate::interp::PYTHON_MODULE.to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_site_of_a_python_program_is_its_own_function() {
+        let mut stack = OpenStack {
+            key: StackKey::native(Some(1), None),
+            frames: vec![
+                frame(0x7f00_0000_1000, Some("__libc_connect"), Some("/lib/libc.so.6"), None),
+                frame(
+                    0x7f00_0000_2000,
+                    Some("sock_call_ex"),
+                    Some("/usr/lib/python3.11/lib-dynload/_socket.cpython-311-x86_64-linux-gnu.so"),
+                    None,
+                ),
+                frame(
+                    0x5555_0000_1000,
+                    Some("_PyEval_EvalFrameDefault"),
+                    Some("/usr/bin/python3.11"),
+                    None,
+                ),
+                python("create_connection", "/usr/lib/python3.11/socket.py", 836),
+                python("Pool._connect", "/venv/lib/python3.11/site-packages/pymongo/pool.py", 90),
+                python("open_order_client", "/srv/app/leaky_jobs.py", 5),
+                python("main", "/srv/app/leaky_jobs.py", 9),
+            ],
+            truncated: false,
+        };
+        assert_eq!(
+            stack.site().as_deref(),
+            Some("open_order_client (leaky_jobs.py:5) ← main (leaky_jobs.py:9)")
+        );
+        // Library code only: its innermost frame, never the interpreter's C.
+        stack.frames.truncate(5);
+        assert_eq!(
+            stack.site().as_deref(),
+            Some("create_connection (socket.py:836) ← Pool._connect (pool.py:90)")
+        );
+        // A Python function whose name looks like Go's runtime is still the application's.
+        stack.frames.push(python("runtime.connect", "/srv/app/jobs.py", 3));
+        assert_eq!(stack.own_frames()[0].symbol.as_deref(), Some("runtime.connect"));
+    }
+
+    #[test]
+    fn runtime_frames_of_java_and_node_are_plumbing() {
+        for (symbol, module) in [
+            ("JVM_Connect", "/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so"),
+            ("node::TCPWrap::Connect<sockaddr_in>", "/usr/bin/node"),
+            ("v8::internal::Execution::Call", "/usr/bin/node"),
+            ("Builtins_JSEntryTrampoline", "/usr/bin/node"),
+            ("JS:~internalConnect node:net:1090", "/tmp/perf-1.map"),
+        ] {
+            assert!(
+                is_plumbing(&frame(0x7f00_0000_1000, Some(symbol), Some(module), None)),
+                "{symbol}"
+            );
+        }
+        assert!(!is_plumbing(&frame(
+            0x7f00_0000_1000,
+            Some("JS:*openOrderClient /srv/app.js:7"),
+            None,
+            None
+        )));
+    }
+
     #[test]
     fn a_stack_of_plumbing_only_is_named_by_its_first_user_frame() {
         let stack = OpenStack {
-            key: (Some(1), None),
+            key: StackKey::native(Some(1), None),
             frames: vec![frame(0x7f00_0000_1000, None, Some("/lib/libc.so.6"), None)],
             truncated: false,
         };
         assert_eq!(stack.site().as_deref(), Some("0x7f0000001000 (libc.so.6)"));
         let kernel_only = OpenStack {
-            key: (None, Some(2)),
+            key: StackKey::native(None, Some(2)),
             frames: c_stack().frames[..1].to_vec(),
             truncated: false,
         };

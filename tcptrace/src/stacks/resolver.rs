@@ -17,21 +17,23 @@
 
 use std::{
     collections::HashMap,
+    hash::{Hash as _, Hasher as _},
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use aya::maps::{MapData, StackTraceMap};
-use tcptrace_common::{BUILD_ID_IP, BUILD_ID_VALID, BuildIdFrame, USER_STACK_FRAMES};
+use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
+use tcptrace_common::{BUILD_ID_IP, BUILD_ID_VALID, BuildIdFrame, PyLayout, USER_STACK_FRAMES};
 
 use super::{
-    KERNEL_MODULE, OpenStack,
+    KERNEL_MODULE, OpenStack, StackKey,
     build_ids::{BuildId, BuildIds},
     trust,
 };
 use crate::{
-    event::StackIds,
+    event::{InterpStack, InterpWalk, StackIds},
+    interp::Interpreters,
     kernel::bpf_sys,
     symbolize::{Frame, Symbolizer},
 };
@@ -66,12 +68,24 @@ pub struct StackResolver {
     build_ids: BuildIds,
     raw_user: HashMap<u32, Arc<[RawFrame]>>,
     stacks: HashMap<(u32, StackIds), Arc<OpenStack>>,
+    /// The processes running an interpreter whose frames the kernel walks (with user stacks).
+    interpreters: Option<Interpreters>,
     /// Stack ids whose map entry could not be read.
     pub unreadable: u64,
 }
 
 impl StackResolver {
-    pub fn new(user_map: Option<MapData>, kernel_map: Option<StackTraceMap<MapData>>) -> Self {
+    /// With `interp_map`, the running processes' interpreters are looked for at once.
+    pub fn new(
+        user_map: Option<MapData>,
+        kernel_map: Option<StackTraceMap<MapData>>,
+        interp_map: Option<BpfHashMap<MapData, u32, PyLayout>>,
+    ) -> Self {
+        let interpreters = interp_map.map(|map| {
+            let mut interpreters = Interpreters::new(map);
+            interpreters.scan();
+            interpreters
+        });
         Self {
             user_map,
             kernel_map,
@@ -79,13 +93,22 @@ impl StackResolver {
             build_ids: BuildIds::new(),
             raw_user: HashMap::new(),
             stacks: HashMap::new(),
+            interpreters,
             unreadable: 0,
         }
+    }
+
+    /// What the start-up look at running interpreters found that runs degraded.
+    pub fn take_start_notes(&mut self) -> Vec<String> {
+        self.interpreters.as_mut().map(Interpreters::take_start_notes).unwrap_or_default()
     }
 
     /// A process exited: its symbols are no longer needed.
     pub fn forget(&mut self, pid: u32) {
         self.symbolizer.forget(pid);
+        if let Some(interpreters) = &mut self.interpreters {
+            interpreters.forget(pid);
+        }
     }
 
     /// A process exec'd `path`: its later stacks belong to that file, and its cached symbols
@@ -93,11 +116,61 @@ impl StackResolver {
     pub fn exec(&mut self, pid: u32, path: &Path) {
         self.build_ids.learn_exec(pid, path);
         self.symbolizer.remember(pid);
+        if let Some(interpreters) = &mut self.interpreters {
+            interpreters.exec(pid);
+        }
     }
 
-    /// The symbolized stacks `ids` name, captured in process `pid`; `None` when neither can be
-    /// read.
-    pub fn resolve(&mut self, pid: u32, ids: StackIds) -> Option<Arc<OpenStack>> {
+    /// The symbolized stacks `ids` name, captured in process `pid`, with the interpreter
+    /// frames `interp` when the kernel walked some; `None` when nothing can be read.
+    pub fn resolve(
+        &mut self,
+        pid: u32,
+        ids: StackIds,
+        interp: Option<&InterpStack>,
+    ) -> Option<Arc<OpenStack>> {
+        match (interp, &mut self.interpreters) {
+            (Some(interp), Some(_)) if !interp.frames.is_empty() => {
+                return self.with_interpreter(pid, ids, interp);
+            }
+            (None, Some(interpreters)) => interpreters.open_without_frames(pid),
+            _ => {}
+        }
+        self.native(pid, ids)
+    }
+
+    /// The native stack cut where the interpreter's code starts, then the interpreter's
+    /// frames: what the eval loop runs is the application's code, named by those frames.
+    /// Not cached: the same native stack carries different interpreter frames.
+    fn with_interpreter(
+        &mut self,
+        pid: u32,
+        ids: StackIds,
+        interp: &InterpStack,
+    ) -> Option<Arc<OpenStack>> {
+        let native = self.native(pid, ids);
+        let interpreters = self.interpreters.as_mut()?;
+        let interpreter =
+            interpreters.interpreter(pid).map(|i| i.path.to_string_lossy().into_owned());
+        let mut frames: Vec<Frame> = native
+            .iter()
+            .flat_map(|stack| stack.frames.iter())
+            .take_while(|f| f.module.is_some() && f.module != interpreter)
+            .cloned()
+            .collect();
+        frames.extend(interpreters.frames(pid, interp));
+        // Sites differ by the interpreter frames, not by the native stack under them.
+        let mut hasher = std::hash::DefaultHasher::new();
+        interp.frames.iter().for_each(|f| (f.code, f.instr).hash(&mut hasher));
+        Some(Arc::new(OpenStack {
+            key: StackKey { user: ids.user, kernel: ids.kernel, interp: hasher.finish() | 1 },
+            frames,
+            truncated: interp.walk != InterpWalk::Complete,
+        }))
+    }
+
+    /// The kernel and native user frames.
+    fn native(&mut self, pid: u32, ids: StackIds) -> Option<Arc<OpenStack>> {
         let user = ids.user.and_then(|id| self.user_frames(id));
         let by_address =
             user.as_ref().is_some_and(|u| u.iter().any(|f| matches!(f, RawFrame::Address(_))));
@@ -127,7 +200,8 @@ impl StackResolver {
         if frames.is_empty() {
             return None;
         }
-        let stack = Arc::new(OpenStack { key: (ids.user, ids.kernel), frames, truncated });
+        let stack =
+            Arc::new(OpenStack { key: StackKey::native(ids.user, ids.kernel), frames, truncated });
         if self.stacks.len() >= MAX_CACHED_STACKS {
             self.stacks.clear();
         }

@@ -176,7 +176,7 @@ impl Harness {
     pub fn stacks(&mut self) -> StackResolver {
         let maps = self.probes.stack_maps(StacksMode::Both).expect("the stack map");
         let maps = maps.expect("stacks on");
-        StackResolver::new(maps.user, maps.kernel)
+        StackResolver::new(maps.user, maps.kernel, maps.interp)
     }
 
     /// Follows process `pid` and what it forks (probes loaded with `Filter::follow`).

@@ -66,10 +66,15 @@ fn image() {
 impl Container {
     /// Starts `sh -c SCRIPT` in a new container and waits until its process runs.
     pub fn run(script: &str) -> Self {
+        Self::run_with(&[], script)
+    }
+
+    /// `run` with more `podman run` options (volumes).
+    pub fn run_with(options: &[&str], script: &str) -> Self {
         static SERIAL: AtomicU32 = AtomicU32::new(0);
         image();
         let name = format!("tt-{}-{}", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed));
-        let id = podman(&[
+        let mut args = vec![
             "run",
             "-d",
             "--name",
@@ -86,11 +91,10 @@ impl Container {
             "nofile=1024:1024",
             "--ulimit",
             "nproc=1024:1024",
-            IMAGE,
-            "/bin/sh",
-            "-c",
-            script,
-        ]);
+        ];
+        args.extend_from_slice(options);
+        args.extend([IMAGE, "/bin/sh", "-c", script]);
+        let id = podman(&args);
         assert_eq!(id.len(), 64, "a full container id: {id:?}");
         let pid: u32 = podman(&["inspect", "-f", "{{.State.Pid}}", &name])
             .parse()

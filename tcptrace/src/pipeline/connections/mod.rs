@@ -315,6 +315,7 @@ mod tests {
             stacks: Default::default(),
             exec_path: None,
             cgroup: None,
+            interp: None,
             kind,
         }
     }

@@ -265,7 +265,7 @@ mod tests {
             cgroup: None,
         };
         let stack = crate::stacks::OpenStack {
-            key: (Some(1), None),
+            key: crate::stacks::StackKey::native(Some(1), None),
             frames: vec![crate::symbolize::Frame {
                 addr: 0x5555_0000_1000,
                 symbol: Some("db_checkout".to_owned()),

@@ -1,0 +1,100 @@
+//! Interpreter frames: the managed-language code path of a connect() or accept().
+//!
+//! A Python program's native stack ends in the interpreter's eval loop, which names no
+//! application function. Its code path lives in the interpreter's own frame list, which the
+//! kernel program walks at the open, in the opening thread, from the layout user space found
+//! for that process (`PyLayout`, in the `PY_PROCS` map). The record then carries, per frame,
+//! the code object and the instruction pointer; user space reads names and line tables from
+//! the process (see `tcptrace::interp`).
+
+use crate::RawEvent;
+
+/// `RawEvent::flags`: the record is a `RawInterpEvent` (the event, then interpreter frames).
+pub const FLAG_INTERP: u16 = 1 << 3;
+
+/// Interpreter frames walked per open, innermost first: more than an application's own
+/// frames between its request handler and the connect, bounded for the verifier.
+pub const INTERP_FRAMES: usize = 32;
+/// Threads of an interpreter searched for the calling one: Python inserts new threads at the
+/// head of the list, so a thread pool of this size still finds the main thread.
+pub const INTERP_THREADS: usize = 256;
+
+/// `RawInterpEvent::runtime`: CPython.
+pub const RUNTIME_PYTHON: u32 = 1;
+
+/// `RawInterpEvent::status`: the walk reached the outermost frame.
+pub const INTERP_COMPLETE: u32 = 1;
+/// `RawInterpEvent::status`: the walk stopped at `INTERP_FRAMES`; outer frames are missing.
+pub const INTERP_CUT: u32 = 2;
+/// `RawInterpEvent::status`: the calling thread is not one of the interpreter's threads (a
+/// thread started outside Python, or more than `INTERP_THREADS` threads before it).
+pub const INTERP_NO_THREAD: u32 = 3;
+/// `RawInterpEvent::status`: a read of the process's memory failed mid-walk (the frames
+/// before it are kept).
+pub const INTERP_READ_FAILED: u32 = 4;
+
+/// Where one CPython version keeps what the walk reads: byte offsets from the headers of that
+/// version (`Include/internal/pycore_*.h`), plus `_PyRuntime`'s address in this process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyLayout {
+    /// The address of `_PyRuntime` in the process.
+    pub runtime: u64,
+    /// `_PyRuntimeState.interpreters.main`.
+    pub runtime_main_interp: u16,
+    /// `PyInterpreterState.threads.head`.
+    pub interp_threads_head: u16,
+    /// `PyThreadState.next`.
+    pub tstate_next: u16,
+    /// `PyThreadState.native_thread_id`: the kernel's thread id, in the process's pid
+    /// namespace (matched when the thread pointer is unknown).
+    pub tstate_native_thread_id: u16,
+    /// `PyThreadState.thread_id`: `pthread_self()`, the thread pointer, matched against the
+    /// task's (`KernelOffsets::task_fsbase`) in any pid namespace.
+    pub tstate_thread_id: u16,
+    /// `PyThreadState.cframe` (3.11, 3.12).
+    pub tstate_cframe: u16,
+    /// `_PyCFrame.current_frame`.
+    pub cframe_current_frame: u16,
+    /// `_PyInterpreterFrame.f_code`.
+    pub frame_code: u16,
+    /// `_PyInterpreterFrame.previous`.
+    pub frame_previous: u16,
+    /// `_PyInterpreterFrame.prev_instr`.
+    pub frame_prev_instr: u16,
+    pub _pad0: [u16; 2],
+}
+
+const _: () = assert!(size_of::<PyLayout>() == 32);
+
+/// One interpreter frame as the kernel read it: the code object and the last instruction
+/// executed in it (the call in progress), both addresses in the process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterpFrame {
+    pub code: u64,
+    pub instr: u64,
+}
+
+const _: () = assert!(size_of::<InterpFrame>() == 16);
+
+/// A connect or accept record of a process running a known interpreter (`FLAG_INTERP`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RawInterpEvent {
+    pub event: RawEvent,
+    /// `RUNTIME_*`.
+    pub runtime: u32,
+    /// `INTERP_*`.
+    pub status: u32,
+    /// Frames filled in `frames`, innermost first.
+    pub count: u32,
+    pub _pad0: u32,
+    pub frames: [InterpFrame; INTERP_FRAMES],
+}
+
+const _: () = assert!(size_of::<RawInterpEvent>() == 112 + 16 + 16 * INTERP_FRAMES);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers only, no implicit padding (checked by the size assertion).
+unsafe impl aya::Pod for PyLayout {}

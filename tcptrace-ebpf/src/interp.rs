@@ -1,0 +1,130 @@
+//! Interpreter frames at connect() and accept(): a Python process's code path, walked in the
+//! opening thread from the layout user space put in `PY_PROCS` (see `tcptrace_common::interp`).
+//!
+//! The walk reads only user memory, with `bpf_probe_read_user`, so a layout that is wrong (a
+//! process that exec'd since, a hostile binary named like Python) yields a failed read or
+//! frames user space cannot name, never a fault. It follows CPython 3.11's structures:
+//! `_PyRuntime.interpreters.main` → `threads.head` → (`next` until `thread_id` or
+//! `native_thread_id` is the caller) → `cframe->current_frame` → (`previous` until NULL), recording each frame's
+//! `f_code` and `prev_instr` (Include/internal/pycore_runtime.h, pycore_interp.h,
+//! pycore_frame.h and Include/cpython/pystate.h). The interpreter releases the GIL around
+//! connect(), but the thread's own state and frames stay put until it returns to Python.
+
+use aya_ebpf::helpers::bpf_probe_read_user;
+use tcptrace_common::{
+    COUNTER_LOST_EVENTS, COUNTER_SENT_EVENTS, FLAG_INTERP, INTERP_COMPLETE, INTERP_CUT,
+    INTERP_FRAMES, INTERP_NO_THREAD, INTERP_READ_FAILED, INTERP_THREADS, InterpFrame, PyLayout,
+    RUNTIME_PYTHON, RawEvent, RawInterpEvent, STACKS_USER,
+};
+
+use crate::{
+    kernel::current_thread_pointer,
+    maps::{EVENTS, PY_PROCS, SETTINGS, count, emit, global, wakeup},
+};
+
+/// Sends an open record: with the interpreter's frames when the process runs a Python that
+/// user space recognised (and user stacks are on), as a plain event otherwise.
+#[inline(always)]
+pub fn emit_open(event: &RawEvent) {
+    if global!(SETTINGS.stacks) & STACKS_USER == 0 {
+        return emit(event);
+    }
+    // SAFETY: plain map read; the value is copied before anything else runs.
+    let Some(layout) = (unsafe { PY_PROCS.get(&event.pid) }).copied() else {
+        return emit(event);
+    };
+    // Written in place: 640 bytes are too many for the BPF stack.
+    let Some(mut record) = EVENTS.reserve::<RawInterpEvent>(0) else {
+        count(COUNTER_LOST_EVENTS);
+        return;
+    };
+    let out = record.as_mut_ptr();
+    // SAFETY: `out` points at reserved ring memory the size of a RawInterpEvent.
+    unsafe {
+        (*out).event = *event;
+        (*out).event.flags |= FLAG_INTERP;
+        (*out).runtime = RUNTIME_PYTHON;
+        (*out)._pad0 = 0;
+        let (status, frames) = walk(&layout, event.tid, &mut (*out).frames);
+        (*out).status = status;
+        (*out).count = frames;
+    }
+    record.submit(wakeup());
+    count(COUNTER_SENT_EVENTS);
+}
+
+/// `T` at `addr` in the current process; `None` for NULL or a failed read.
+#[inline(always)]
+fn user<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user tolerates any address and reports a fault as an error.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+#[inline(always)]
+fn member(base: u64, offset: u16) -> Option<u64> {
+    if base == 0 {
+        return None;
+    }
+    user::<u64>(base + u64::from(offset))
+}
+
+/// Fills `frames` innermost first; returns (`INTERP_*`, frames filled). Unfilled frames are
+/// zeroed, so no stale ring bytes reach user space.
+#[inline(always)]
+fn walk(layout: &PyLayout, tid: u32, frames: &mut [InterpFrame; INTERP_FRAMES]) -> (u32, u32) {
+    for frame in frames.iter_mut() {
+        *frame = InterpFrame { code: 0, instr: 0 };
+    }
+    let Some(thread) = calling_thread(layout, tid) else {
+        return (INTERP_NO_THREAD, 0);
+    };
+    let Some(mut frame) = member(thread, layout.tstate_cframe)
+        .and_then(|cframe| member(cframe, layout.cframe_current_frame))
+    else {
+        return (INTERP_READ_FAILED, 0);
+    };
+    let mut filled = 0u32;
+    for slot in frames.iter_mut() {
+        if frame == 0 {
+            return (INTERP_COMPLETE, filled);
+        }
+        let (Some(code), Some(instr), Some(previous)) = (
+            member(frame, layout.frame_code),
+            member(frame, layout.frame_prev_instr),
+            member(frame, layout.frame_previous),
+        ) else {
+            return (INTERP_READ_FAILED, filled);
+        };
+        *slot = InterpFrame { code, instr };
+        filled += 1;
+        frame = previous;
+    }
+    (if frame == 0 { INTERP_COMPLETE } else { INTERP_CUT }, filled)
+}
+
+/// The calling thread's `PyThreadState` in the main interpreter's thread list: the one whose
+/// `thread_id` (`pthread_self()`) is the task's thread pointer, which holds in every pid
+/// namespace; by its native thread id, which holds only in the kernel's, where the thread
+/// pointer is unknown.
+#[inline(always)]
+fn calling_thread(layout: &PyLayout, tid: u32) -> Option<u64> {
+    let (field, wanted) = match current_thread_pointer() {
+        Some(pointer) => (layout.tstate_thread_id, pointer),
+        None => (layout.tstate_native_thread_id, u64::from(tid)),
+    };
+    let interp = user::<u64>(layout.runtime + u64::from(layout.runtime_main_interp))?;
+    let mut thread = member(interp, layout.interp_threads_head)?;
+    for _ in 0..INTERP_THREADS {
+        if thread == 0 {
+            return None;
+        }
+        if member(thread, field)? == wanted {
+            return Some(thread);
+        }
+        thread = member(thread, layout.tstate_next)?;
+    }
+    None
+}
