@@ -3,8 +3,10 @@
 //! A Python program's native stack ends in the interpreter's eval loop, which names no
 //! application function. Its code path lives in the interpreter's own frame list, which the
 //! kernel program walks at the open, in the opening thread, from the layout user space found
-//! for that process (`PyLayout`, in the `PY_PROCS` map). The record then carries, per frame,
-//! the code object and the instruction pointer; user space reads names and line tables from
+//! for that process (`PyLayout`, in the `PY_PROCS` map). A JVM's interpreted frames are on
+//! the native stack but anonymous; the kernel program walks its frame pointers and records,
+//! per frame, the slots where an interpreted frame keeps its method (`FrameSlots`, in
+//! `JVM_PROCS`). The record carries those frames; user space reads names and line tables from
 //! the process (see `tcptrace::interp`).
 
 use crate::RawEvent;
@@ -22,7 +24,8 @@ pub const INTERP_THREADS: usize = 256;
 /// `RawInterpEvent::runtime`: CPython.
 pub const RUNTIME_PYTHON: u32 = 1;
 
-/// `RawInterpEvent::status`: the walk reached the outermost frame.
+/// `RawInterpEvent::status`: the walk reached the outermost frame (HotSpot: the frame-pointer
+/// chain ended).
 pub const INTERP_COMPLETE: u32 = 1;
 /// `RawInterpEvent::status`: the walk stopped at `INTERP_FRAMES`; outer frames are missing.
 pub const INTERP_CUT: u32 = 2;
@@ -67,16 +70,34 @@ pub struct PyLayout {
 
 const _: () = assert!(size_of::<PyLayout>() == 32);
 
-/// One interpreter frame as the kernel read it: the code object and the last instruction
-/// executed in it (the call in progress), both addresses in the process.
+/// One interpreter frame as the kernel read it, addresses in the process. CPython: the code
+/// object and the last instruction executed in it (the call in progress); `pc` is 0. HotSpot:
+/// the frame's return address (`pc`, which says whether it is an interpreted frame) and, in
+/// case it is, its `Method*` and bytecode pointer (`FrameSlots`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InterpFrame {
     pub code: u64,
     pub instr: u64,
+    pub pc: u64,
 }
 
-const _: () = assert!(size_of::<InterpFrame>() == 16);
+const _: () = assert!(size_of::<InterpFrame>() == 24);
+
+/// `RawInterpEvent::runtime`: HotSpot (a JVM), whose frames the kernel walks by frame pointer.
+pub const RUNTIME_HOTSPOT: u32 = 2;
+
+/// Where an interpreted HotSpot frame keeps its `Method*` and bytecode pointer, in bytes from
+/// its frame pointer (x86-64: `frame::interpreter_frame_method_offset` and `_bcp_offset`, −3
+/// and −8 words). The value of `JVM_PROCS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameSlots {
+    pub method: i32,
+    pub bcp: i32,
+}
+
+const _: () = assert!(size_of::<FrameSlots>() == 8);
 
 /// A connect or accept record of a process running a known interpreter (`FLAG_INTERP`).
 #[repr(C)]
@@ -93,8 +114,11 @@ pub struct RawInterpEvent {
     pub frames: [InterpFrame; INTERP_FRAMES],
 }
 
-const _: () = assert!(size_of::<RawInterpEvent>() == 112 + 16 + 16 * INTERP_FRAMES);
+const _: () = assert!(size_of::<RawInterpEvent>() == 112 + 16 + 24 * INTERP_FRAMES);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no implicit padding (checked by the size assertion).
 unsafe impl aya::Pod for PyLayout {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for FrameSlots {}

@@ -49,9 +49,12 @@ pub struct KernelOffsets {
     /// `pthread_self()` returns, so a Python thread is found by it in any pid namespace
     /// (`PyLayout::tstate_thread_id`). 0 when unknown: threads are then matched by thread id.
     pub task_fsbase: u32,
+    /// `pt_regs` member holding the user frame pointer (x86-64: `bp`), for the walk of a
+    /// JVM's frames; set with `connect_regs`, as it needs the same helper.
+    pub regs_fp: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 29 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 30 * 4);
 
 impl KernelOffsets {
     pub const fn zeroed() -> Self {
@@ -85,6 +88,7 @@ impl KernelOffsets {
             regs_arg0: 0,
             sys_connect: 0,
             task_fsbase: 0,
+            regs_fp: 0,
         }
     }
 }

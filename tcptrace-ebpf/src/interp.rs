@@ -1,5 +1,6 @@
 //! Interpreter frames at connect() and accept(): a Python process's code path, walked in the
-//! opening thread from the layout user space put in `PY_PROCS` (see `tcptrace_common::interp`).
+//! opening thread from the layout user space put in `PY_PROCS`, and a JVM's frames, walked by
+//! frame pointer with the slots user space put in `JVM_PROCS` (see `tcptrace_common::interp`).
 //!
 //! The walk reads only user memory, with `bpf_probe_read_user`, so a layout that is wrong (a
 //! process that exec'd since, a hostile binary named like Python) yields a failed read or
@@ -12,28 +13,42 @@
 
 use aya_ebpf::helpers::bpf_probe_read_user;
 use tcptrace_common::{
-    COUNTER_LOST_EVENTS, COUNTER_SENT_EVENTS, FLAG_INTERP, INTERP_COMPLETE, INTERP_CUT,
+    COUNTER_LOST_EVENTS, COUNTER_SENT_EVENTS, FLAG_INTERP, FrameSlots, INTERP_COMPLETE, INTERP_CUT,
     INTERP_FRAMES, INTERP_NO_THREAD, INTERP_READ_FAILED, INTERP_THREADS, InterpFrame, PyLayout,
-    RUNTIME_PYTHON, RawEvent, RawInterpEvent, STACKS_USER,
+    RUNTIME_HOTSPOT, RUNTIME_PYTHON, RawEvent, RawInterpEvent, STACKS_USER,
 };
 
 use crate::{
-    kernel::current_thread_pointer,
-    maps::{EVENTS, PY_PROCS, SETTINGS, count, emit, global, wakeup},
+    kernel::{current_thread_pointer, current_user_frame_pointer},
+    maps::{EVENTS, JVM_PROCS, PY_PROCS, SETTINGS, count, emit, global, wakeup},
 };
 
-/// Sends an open record: with the interpreter's frames when the process runs a Python that
-/// user space recognised (and user stacks are on), as a plain event otherwise.
+/// Sends an open record: with the interpreter's frames when the process runs a Python or a
+/// JVM that user space recognised (and user stacks are on), as a plain event otherwise.
 #[inline(always)]
 pub fn emit_open(event: &RawEvent) {
     if global!(SETTINGS.stacks) & STACKS_USER == 0 {
         return emit(event);
     }
-    // SAFETY: plain map read; the value is copied before anything else runs.
-    let Some(layout) = (unsafe { PY_PROCS.get(&event.pid) }).copied() else {
-        return emit(event);
-    };
-    // Written in place: 640 bytes are too many for the BPF stack.
+    // SAFETY: plain map reads; the values are copied before anything else runs.
+    if let Some(layout) = unsafe { PY_PROCS.get(&event.pid) }.copied() {
+        return send(event, RUNTIME_PYTHON, |frames| walk_python(&layout, event.tid, frames));
+    }
+    // SAFETY: as above.
+    if let Some(slots) = unsafe { JVM_PROCS.get(&event.pid) }.copied() {
+        return send(event, RUNTIME_HOTSPOT, |frames| walk_frame_pointers(&slots, frames));
+    }
+    emit(event);
+}
+
+/// Sends `event` as a `RawInterpEvent` whose frames `walk` fills; counted like `emit`.
+#[inline(always)]
+fn send(
+    event: &RawEvent,
+    runtime: u32,
+    walk: impl FnOnce(&mut [InterpFrame; INTERP_FRAMES]) -> (u32, u32),
+) {
+    // Written in place: the record is too large for the BPF stack.
     let Some(mut record) = EVENTS.reserve::<RawInterpEvent>(0) else {
         count(COUNTER_LOST_EVENTS);
         return;
@@ -43,11 +58,15 @@ pub fn emit_open(event: &RawEvent) {
     unsafe {
         (*out).event = *event;
         (*out).event.flags |= FLAG_INTERP;
-        (*out).runtime = RUNTIME_PYTHON;
+        (*out).runtime = runtime;
         (*out)._pad0 = 0;
-        let (status, frames) = walk(&layout, event.tid, &mut (*out).frames);
+        let frames = &mut (*out).frames;
+        for frame in frames.iter_mut() {
+            *frame = InterpFrame { code: 0, instr: 0, pc: 0 };
+        }
+        let (status, filled) = walk(frames);
         (*out).status = status;
-        (*out).count = frames;
+        (*out).count = filled;
     }
     record.submit(wakeup());
     count(COUNTER_SENT_EVENTS);
@@ -71,13 +90,13 @@ fn member(base: u64, offset: u16) -> Option<u64> {
     user::<u64>(base + u64::from(offset))
 }
 
-/// Fills `frames` innermost first; returns (`INTERP_*`, frames filled). Unfilled frames are
-/// zeroed, so no stale ring bytes reach user space.
+/// Fills `frames` with CPython's frames, innermost first; returns (`INTERP_*`, frames filled).
 #[inline(always)]
-fn walk(layout: &PyLayout, tid: u32, frames: &mut [InterpFrame; INTERP_FRAMES]) -> (u32, u32) {
-    for frame in frames.iter_mut() {
-        *frame = InterpFrame { code: 0, instr: 0 };
-    }
+fn walk_python(
+    layout: &PyLayout,
+    tid: u32,
+    frames: &mut [InterpFrame; INTERP_FRAMES],
+) -> (u32, u32) {
     let Some(thread) = calling_thread(layout, tid) else {
         return (INTERP_NO_THREAD, 0);
     };
@@ -98,7 +117,7 @@ fn walk(layout: &PyLayout, tid: u32, frames: &mut [InterpFrame; INTERP_FRAMES]) 
         ) else {
             return (INTERP_READ_FAILED, filled);
         };
-        *slot = InterpFrame { code, instr };
+        *slot = InterpFrame { code, instr, pc: 0 };
         filled += 1;
         frame = previous;
     }
@@ -127,4 +146,34 @@ fn calling_thread(layout: &PyLayout, tid: u32) -> Option<u64> {
         thread = member(thread, layout.tstate_next)?;
     }
     None
+}
+
+/// Fills `frames` from the user frame-pointer chain, innermost first: per frame its return
+/// address and the two slots where an interpreted HotSpot frame keeps its `Method*` and
+/// bytecode pointer (whatever the frame holds there otherwise: user space keeps only frames
+/// whose return address is in the interpreter). The first frame is the caller of the function
+/// that made the system call, as with `bpf_get_stackid`.
+#[inline(always)]
+fn walk_frame_pointers(
+    slots: &FrameSlots,
+    frames: &mut [InterpFrame; INTERP_FRAMES],
+) -> (u32, u32) {
+    let Some(mut fp) = current_user_frame_pointer() else {
+        return (INTERP_READ_FAILED, 0);
+    };
+    let mut filled = 0u32;
+    for slot in frames.iter_mut() {
+        let (Some(caller), Some(pc)) = (user::<u64>(fp), user::<u64>(fp.wrapping_add(8))) else {
+            return (INTERP_READ_FAILED, filled);
+        };
+        // The chain ends at a null frame pointer, or one that does not lead up the stack.
+        if caller <= fp {
+            return (INTERP_COMPLETE, filled);
+        }
+        let at = |offset: i32| user::<u64>(caller.wrapping_add(offset as i64 as u64)).unwrap_or(0);
+        *slot = InterpFrame { code: at(slots.method), instr: at(slots.bcp), pc };
+        filled += 1;
+        fp = caller;
+    }
+    (INTERP_CUT, filled)
 }

@@ -134,6 +134,18 @@ pub fn current_thread_pointer() -> Option<u64> {
     member::<u64>(current_task(), offset).ok().filter(|&fs| fs != 0)
 }
 
+/// The current task's user frame pointer, as its syscall entry saved it; `None` where the
+/// kernel cannot hand the programs those registers (`KernelOffsets::connect_regs`).
+#[inline(always)]
+pub fn current_user_frame_pointer() -> Option<u64> {
+    if !offsets_valid() || global!(OFFSETS.connect_regs) == 0 {
+        return None;
+    }
+    // SAFETY: helpers with no preconditions; the verifier types the task pointer (BTF).
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    member::<u64>(regs, global!(OFFSETS.regs_fp)).ok()
+}
+
 /// The descriptor the current task passed to connect(2), from the user registers its syscall
 /// entry saved; `None` when it is not inside connect() (io_uring, a socket the kernel opens).
 /// Only where `KernelOffsets::connect_regs` is set (`syscalls::connect_fd` decides).

@@ -22,8 +22,8 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     BuildIdFrame, CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT, COUNTER_LOST_EVENTS,
-    COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_SENT_EVENTS, Filter, KernelOffsets, Owner,
-    PyLayout, RawEvent, Settings, StateMarks, USER_STACK_FRAMES,
+    COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_SENT_EVENTS, Filter, FrameSlots,
+    KernelOffsets, Owner, PyLayout, RawEvent, Settings, StateMarks, USER_STACK_FRAMES,
 };
 
 /// Reads a load-time global. The volatile read keeps the compiler from folding the zero
@@ -154,6 +154,10 @@ pub static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
 /// (1 without user stacks).
 #[map]
 pub static PY_PROCS: HashMap<u32, PyLayout> = HashMap::with_max_entries(1, 0);
+
+/// tgid → where its JVM's interpreted frames keep their method (see `interp`). As `PY_PROCS`.
+#[map]
+pub static JVM_PROCS: HashMap<u32, FrameSlots> = HashMap::with_max_entries(1, 0);
 
 /// All events, in order per CPU. Size set by user space.
 #[map]

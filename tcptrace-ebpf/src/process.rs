@@ -27,8 +27,8 @@ use crate::{
     filter::{following, process_matches},
     kernel::{FdTable, current_group_dead},
     maps::{
-        EVENTS, FOLLOWED, PY_PROCS, ReadFailed, SETTINGS, close_hook, count, current_event, emit,
-        finish, global, wakeup,
+        EVENTS, FOLLOWED, JVM_PROCS, PY_PROCS, ReadFailed, SETTINGS, close_hook, count,
+        current_event, emit, finish, global, wakeup,
     },
     release::release_if_last,
 };
@@ -72,7 +72,9 @@ fn on_exit() -> Result<(), ReadFailed> {
     // The kernel side forgets an interpreter itself: user space hears only of the exits the
     // filters pass, and a reused pid must not be walked with a dead process's layout.
     if group_dead && global!(SETTINGS.stacks) & STACKS_USER != 0 {
-        let _ = PY_PROCS.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let _ = PY_PROCS.remove(&tgid);
+        let _ = JVM_PROCS.remove(&tgid);
     }
     // Last, so the exit and its releases above still pass the filter.
     if following() {

@@ -6,6 +6,7 @@
 
 #[allow(dead_code, reason = "shared by several test binaries; each uses a subset")]
 mod support {
+    pub mod leaky_program;
     pub mod podman;
     pub mod raw;
     pub mod sockets;
@@ -14,19 +15,23 @@ mod support {
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
-use support::{podman::Container, sockets::holding_server, tracer::Tracer};
+use support::{
+    leaky_program::{Program, Workdir, frames_of, report, unclosed_group},
+    podman::Container,
+    sockets::holding_server,
+    tracer::Tracer,
+};
 
 const PYTHON: &str = "/usr/bin/python3.11";
 
 /// Opens 4 connections from `open_order_client` (line 5) once the file `go` exists, says so by
-/// creating `ready`, and holds them. Files rather than pipes: the same program runs in a
-/// container, where a detached process has neither.
+/// creating `ready`, and holds them (see `support::leaky_program`).
 const LEAKY_JOBS: &str = r#"import os, socket, sys, time
 
 
@@ -49,87 +54,16 @@ main()
 /// The line `main` calls `open_order_client` from.
 const MAIN_CALL_LINE: u64 = 12;
 
-/// A scratch directory holding leaky_jobs.py and its signal files.
-struct Script {
-    dir: PathBuf,
+/// A scratch directory holding leaky_jobs.py.
+fn script(name: &str) -> (Workdir, PathBuf) {
+    let work = Workdir::new(&format!("python-{name}"));
+    let script = work.write("leaky_jobs.py", LEAKY_JOBS);
+    (work, script)
 }
 
-impl Script {
-    fn new(name: &str) -> Self {
-        let dir = scratch_dir(name);
-        std::fs::write(dir.join("leaky_jobs.py"), LEAKY_JOBS).expect("writing leaky_jobs.py");
-        Self { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.join("leaky_jobs.py")
-    }
-
-    /// Tells the program to connect, and waits until its connections are open.
-    fn connect(&self) {
-        std::fs::write(self.dir.join("go"), "").expect("writing the go file");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.dir.join("ready").exists() {
-            assert!(Instant::now() < deadline, "leaky_jobs.py did not connect within 20 s");
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// `interpreter leaky_jobs.py PORT`, killed when dropped.
-struct Program(Child);
-
-impl Program {
-    fn spawn(interpreter: &Path, script: &Script, port: &str) -> Self {
-        let child = Command::new(interpreter)
-            .arg(script.path())
-            .arg(port)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("running {}: {e}", interpreter.display()));
-        Self(child)
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Program {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tcptrace-python-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
-    dir
-}
-
-/// The report of a `leaks` run stopped once the connections are past `--min-age`.
-fn report(tracer: Tracer) -> (Value, String) {
-    thread::sleep(Duration::from_millis(1500));
-    let out = tracer.stop();
-    assert!(out.status.success(), "tcptrace failed: {}\n{}", out.stdout, out.stderr);
-    let report = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: not one JSON document: {}", out.stdout));
-    (report, out.stderr)
-}
-
-/// The one group of `pid`'s never-closed connections.
-fn unclosed_group(report: &Value, pid: u32) -> &Value {
-    let groups: Vec<&Value> = report["groups"]
-        .as_array()
-        .map_or(&[][..], Vec::as_slice)
-        .iter()
-        .filter(|g| g["pid"] == pid && g["kind"] == "unclosed")
-        .collect();
-    assert_eq!(groups.len(), 1, "one group of unclosed connections: {report:#}");
-    assert_eq!(groups[0]["count"], 4, "{:#}", groups[0]);
-    groups[0]
+/// `interpreter leaky_jobs.py PORT`.
+fn spawn(interpreter: &Path, script: &Path, port: &str) -> Program {
+    Program::spawn(interpreter, &[&script.to_string_lossy(), port])
 }
 
 /// The site is the program's function at its line, with its caller; the stack goes through the
@@ -140,8 +74,7 @@ fn assert_named_by_the_program(group: &Value) {
         site.starts_with("open_order_client (leaky_jobs.py:5) ← "),
         "the site names the program's function and line: {group:#}"
     );
-    let stack = group["stack"].as_array().expect("a stack");
-    let python: Vec<&Value> = stack.iter().filter(|f| f["module"] == "[python]").collect();
+    let python = frames_of(group, "[python]");
     let names: Vec<&str> = python.iter().filter_map(|f| f["symbol"].as_str()).collect();
     assert_eq!(names.first(), Some(&"create_connection"), "{group:#}");
     assert!(python[0]["file"].as_str().is_some_and(|f| f.ends_with("/socket.py")), "{group:#}");
@@ -155,10 +88,10 @@ fn assert_named_by_the_program(group: &Value) {
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn a_python_program_running_before_tcptrace_is_named_by_its_function_and_line() {
     let port = holding_server().to_string();
-    let script = Script::new("running");
-    let program = Program::spawn(Path::new(PYTHON), &script, &port);
+    let (work, script) = script("running");
+    let program = spawn(Path::new(PYTHON), &script, &port);
     let tracer = Tracer::start(&["leaks", "--port", &port, "--min-age", "1s", "--json"]);
-    script.connect();
+    work.connect();
     let (report, _) = report(tracer);
     assert_named_by_the_program(unclosed_group(&report, program.pid()));
 }
@@ -167,13 +100,13 @@ fn a_python_program_running_before_tcptrace_is_named_by_its_function_and_line() 
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn a_python_program_started_under_tcptrace_is_named_by_its_function_and_line() {
     let port = holding_server().to_string();
-    let script = Script::new("started");
+    let (work, script) = script("started");
     let tracer = Tracer::start(&["leaks", "--port", &port, "--min-age", "1s", "--json"]);
-    let program = Program::spawn(Path::new(PYTHON), &script, &port);
+    let program = spawn(Path::new(PYTHON), &script, &port);
     // tcptrace recognises the interpreter when it reads the exec, a few ms after it: opens
     // before that get native frames only (README, "Code paths").
     thread::sleep(Duration::from_millis(300));
-    script.connect();
+    work.connect();
     let (report, _) = report(tracer);
     assert_named_by_the_program(unclosed_group(&report, program.pid()));
 }
@@ -182,14 +115,14 @@ fn a_python_program_started_under_tcptrace_is_named_by_its_function_and_line() {
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn a_python_version_without_a_known_layout_gets_native_frames_and_a_note() {
     let port = holding_server().to_string();
-    let script = Script::new("unknown");
+    let (work, script) = script("unknown");
     // Debian's interpreter is linked statically: a copy under another version's name runs the
     // same, and tcptrace must not read it with 3.11's layout (nor any other).
-    let renamed = script.dir.join("python3.99");
+    let renamed = work.dir.join("python3.99");
     std::fs::copy(PYTHON, &renamed).expect("copying the interpreter");
-    let program = Program::spawn(&renamed, &script, &port);
+    let program = spawn(&renamed, &script, &port);
     let tracer = Tracer::start(&["leaks", "--port", &port, "--min-age", "1s", "--json"]);
-    script.connect();
+    work.connect();
     let (report, stderr) = report(tracer);
     assert!(
         stderr.lines().any(|l| l.starts_with("tcptrace: note: ")
@@ -198,8 +131,7 @@ fn a_python_version_without_a_known_layout_gets_native_frames_and_a_note() {
         "a note names the interpreter it cannot read: {stderr}"
     );
     let group = unclosed_group(&report, program.pid());
-    let stack = group["stack"].as_array().map_or(&[][..], Vec::as_slice);
-    assert!(!stack.iter().any(|f| f["module"] == "[python]"), "no interpreter frames: {group:#}");
+    assert!(frames_of(group, "[python]").is_empty(), "no interpreter frames: {group:#}");
     assert!(!group["site"].as_str().unwrap_or_default().contains("open_order_client"));
 }
 
@@ -209,8 +141,8 @@ fn a_python_version_without_a_known_layout_gets_native_frames_and_a_note() {
 #[ignore = "loads BPF programs and runs podman: needs root (cargo xtask test)"]
 fn a_python_program_in_a_container_is_named_by_its_function_and_line() {
     let port = holding_server().to_string();
-    let script = Script::new("container");
-    let dir = script.dir.to_string_lossy().into_owned();
+    let (work, script) = script("container");
+    let dir = work.dir.to_string_lossy().into_owned();
     // The host's interpreter and standard library, read-only, in the busybox image.
     let volumes = [
         format!("{dir}:{dir}"),
@@ -220,9 +152,9 @@ fn a_python_program_in_a_container_is_named_by_its_function_and_line() {
     ];
     let volumes: Vec<&str> = volumes.iter().flat_map(|v| ["-v", v.as_str()]).collect();
     let container =
-        Container::run_with(&volumes, &format!("exec {PYTHON} {} {port}", script.path().display()));
+        Container::run_with(&volumes, &format!("exec {PYTHON} {} {port}", script.display()));
     let tracer = Tracer::start(&["leaks", "--port", &port, "--min-age", "1s", "--json"]);
-    script.connect();
+    work.connect();
     let (report, _) = report(tracer);
     let group = unclosed_group(&report, container.pid);
     assert_eq!(group["container"]["name"], container.name.as_str(), "{group:#}");
@@ -234,8 +166,8 @@ fn a_python_program_in_a_container_is_named_by_its_function_and_line() {
 fn the_python_3_11_layout_matches_the_installed_headers() {
     let headers = Path::new("/usr/include/python3.11/internal/pycore_frame.h");
     assert!(headers.exists(), "python3.11-dev is missing (cargo xtask setup installs it)");
-    let dir = scratch_dir("offsets");
-    let source = dir.join("offsets.c");
+    let work = Workdir::new("python-offsets");
+    let source = work.dir.join("offsets.c");
     std::fs::write(
         &source,
         r#"#define Py_BUILD_CORE 1
@@ -272,7 +204,7 @@ int main(void) {
 "#,
     )
     .expect("writing offsets.c");
-    let binary = dir.join("offsets");
+    let binary = work.dir.join("offsets");
     let built = Command::new("gcc")
         .args(["-I/usr/include/python3.11", "-I/usr/include/x86_64-linux-gnu/python3.11", "-o"])
         .arg(&binary)

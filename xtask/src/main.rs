@@ -203,8 +203,8 @@ const BENCH_TEST_FILTER: &str = "bench";
 /// and run tests compile their fixtures with gcc and rustc (run also uses bash), the
 /// reliability and perf-map tests run commands as another user, and the soak test's 3,000
 /// processes would take minutes under emulation, the container tests run podman, and the serve
-/// tests run Debian's prometheus and promtool, and the Python tests run Debian's python3 with its
-/// standard library; the VM's
+/// tests run Debian's prometheus and promtool, and the Python and Java tests run Debian's python3
+/// and OpenJDK with their standard libraries; the VM's
 /// initramfs holds
 /// busybox and the test binaries only. The kernel side of stacks and of run's process
 /// following is tested in the VM by kernel_events. `leaks` itself runs in the VM (cli_trace),
@@ -221,6 +221,7 @@ const HOST_ONLY_TESTS: &[&str] = &[
     "containers",
     "serve",
     "python",
+    "java",
 ];
 
 /// Test executables of the tcptrace package (unit tests and integration tests), built once.

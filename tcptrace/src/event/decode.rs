@@ -231,9 +231,9 @@ mod tests {
             _pad0: 0,
             frames: [tcptrace_common::InterpFrame::default(); INTERP_FRAMES],
         };
-        record.frames[0] = tcptrace_common::InterpFrame { code: 0x7f00, instr: 0x7f80 };
-        record.frames[1] = tcptrace_common::InterpFrame { code: 0x8f00, instr: 0x8f80 };
-        record.frames[2] = tcptrace_common::InterpFrame { code: 0xdead, instr: 0xbeef };
+        record.frames[0] = tcptrace_common::InterpFrame { code: 0x7f00, instr: 0x7f80, pc: 0 };
+        record.frames[1] = tcptrace_common::InterpFrame { code: 0x8f00, instr: 0x8f80, pc: 1 };
+        record.frames[2] = tcptrace_common::InterpFrame { code: 0xdead, instr: 0xbeef, pc: 2 };
         let event = Event::try_from(interp_bytes(&record).as_slice()).expect("decodes");
         let interp = event.interp.expect("interpreter frames");
         assert_eq!(interp.runtime, Runtime::Python);
@@ -250,6 +250,9 @@ mod tests {
             Event::try_from(&bytes[..size_of::<RawEvent>() + 8]),
             Err(DecodeError::ShortInterp(size_of::<RawEvent>() + 8))
         );
+        record.runtime = tcptrace_common::RUNTIME_HOTSPOT;
+        let event = Event::try_from(interp_bytes(&record).as_slice()).expect("decodes");
+        assert_eq!(event.interp.unwrap().runtime, Runtime::HotSpot);
         record.runtime = 9;
         assert_eq!(Event::try_from(interp_bytes(&record).as_slice()), Err(DecodeError::Runtime(9)));
         record.runtime = tcptrace_common::RUNTIME_PYTHON;

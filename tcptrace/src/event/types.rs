@@ -218,6 +218,7 @@ impl StackIds {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {
     Python,
+    HotSpot,
 }
 
 impl TryFrom<u32> for Runtime {
@@ -226,6 +227,7 @@ impl TryFrom<u32> for Runtime {
     fn try_from(raw: u32) -> Result<Self, DecodeError> {
         match raw {
             tcptrace_common::RUNTIME_PYTHON => Ok(Self::Python),
+            tcptrace_common::RUNTIME_HOTSPOT => Ok(Self::HotSpot),
             other => Err(DecodeError::Runtime(other)),
         }
     }

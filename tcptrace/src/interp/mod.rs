@@ -1,21 +1,25 @@
 //! Interpreter frames: the code path of a connect() or accept() in a managed runtime, named
 //! in the application's language.
 //!
-//! A Python program's native stack ends in the interpreter's eval loop, which says nothing
-//! about the application. So for each process running a CPython tcptrace knows (`python`),
-//! this layer puts the interpreter's layout in the kernel's `PY_PROCS` map; the kernel program
-//! then walks the interpreter's frames at each open in that process and sends, per frame, the
-//! code object and instruction (see `tcptrace_common::interp`). Here those become frames:
-//! `open_order_client (leaky_jobs.py:5)`, read from the process's memory while it lives, with
-//! a cache per code object.
+//! A Python program's native stack ends in the interpreter's eval loop, and a Java program's
+//! interpreted frames are anonymous code: neither names the application. So for each process
+//! running a CPython (`python`) or a HotSpot JVM (`hotspot`) that tcptrace can read, this layer
+//! puts what the kernel program needs in its map (`PY_PROCS`: the interpreter's layout;
+//! `JVM_PROCS`: the interpreted frame's slots); the kernel program then records, at each open
+//! in that process, the interpreter's frames (see `tcptrace_common::interp`). Here those become
+//! frames named from the process's memory while it lives: `open_order_client
+//! (leaky_jobs.py:5)`, `Leaky.open_order_client (Leaky.java:7)`.
 //!
 //! Processes are found at start (every running process, so programs already running are
-//! covered without a restart) and at each exec. A Python linking `libpython` dynamically
-//! (pyenv, source builds) has not mapped it yet when its exec is seen: it is looked at again
-//! at its first open, which therefore has native frames only.
+//! covered without a restart) and at each exec. A process that is not yet readable at its exec
+//! (a JVM loads `libjvm.so` after it, a Python may load `libpython` after it) is looked at
+//! again every `RETRY_EVERY` for `RETRY_FOR`; its opens before then get native frames only.
 //!
-//! May import `event`, `symbolize` (the `Frame` it produces) and `stdio`; imported by `stacks`.
+//! May import `kernel` (its maps), `event`, `symbolize` (the `Frame` it produces) and `stdio`;
+//! imported by `stacks`.
 
+pub mod hotspot;
+mod mapped;
 pub mod memory;
 pub mod python;
 
@@ -23,39 +27,71 @@ use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use procfs::process::MemoryMaps;
 use tcptrace_common::PyLayout;
 
-use self::{
-    memory::ProcessMemory,
-    python::{Detection, Interpreter, code::Code},
-};
+use self::{hotspot::Jvm, memory::ProcessMemory, python::code::Code};
 use crate::{
     event::{InterpStack, Runtime},
+    kernel::probes::InterpMaps,
     symbolize::Frame,
 };
 
-/// The `module` of interpreter frames: their `addr` is the code object's address.
+/// The `module` of Python frames: their `addr` is the code object's address.
 pub const PYTHON_MODULE: &str = "[python]";
+pub use self::hotspot::JAVA_MODULE;
 
 /// Code objects kept per run; past this the cache starts over.
 const MAX_CODES: usize = 16_384;
-
 /// Processes remembered at most (interpreters and those awaiting a second look); past this
 /// only the interpreters are kept. Exits remove them, but not those the filters hide.
 const MAX_PROCESSES: usize = 65_536;
+/// How often, and how long after its exec, a process not yet readable is looked at again.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
+const RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// What tcptrace knows of a process's interpreter; a process without one is not remembered.
 enum Known {
-    Python(Interpreter),
-    /// Exec'd and not yet an interpreter tcptrace can read: looked at again at its next open.
-    Pending,
+    Python(python::Interpreter),
+    Jvm(Box<Jvm>),
+    /// Exec'd and not yet an interpreter tcptrace can read: looked at again until `until`.
+    Pending {
+        until: Instant,
+    },
+}
+
+/// Named interpreter frames, and how they go with the native stack.
+pub enum Named {
+    /// Python: the interpreter's frames stand for everything the native stack has from the
+    /// interpreter's code outward.
+    Outer(Vec<Frame>),
+    /// HotSpot: each named frame replaces the native frame at its return address.
+    AtAddresses(Vec<Frame>),
+}
+
+/// What one detection found.
+enum Found {
+    Python(python::Interpreter),
+    Jvm(Box<Jvm>),
+    /// An interpreter tcptrace cannot read (`note` says which and why).
+    Unsupported {
+        file: PathBuf,
+        note: String,
+    },
+    /// An interpreter not readable yet (still starting): looked at again while that is
+    /// allowed, then noted as unsupported.
+    NotYet {
+        file: PathBuf,
+        note: String,
+    },
+    Nothing,
 }
 
 pub struct Interpreters {
-    map: BpfHashMap<MapData, u32, PyLayout>,
+    maps: InterpMaps,
     processes: HashMap<u32, Known>,
     codes: HashMap<(u32, u64), Option<Arc<Code>>>,
     /// Interpreter files already noted as unsupported.
@@ -63,19 +99,21 @@ pub struct Interpreters {
     /// The notes of the start-up scan, said after tcptrace's first line.
     start_notes: Vec<String>,
     scanning: bool,
-    /// Processes the kernel map had no room for.
+    last_retry: Instant,
+    /// Processes the kernel maps had no room for.
     pub map_full: u64,
 }
 
 impl Interpreters {
-    pub fn new(map: BpfHashMap<MapData, u32, PyLayout>) -> Self {
+    pub fn new(maps: InterpMaps) -> Self {
         Self {
-            map,
+            maps,
             processes: HashMap::new(),
             codes: HashMap::new(),
             noted: HashSet::new(),
             start_notes: Vec::new(),
             scanning: false,
+            last_retry: Instant::now(),
             map_full: 0,
         }
     }
@@ -87,10 +125,14 @@ impl Interpreters {
             return;
         };
         self.scanning = true;
+        // A process found starting (a JVM before its tables are filled in) is looked at again.
+        let retry_until = Some(Instant::now() + RETRY_FOR);
         for process in processes.flatten() {
             if let Ok(pid) = u32::try_from(process.pid) {
-                let detection = python::detect(pid);
-                self.learn(pid, detection, false);
+                match detect(pid) {
+                    Found::Nothing => {}
+                    found => self.learn(pid, found, retry_until),
+                }
             }
         }
         self.scanning = false;
@@ -104,92 +146,120 @@ impl Interpreters {
     /// Process `pid` exec'd: what it ran before is gone.
     pub fn exec(&mut self, pid: u32) {
         self.forget(pid);
-        let detection = python::detect(pid);
-        self.learn(pid, detection, true);
+        let found = detect(pid);
+        self.learn(pid, found, Some(Instant::now() + RETRY_FOR));
     }
 
     /// Process `pid` exited.
     pub fn forget(&mut self, pid: u32) {
-        if let Some(Known::Python(_)) = self.processes.remove(&pid) {
-            let _ = self.map.remove(&pid);
+        match self.processes.remove(&pid) {
+            Some(Known::Python(_)) => {
+                let _ = self.maps.python.remove(&pid);
+            }
+            Some(Known::Jvm(_)) => {
+                let _ = self.maps.jvm.remove(&pid);
+            }
+            _ => {}
         }
         self.codes.retain(|&(owner, _), _| owner != pid);
     }
 
-    /// An open in `pid` that carried no interpreter frames: a process exec'd before its
-    /// interpreter was mapped is looked at again.
-    pub fn open_without_frames(&mut self, pid: u32) {
-        if matches!(self.processes.get(&pid), Some(Known::Pending)) {
+    /// Looks again at the processes exec'd lately that were not readable yet; called often,
+    /// does something every `RETRY_EVERY`.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.last_retry) < RETRY_EVERY {
+            return;
+        }
+        self.last_retry = now;
+        let pending: Vec<(u32, Instant)> = self
+            .processes
+            .iter()
+            .filter_map(|(&pid, known)| match *known {
+                Known::Pending { until } => Some((pid, until)),
+                _ => None,
+            })
+            .collect();
+        for (pid, until) in pending {
             self.processes.remove(&pid);
-            let detection = python::detect(pid);
-            self.learn(pid, detection, false);
+            let found = detect(pid);
+            self.learn(pid, found, (now < until).then_some(until));
         }
     }
 
     /// The file of `pid`'s interpreter, when it has one tcptrace reads.
-    pub fn interpreter(&self, pid: u32) -> Option<&Interpreter> {
+    pub fn interpreter(&self, pid: u32) -> Option<&PathBuf> {
         match self.processes.get(&pid) {
-            Some(Known::Python(interpreter)) => Some(interpreter),
+            Some(Known::Python(interpreter)) => Some(&interpreter.path),
+            Some(Known::Jvm(jvm)) => Some(&jvm.path),
             _ => None,
         }
     }
 
-    /// Names the frames the kernel walked in `pid`, innermost first.
-    pub fn frames(&mut self, pid: u32, stack: &InterpStack) -> Vec<Frame> {
-        let Runtime::Python = stack.runtime;
-        let Some(Known::Python(interpreter)) = self.processes.get(&pid) else {
-            return Vec::new();
-        };
-        let version = interpreter.version;
+    /// Names the frames the kernel walked in `pid`.
+    pub fn frames(&mut self, pid: u32, stack: &InterpStack) -> Named {
         let memory = ProcessMemory::open(pid);
-        if self.codes.len() >= MAX_CODES {
-            self.codes.clear();
-        }
-        stack
-            .frames
-            .iter()
-            .map(|frame| {
-                let code = self
-                    .codes
-                    .entry((pid, frame.code))
-                    .or_insert_with(|| {
-                        memory
-                            .as_ref()
-                            .and_then(|m| Code::read(m, version, frame.code))
-                            .map(Arc::new)
-                    })
-                    .clone();
-                match code {
-                    Some(code) => Frame {
-                        addr: frame.code,
-                        line: code.line(version, frame.code, frame.instr),
-                        symbol: Some(code.name.clone()),
-                        file: Some(code.file.clone()),
-                        module: Some(PYTHON_MODULE.to_owned()),
-                    },
-                    None => Frame::unknown(frame.code, Some(PYTHON_MODULE.to_owned())),
+        match (stack.runtime, self.processes.get(&pid)) {
+            (Runtime::Python, Some(Known::Python(interpreter))) => {
+                let version = interpreter.version;
+                if self.codes.len() >= MAX_CODES {
+                    self.codes.clear();
                 }
-            })
-            .collect()
+                let codes = &mut self.codes;
+                Named::Outer(
+                    stack
+                        .frames
+                        .iter()
+                        .map(|frame| {
+                            let code = codes
+                                .entry((pid, frame.code))
+                                .or_insert_with(|| {
+                                    let memory = memory.as_ref()?;
+                                    Code::read(memory, version, frame.code).map(Arc::new)
+                                })
+                                .clone();
+                            python_frame(code.as_deref(), version, frame)
+                        })
+                        .collect(),
+                )
+            }
+            (Runtime::HotSpot, Some(Known::Jvm(jvm))) => Named::AtAddresses(
+                memory
+                    .map(|memory| {
+                        stack.frames.iter().filter_map(|f| jvm.frame(&memory, f)).collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            _ => Named::AtAddresses(Vec::new()),
+        }
     }
 
-    fn learn(&mut self, pid: u32, detection: Detection, just_exec: bool) {
-        let known = match detection {
-            Detection::Known(interpreter) => {
+    /// Records what `found` says of `pid`. `retry_until`: a process just exec'd (or looked at
+    /// again), which may become readable; `None`: this look is final.
+    fn learn(&mut self, pid: u32, found: Found, retry_until: Option<Instant>) {
+        let known = match found {
+            Found::Python(interpreter) => {
                 let layout = PyLayout { runtime: interpreter.runtime, ..interpreter.version.walk };
-                if self.map.insert(pid, layout, 0).is_err() {
+                if self.maps.python.insert(pid, layout, 0).is_err() {
                     self.map_full += 1;
                     return;
                 }
                 Known::Python(interpreter)
             }
-            Detection::Unsupported { .. } | Detection::NotPython if just_exec => Known::Pending,
-            Detection::Unsupported { version: (major, minor), path, why } => {
-                if self.noted.insert(path.clone()) {
-                    let note = format!(
-                        "{} (Python {major}.{minor}, pid {pid}): {why}; its connections get native frames only",
-                        path.display()
-                    );
+            Found::Jvm(jvm) => {
+                if self.maps.jvm.insert(pid, jvm.slots, 0).is_err() {
+                    self.map_full += 1;
+                    return;
+                }
+                Known::Jvm(jvm)
+            }
+            Found::NotYet { .. } | Found::Nothing if let Some(until) = retry_until => {
+                Known::Pending { until }
+            }
+            Found::Unsupported { file, note } | Found::NotYet { file, note } => {
+                if self.noted.insert(file) {
+                    let note =
+                        format!("{note} (pid {pid}); its connections get native frames only");
                     if self.scanning {
                         self.start_notes.push(note);
                     } else {
@@ -198,11 +268,59 @@ impl Interpreters {
                 }
                 return;
             }
-            Detection::NotPython => return,
+            Found::Nothing => return,
         };
         if self.processes.len() >= MAX_PROCESSES {
-            self.processes.retain(|_, known| matches!(known, Known::Python(_)));
+            self.processes.retain(|_, known| !matches!(known, Known::Pending { .. }));
         }
         self.processes.insert(pid, known);
+    }
+}
+
+/// What process `pid` runs, as far as interpreters go.
+fn detect(pid: u32) -> Found {
+    let Some(maps) = mapped::maps(pid) else {
+        return Found::Nothing;
+    };
+    detect_in(pid, &maps)
+}
+
+fn detect_in(pid: u32, maps: &MemoryMaps) -> Found {
+    match python::detect(pid, maps) {
+        python::Detection::Known(interpreter) => return Found::Python(interpreter),
+        python::Detection::Unsupported { version: (major, minor), path, why } => {
+            let note = format!("{} (Python {major}.{minor}): {why}", path.display());
+            return Found::Unsupported { file: path, note };
+        }
+        python::Detection::NotYet { version: (major, minor), path, why } => {
+            let note = format!("{} (Python {major}.{minor}): {why}", path.display());
+            return Found::NotYet { file: path, note };
+        }
+        python::Detection::NotPython => {}
+    }
+    match hotspot::detect(pid, maps) {
+        hotspot::Detection::Known(jvm) => Found::Jvm(Box::new(jvm)),
+        hotspot::Detection::NotReady { path, why } => {
+            let note = format!("{} (HotSpot): {why}", path.display());
+            Found::NotYet { file: path, note }
+        }
+        hotspot::Detection::NotJvm => Found::Nothing,
+    }
+}
+
+fn python_frame(
+    code: Option<&Code>,
+    version: &python::Version,
+    frame: &tcptrace_common::InterpFrame,
+) -> Frame {
+    match code {
+        Some(code) => Frame {
+            addr: frame.code,
+            line: code.line(version, frame.code, frame.instr),
+            symbol: Some(code.name.clone()),
+            file: Some(code.file.clone()),
+            module: Some(PYTHON_MODULE.to_owned()),
+        },
+        None => Frame::unknown(frame.code, Some(PYTHON_MODULE.to_owned())),
     }
 }

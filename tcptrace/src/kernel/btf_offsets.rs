@@ -11,12 +11,12 @@ use tcptrace_common::KernelOffsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// `struct pt_regs` members holding a syscall's number and first argument, as the syscall
-/// entry code saved them; only x86-64 is mapped.
+/// `struct pt_regs` members holding a syscall's number, its first argument and the user frame
+/// pointer, as the syscall entry code saved them; only x86-64 is mapped.
 #[cfg(target_arch = "x86_64")]
-const SYSCALL_REGS: Option<(&str, &str)> = Some(("orig_ax", "di"));
+const SYSCALL_REGS: Option<(&str, &str, &str)> = Some(("orig_ax", "di", "bp"));
 #[cfg(not(target_arch = "x86_64"))]
-const SYSCALL_REGS: Option<(&str, &str)> = None;
+const SYSCALL_REGS: Option<(&str, &str, &str)> = None;
 
 /// The `task_struct` member holding a user thread's thread pointer (x86-64: the fs base that
 /// glibc's and musl's `pthread_self()` return); only x86-64 is mapped.
@@ -232,16 +232,19 @@ impl KernelBtf {
         if !self.has_enum_value("bpf_func_id", "BPF_FUNC_task_pt_regs") {
             return none;
         }
-        let Some((nr, arg0)) = SYSCALL_REGS else { return none };
-        let (Ok(regs_syscall_nr), Ok(regs_arg0)) =
-            (self.member_sized("pt_regs", nr, 8), self.member_sized("pt_regs", arg0, 8))
-        else {
+        let Some((nr, arg0, fp)) = SYSCALL_REGS else { return none };
+        let (Ok(regs_syscall_nr), Ok(regs_arg0), Ok(regs_fp)) = (
+            self.member_sized("pt_regs", nr, 8),
+            self.member_sized("pt_regs", arg0, 8),
+            self.member_sized("pt_regs", fp, 8),
+        ) else {
             return none;
         };
         KernelOffsets {
             connect_regs: 1,
             regs_syscall_nr,
             regs_arg0,
+            regs_fp,
             sys_connect: libc::SYS_connect as u32,
             ..none
         }

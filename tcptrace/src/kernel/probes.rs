@@ -15,7 +15,7 @@ use aya::{
 use tcptrace_common::{
     CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS,
     COUNTER_NESTED_CHANGES, COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_SENT_EVENTS,
-    COUNTER_STACK_FAILED, KernelOffsets, PyLayout, STACKS_KERNEL, STACKS_USER, names,
+    COUNTER_STACK_FAILED, FrameSlots, KernelOffsets, PyLayout, STACKS_KERNEL, STACKS_USER, names,
 };
 
 #[cfg(feature = "bench")]
@@ -45,8 +45,9 @@ const USER_STACK_ENTRIES: u32 = 8_192;
 /// Distinct kernel stacks `STACKS` holds: 127 addresses each, 16 MiB (bcc's tools' size).
 const KERNEL_STACK_ENTRIES: u32 = 16_384;
 
-/// Python processes whose opens carry interpreter frames at once (`PY_PROCS`, 40 bytes each).
-const PY_PROCS_ENTRIES: u32 = 4_096;
+/// Python processes, and JVMs, whose opens carry interpreter frames at once (`PY_PROCS` and
+/// `JVM_PROCS`, 40 and 16 bytes each).
+const INTERP_PROCS_ENTRIES: u32 = 4_096;
 
 /// Processes and threads `tcptrace run` can follow at once.
 const FOLLOWED_ENTRIES: u32 = 65_536;
@@ -65,8 +66,15 @@ pub struct StackMaps {
     pub user: Option<MapData>,
     /// `STACKS` (addresses), when kernel stacks are captured.
     pub kernel: Option<StackTraceMap<MapData>>,
-    /// `PY_PROCS`, when user stacks are captured.
-    pub interp: Option<HashMap<MapData, u32, PyLayout>>,
+    /// `PY_PROCS` and `JVM_PROCS`, when user stacks are captured.
+    pub interp: Option<InterpMaps>,
+}
+
+/// The maps that tell the kernel programs which processes run an interpreter whose frames they
+/// walk (see `interp`).
+pub struct InterpMaps {
+    pub python: HashMap<MapData, u32, PyLayout>,
+    pub jvm: HashMap<MapData, u32, FrameSlots>,
 }
 
 impl Probes {
@@ -142,8 +150,11 @@ impl Probes {
             None
         };
         let interp = if bits & STACKS_USER != 0 {
-            let map = self.ebpf.take_map(names::PY_PROCS).context("map PY_PROCS already taken")?;
-            Some(HashMap::try_from(map)?)
+            let python =
+                self.ebpf.take_map(names::PY_PROCS).context("map PY_PROCS already taken")?;
+            let jvm =
+                self.ebpf.take_map(names::JVM_PROCS).context("map JVM_PROCS already taken")?;
+            Some(InterpMaps { python: HashMap::try_from(python)?, jvm: HashMap::try_from(jvm)? })
         } else {
             None
         };
@@ -248,7 +259,8 @@ fn load_object(options: &ProbeOptions, offsets: &KernelOffsets) -> anyhow::Resul
         .map_max_entries(names::USER_ADDR_STACKS, user_stack_entries)
         .map_max_entries(names::SITE_STACKS, user_stack_entries)
         .map_max_entries(names::STACKS, if kernel_stacks { KERNEL_STACK_ENTRIES } else { 1 })
-        .map_max_entries(names::PY_PROCS, if user_stacks { PY_PROCS_ENTRIES } else { 1 })
+        .map_max_entries(names::PY_PROCS, if user_stacks { INTERP_PROCS_ENTRIES } else { 1 })
+        .map_max_entries(names::JVM_PROCS, if user_stacks { INTERP_PROCS_ENTRIES } else { 1 })
         .map_max_entries(names::FOLLOWED, if options.following() { FOLLOWED_ENTRIES } else { 1 })
         .load(EBPF_OBJECT)
         .map_err(|e| anyhow!("loading the BPF object: {}", reason(&e)))

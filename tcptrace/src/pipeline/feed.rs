@@ -102,6 +102,13 @@ impl<S: Sink> Feed<S> {
         }
     }
 
+    /// Periodic work between batches: the stack resolver's second looks at new processes.
+    pub fn tick(&mut self) {
+        if let Some(stacks) = &mut self.stacks {
+            stacks.tick();
+        }
+    }
+
     /// Flushes the sink after a batch (unless it already failed).
     pub fn flush(&mut self) {
         if self.error.is_none()

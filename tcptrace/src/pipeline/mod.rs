@@ -233,6 +233,8 @@ impl<S: Sink> Pipeline<S> {
         sweeps.tick().await; // the first tick is immediate: the start already swept
         let mut ticks = interval(tick_every.unwrap_or(IDLE));
         let (sweeping, ticking) = (self.sweep_every.is_some(), tick_every.is_some());
+        // Work of the pipeline's own between batches, when no batch comes (`Feed::tick`).
+        let mut housekeeping = interval(HOUSEKEEPING);
         let mut pending: Option<PendingSweep> = None;
         while self.feed.error.is_none() {
             let outcome = tokio::select! {
@@ -242,6 +244,7 @@ impl<S: Sink> Pipeline<S> {
                     Outcome::SweepDone(done)
                 }
                 _ = ticks.tick(), if ticking => Outcome::Tick,
+                _ = housekeeping.tick() => Outcome::Housekeeping,
                 batch = self.stream.next_batch(|bytes| self.feed.handle(bytes)) => {
                     Outcome::Batch(batch)
                 }
@@ -261,7 +264,9 @@ impl<S: Sink> Pipeline<S> {
                 Outcome::Batch(batch) => {
                     batch.context("reading the ring buffer")?;
                     self.feed.flush();
+                    self.feed.tick();
                 }
+                Outcome::Housekeeping => self.feed.tick(),
             }
         }
         if let Some((task, _)) = pending {
@@ -279,6 +284,8 @@ impl<S: Sink> Pipeline<S> {
 
 /// The period of an interval that is never awaited.
 const IDLE: Duration = Duration::from_secs(3600);
+/// How often the pipeline does its own periodic work when no events come.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
 fn interval(period: Duration) -> tokio::time::Interval {
     let mut interval = tokio::time::interval(period);
@@ -291,5 +298,6 @@ enum Outcome {
     StartSweep,
     SweepDone(Result<anyhow::Result<Snapshot>, tokio::task::JoinError>),
     Tick,
+    Housekeeping,
     Batch(std::io::Result<usize>),
 }

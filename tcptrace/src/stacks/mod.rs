@@ -112,15 +112,21 @@ fn is_kernel(frame: &Frame) -> bool {
 
 /// Interpreted code that is not the application's: Python's standard library, the packages
 /// installed for it (`lib/python3.N/`, `site-packages`, Debian's `lib/python3/dist-packages`)
-/// and its frozen modules.
+/// and its frozen modules; the JDK's classes.
 fn is_interpreted_library(frame: &Frame) -> bool {
-    frame.module.as_deref() == Some(crate::interp::PYTHON_MODULE)
-        && frame.file.as_deref().is_some_and(|file| {
+    const JDK: &[&str] = &["java.", "javax.", "sun.", "jdk.", "com.sun."];
+    match frame.module.as_deref() {
+        Some(crate::interp::PYTHON_MODULE) => frame.file.as_deref().is_some_and(|file| {
             file.starts_with("<frozen")
                 || file.contains("/lib/python")
                 || file.contains("/site-packages/")
                 || file.contains("/dist-packages/")
-        })
+        }),
+        Some(crate::interp::JAVA_MODULE) => {
+            frame.symbol.as_deref().is_some_and(|s| JDK.iter().any(|p| s.starts_with(p)))
+        }
+        _ => false,
+    }
 }
 
 /// Frames that only carry a connect() or accept() to the kernel: system libraries, language
@@ -166,7 +172,11 @@ fn is_plumbing(frame: &Frame) -> bool {
     let symbol = frame.symbol.as_deref().map(|s| s.trim_start_matches('<'));
     let place = |text: Option<&str>| text.is_some_and(|t| PLACES.iter().any(|p| t.contains(p)));
     // An interpreter frame is the application's or a library's (`is_interpreted_library`).
-    frame.module.as_deref() != Some(crate::interp::PYTHON_MODULE)
+    let interpreted = matches!(
+        frame.module.as_deref(),
+        Some(crate::interp::PYTHON_MODULE | crate::interp::JAVA_MODULE)
+    );
+    !interpreted
         && (library
             || symbol.is_some_and(|s| NAMESPACES.iter().any(|ns| s.starts_with(ns)))
             || place(frame.module.as_deref())
@@ -287,6 +297,35 @@ mod tests {
         // A Python function whose name looks like Go's runtime is still the application's.
         stack.frames.push(python("runtime.connect", "/srv/app/jobs.py", 3));
         assert_eq!(stack.own_frames()[0].symbol.as_deref(), Some("runtime.connect"));
+    }
+
+    #[test]
+    fn the_site_of_a_java_program_is_its_own_method() {
+        let java = |symbol: &str, file: &str, line: u32| Frame {
+            module: Some(crate::interp::JAVA_MODULE.to_owned()),
+            ..python(symbol, file, line)
+        };
+        let stack = OpenStack {
+            key: StackKey::native(Some(1), None),
+            frames: vec![
+                frame(0x7f00_0000_1000, Some("__libc_connect"), Some("/lib/libc.so.6"), None),
+                java("sun.nio.ch.Net.connect", "Net.java", 579),
+                java("java.net.Socket.<init>", "Socket.java", 287),
+                java("Leaky.open_order_client", "Leaky.java", 7),
+                java("Leaky.main", "Leaky.java", 16),
+                frame(
+                    0x7f00_0000_2000,
+                    Some("JavaCalls::call_helper"),
+                    Some("/usr/lib/jvm/x/lib/server/libjvm.so"),
+                    None,
+                ),
+            ],
+            truncated: false,
+        };
+        assert_eq!(
+            stack.site().as_deref(),
+            Some("Leaky.open_order_client (Leaky.java:7) ← Leaky.main (Leaky.java:16)")
+        );
     }
 
     #[test]

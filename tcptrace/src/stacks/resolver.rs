@@ -23,8 +23,8 @@ use std::{
     sync::Arc,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
-use tcptrace_common::{BUILD_ID_IP, BUILD_ID_VALID, BuildIdFrame, PyLayout, USER_STACK_FRAMES};
+use aya::maps::{MapData, StackTraceMap};
+use tcptrace_common::{BUILD_ID_IP, BUILD_ID_VALID, BuildIdFrame, USER_STACK_FRAMES};
 
 use super::{
     KERNEL_MODULE, OpenStack, StackKey,
@@ -33,8 +33,8 @@ use super::{
 };
 use crate::{
     event::{InterpStack, InterpWalk, StackIds},
-    interp::Interpreters,
-    kernel::bpf_sys,
+    interp::{Interpreters, Named},
+    kernel::{bpf_sys, probes::InterpMaps},
     symbolize::{Frame, Symbolizer},
 };
 
@@ -75,14 +75,14 @@ pub struct StackResolver {
 }
 
 impl StackResolver {
-    /// With `interp_map`, the running processes' interpreters are looked for at once.
+    /// With `interp_maps`, the running processes' interpreters are looked for at once.
     pub fn new(
         user_map: Option<MapData>,
         kernel_map: Option<StackTraceMap<MapData>>,
-        interp_map: Option<BpfHashMap<MapData, u32, PyLayout>>,
+        interp_maps: Option<InterpMaps>,
     ) -> Self {
-        let interpreters = interp_map.map(|map| {
-            let mut interpreters = Interpreters::new(map);
+        let interpreters = interp_maps.map(|maps| {
+            let mut interpreters = Interpreters::new(maps);
             interpreters.scan();
             interpreters
         });
@@ -129,19 +129,23 @@ impl StackResolver {
         ids: StackIds,
         interp: Option<&InterpStack>,
     ) -> Option<Arc<OpenStack>> {
-        match (interp, &mut self.interpreters) {
+        match (interp, &self.interpreters) {
             (Some(interp), Some(_)) if !interp.frames.is_empty() => {
-                return self.with_interpreter(pid, ids, interp);
+                self.with_interpreter(pid, ids, interp)
             }
-            (None, Some(interpreters)) => interpreters.open_without_frames(pid),
-            _ => {}
+            _ => self.native(pid, ids),
         }
-        self.native(pid, ids)
     }
 
-    /// The native stack cut where the interpreter's code starts, then the interpreter's
-    /// frames: what the eval loop runs is the application's code, named by those frames.
-    /// Not cached: the same native stack carries different interpreter frames.
+    /// Called often: processes exec'd lately are looked at again for an interpreter.
+    pub fn tick(&mut self) {
+        if let Some(interpreters) = &mut self.interpreters {
+            interpreters.tick();
+        }
+    }
+
+    /// The native stack with the interpreter's frames. Not cached: the same native stack
+    /// carries different interpreter frames.
     fn with_interpreter(
         &mut self,
         pid: u32,
@@ -150,22 +154,43 @@ impl StackResolver {
     ) -> Option<Arc<OpenStack>> {
         let native = self.native(pid, ids);
         let interpreters = self.interpreters.as_mut()?;
-        let interpreter =
-            interpreters.interpreter(pid).map(|i| i.path.to_string_lossy().into_owned());
-        let mut frames: Vec<Frame> = native
-            .iter()
-            .flat_map(|stack| stack.frames.iter())
-            .take_while(|f| f.module.is_some() && f.module != interpreter)
-            .cloned()
-            .collect();
-        frames.extend(interpreters.frames(pid, interp));
-        // Sites differ by the interpreter frames, not by the native stack under them.
+        let interpreter = interpreters.interpreter(pid).map(|p| p.to_string_lossy().into_owned());
+        let native_frames: &[Frame] = native.as_deref().map_or(&[], |stack| &stack.frames);
+        let (frames, truncated) = match interpreters.frames(pid, interp) {
+            // What runs from the interpreter's code outward is what its frames say.
+            Named::Outer(named) => {
+                let mut frames: Vec<Frame> = native_frames
+                    .iter()
+                    .take_while(|f| f.module.is_some() && f.module != interpreter)
+                    .cloned()
+                    .collect();
+                frames.extend(named);
+                (frames, interp.walk != InterpWalk::Complete)
+            }
+            // Both walks follow the same frame pointers: a named frame stands at its address,
+            // in anonymous memory (the interpreter's code).
+            Named::AtAddresses(named) => {
+                let mut named = named.into_iter().peekable();
+                let frames = native_frames
+                    .iter()
+                    .map(|f| {
+                        match named.next_if(|java| java.addr == f.addr && f.module.is_none()) {
+                            Some(java) => java,
+                            None => f.clone(),
+                        }
+                    })
+                    .collect();
+                (frames, native.as_ref().is_none_or(|stack| stack.truncated))
+            }
+        };
+        // Sites differ by the named frames, not by the native stack under them (nor by what
+        // the frame-pointer walk read in frames that are not interpreted).
         let mut hasher = std::hash::DefaultHasher::new();
-        interp.frames.iter().for_each(|f| (f.code, f.instr).hash(&mut hasher));
+        frames.iter().for_each(|f| (f.addr, &f.symbol, &f.file, f.line).hash(&mut hasher));
         Some(Arc::new(OpenStack {
             key: StackKey { user: ids.user, kernel: ids.kernel, interp: hasher.finish() | 1 },
             frames,
-            truncated: interp.walk != InterpWalk::Complete,
+            truncated,
         }))
     }
 

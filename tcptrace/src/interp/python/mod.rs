@@ -12,12 +12,12 @@ pub mod code;
 pub mod layout;
 pub mod linetable;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use blazesym::inspect::{Inspector, source::Elf};
-use procfs::process::{MMapPath, MemoryMap, Process};
+use procfs::process::MemoryMaps;
 
 pub use self::layout::Version;
+use super::{mapped::MappedFile, memory::ProcessMemory};
 
 /// A CPython found in a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,9 +33,15 @@ pub struct Interpreter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Detection {
     Known(Interpreter),
-    /// A CPython whose layout tcptrace does not know (or that hides its `_PyRuntime`): its
-    /// opens get native frames only.
+    /// A CPython whose layout tcptrace does not know: its opens get native frames only.
     Unsupported {
+        version: (u8, u8),
+        path: PathBuf,
+        why: &'static str,
+    },
+    /// A CPython executable without `_PyRuntime`: one linking `libpython` that it has not
+    /// mapped yet (just exec'd), or one that hides it.
+    NotYet {
         version: (u8, u8),
         path: PathBuf,
         why: &'static str,
@@ -43,79 +49,29 @@ pub enum Detection {
     NotPython,
 }
 
-/// Whether process `pid` runs CPython, and where. A process that is gone is `NotPython`.
-pub fn detect(pid: u32) -> Detection {
-    let Some(maps) = i32::try_from(pid).ok().and_then(|pid| Process::new(pid).ok()?.maps().ok())
-    else {
-        return Detection::NotPython;
-    };
-    let files = || {
-        maps.iter().filter_map(|map| match &map.pathname {
-            MMapPath::Path(path) => Some((path, map)),
-            _ => None,
-        })
-    };
+/// Whether process `pid`, mapping `maps`, runs CPython, and where.
+pub fn detect(pid: u32, maps: &MemoryMaps) -> Detection {
     // libpython when the executable links it: the executable then holds no interpreter.
-    let found = files()
-        .filter_map(|(path, _)| Some((path, interpreter_version(file_name(path)?)?)))
-        .max_by_key(|(path, _)| file_name(path).is_some_and(|name| name.starts_with("lib")));
-    let Some((path, version)) = found else {
+    let Some((file, (_, version))) = MappedFile::find(pid, maps, |name| {
+        Some((name.starts_with("lib"), interpreter_version(name)?))
+    }) else {
         return Detection::NotPython;
     };
-    let unsupported = |why| Detection::Unsupported { version, path: path.clone(), why };
+    let unsupported = |why| Detection::Unsupported { version, path: file.path.clone(), why };
     let Some(layout) = layout::version(version.0, version.1) else {
         return unsupported("tcptrace has no layout for this version");
     };
-    let mappings: Vec<&MemoryMap> =
-        files().filter(|(mapped, _)| *mapped == path).map(|(_, map)| map).collect();
-    let Some(symbols) = exported(pid, &mappings) else {
-        return unsupported("its _PyRuntime symbol could not be read");
+    let [Some(runtime), exported_version] = file.symbols(&["_PyRuntime", "Py_Version"])[..] else {
+        let why = "its _PyRuntime symbol could not be read";
+        return Detection::NotYet { version, path: file.path.clone(), why };
     };
-    let Some(runtime) = symbols.runtime.and_then(|offset| address(&mappings, offset)) else {
-        return unsupported("its _PyRuntime symbol could not be read");
-    };
-    let exported_version = symbols
-        .version
-        .and_then(|offset| address(&mappings, offset))
-        .and_then(|addr| crate::interp::memory::ProcessMemory::open(pid)?.u32(addr));
+    let exported_version = exported_version.and_then(|addr| ProcessMemory::open(pid)?.u32(addr));
     if let Some(hex) = exported_version
         && ((hex >> 24) as u8, (hex >> 16) as u8) != version
     {
         return unsupported("its Py_Version differs from its file name");
     }
-    Detection::Known(Interpreter { version: layout, runtime, path: path.clone() })
-}
-
-/// File offsets of the exported symbols the walk needs.
-struct Exported {
-    runtime: Option<u64>,
-    version: Option<u64>,
-}
-
-/// Looks the symbols up in the mapped file itself (`/proc/<pid>/map_files/`), so a process in
-/// another mount namespace, or running a file since replaced, is read right.
-fn exported(pid: u32, mappings: &[&MemoryMap]) -> Option<Exported> {
-    let map = mappings.first()?;
-    let file = format!("/proc/{pid}/map_files/{:x}-{:x}", map.address.0, map.address.1);
-    let inspector = Inspector::new();
-    let source = Elf { debug_syms: false, ..Elf::new(file) };
-    let found = inspector.lookup(&source.into(), &["_PyRuntime", "Py_Version"]).ok()?;
-    let offset = |i: usize| found.get(i)?.first()?.file_offset;
-    Some(Exported { runtime: offset(0), version: offset(1) })
-}
-
-/// The address where the mappings of one file put `offset` of that file.
-fn address(mappings: &[&MemoryMap], offset: u64) -> Option<u64> {
-    mappings.iter().find_map(|map| {
-        let len = map.address.1 - map.address.0;
-        (map.offset..map.offset + len)
-            .contains(&offset)
-            .then(|| map.address.0 + offset - map.offset)
-    })
-}
-
-fn file_name(path: &Path) -> Option<&str> {
-    path.file_name()?.to_str()
+    Detection::Known(Interpreter { version: layout, runtime, path: file.path })
 }
 
 /// `(3, 11)` for `python3.11` and `libpython3.11.so.1.0`; `None` for every other name
