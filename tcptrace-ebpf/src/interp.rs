@@ -4,12 +4,13 @@
 //!
 //! The walk reads only user memory, with `bpf_probe_read_user`, so a layout that is wrong (a
 //! process that exec'd since, a hostile binary named like Python) yields a failed read or
-//! frames user space cannot name, never a fault. It follows CPython 3.11's structures:
-//! `_PyRuntime.interpreters.main` → `threads.head` → (`next` until `thread_id` or
-//! `native_thread_id` is the caller) → `cframe->current_frame` → (`previous` until NULL), recording each frame's
-//! `f_code` and `prev_instr` (Include/internal/pycore_runtime.h, pycore_interp.h,
-//! pycore_frame.h and Include/cpython/pystate.h). The interpreter releases the GIL around
-//! connect(), but the thread's own state and frames stay put until it returns to Python.
+//! frames user space cannot name, never a fault. Python's walk follows CPython 3.11's
+//! structures: `_PyRuntime.interpreters.main` → `threads.head` → (`next` until `thread_id` or
+//! `native_thread_id` is the caller) → `cframe->current_frame` → (`previous` until NULL),
+//! recording each frame's `f_code` and `prev_instr` (Include/internal/pycore_runtime.h,
+//! pycore_interp.h, pycore_frame.h and Include/cpython/pystate.h). The interpreter releases
+//! the GIL around connect(), but the thread's own state and frames stay put until it returns
+//! to Python.
 
 use aya_ebpf::helpers::bpf_probe_read_user;
 use tcptrace_common::{

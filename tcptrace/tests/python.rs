@@ -31,7 +31,7 @@ use support::{
 const PYTHON: &str = "/usr/bin/python3.11";
 
 /// Opens 4 connections from `open_order_client` (line 5) once the file `go` exists, says so by
-/// creating `ready`, and holds them (see `support::leaky_program`).
+/// creating `ready`, and holds them (see `support::leaky_program`); `started` says it runs.
 const LEAKY_JOBS: &str = r#"import os, socket, sys, time
 
 
@@ -41,6 +41,7 @@ def open_order_client(port):
 
 def main():
     port, here = int(sys.argv[1]), os.path.dirname(sys.argv[0])
+    open(os.path.join(here, "started"), "w").close()
     while not os.path.exists(os.path.join(here, "go")):
         time.sleep(0.02)
     held = [open_order_client(port) for _ in range(4)]
@@ -52,7 +53,7 @@ main()
 "#;
 
 /// The line `main` calls `open_order_client` from.
-const MAIN_CALL_LINE: u64 = 12;
+const MAIN_CALL_LINE: u64 = 13;
 
 /// A scratch directory holding leaky_jobs.py.
 fn script(name: &str) -> (Workdir, PathBuf) {
@@ -104,7 +105,9 @@ fn a_python_program_started_under_tcptrace_is_named_by_its_function_and_line() {
     let tracer = Tracer::start(&["leaks", "--port", &port, "--min-age", "1s", "--json"]);
     let program = spawn(Path::new(PYTHON), &script, &port);
     // tcptrace recognises the interpreter when it reads the exec, a few ms after it: opens
-    // before that get native frames only (README, "Code paths").
+    // before that get native frames only (README, "Code paths"). The margin is for the VM
+    // tier's emulation.
+    work.wait_for("started");
     thread::sleep(Duration::from_millis(300));
     work.connect();
     let (report, _) = report(tracer);

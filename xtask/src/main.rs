@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 use setup::run_checked;
 
@@ -203,8 +203,8 @@ const BENCH_TEST_FILTER: &str = "bench";
 /// and run tests compile their fixtures with gcc and rustc (run also uses bash), the
 /// reliability and perf-map tests run commands as another user, and the soak test's 3,000
 /// processes would take minutes under emulation, the container tests run podman, and the serve
-/// tests run Debian's prometheus and promtool, and the Python and Java tests run Debian's python3
-/// and OpenJDK with their standard libraries; the VM's
+/// tests run Debian's prometheus and promtool, and the Java tests run OpenJDK with its class
+/// library (the Python tests run in part: `partly_in_vm`); the VM's
 /// initramfs holds
 /// busybox and the test binaries only. The kernel side of stacks and of run's process
 /// following is tested in the VM by kernel_events. `leaks` itself runs in the VM (cli_trace),
@@ -220,9 +220,41 @@ const HOST_ONLY_TESTS: &[&str] = &[
     "soak",
     "containers",
     "serve",
-    "python",
     "java",
 ];
+
+/// Test binaries the VM tier runs in part, once (their subject does not depend on the close
+/// hook), with the libtest filters that pick the part, and the host files it needs: of the
+/// Python tests, those that need only Debian's interpreter and the standard library modules
+/// the leaking program imports (not the container test: no podman; nor the header test: no
+/// gcc).
+type VmPart = (&'static [&'static str], fn() -> Result<Vec<PathBuf>>);
+
+fn partly_in_vm(name: &str) -> Option<VmPart> {
+    match name {
+        "python" => Some((&["named_by_its_function", "--skip", "container"], python_files)),
+        _ => None,
+    }
+}
+
+/// Debian's python3.11 and the files of the modules it loads to run the tests' program
+/// (`import os, socket, sys, time` and a connect to an address), as the host's interpreter
+/// lists them.
+fn python_files() -> Result<Vec<PathBuf>> {
+    const PYTHON: &str = "/usr/bin/python3.11";
+    // Resolving a name as create_connection() does loads the idna codec too.
+    const LIST: &str = r"import os, socket, sys, time
+socket.getaddrinfo('127.0.0.1', 1)
+print('\n'.join(sorted({m.__file__ for m in sys.modules.values() if getattr(m, '__file__', None)})))";
+    let out = Command::new(PYTHON)
+        .args(["-c", LIST])
+        .output()
+        .with_context(|| format!("running {PYTHON} (cargo xtask setup installs python3)"))?;
+    ensure!(out.status.success(), "{PYTHON} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut files = vec![PathBuf::from(PYTHON)];
+    files.extend(String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from));
+    Ok(files)
+}
 
 /// Test executables of the tcptrace package (unit tests and integration tests), built once.
 fn build_test_binaries() -> Result<Vec<(String, PathBuf)>> {
@@ -286,6 +318,7 @@ fn vm_run(files: &[PathBuf], timeout: u64, command: &[String]) -> Result<()> {
         program: PathBuf::from(program),
         args: args.to_vec(),
         env: Vec::new(),
+        files: Vec::new(),
     };
     let outcomes = vm::run(&kernel, &[command], files, Duration::from_secs(timeout))?;
     let outcome = outcomes.first().context("the VM ran nothing")?;
@@ -312,24 +345,31 @@ fn vm_test(package: Option<&Path>) -> Result<()> {
             program: extracted.path().join("usr/sbin/tcptrace"),
             args: ["leaks", "--duration", "2s"].map(str::to_owned).to_vec(),
             env: Vec::new(),
+            files: Vec::new(),
         });
     }
     for mode in ["fentry", "kprobe"] {
         // Of the library's unit tests only the `kernel` module's read the running kernel (its
         // BTF, tracefs); the rest is pure logic the host tier ran already, and took two
         // minutes under emulation. They load no program, so they run once, not per mode.
-        for (name, exe) in
-            binaries.iter().filter(|(name, _)| mode == "fentry" || name != "tcptrace")
-        {
+        for (name, exe) in binaries.iter().filter(|(name, _)| {
+            mode == "fentry" || (name != "tcptrace" && partly_in_vm(name).is_none())
+        }) {
             let mut args = vec!["--include-ignored".to_owned(), "--test-threads=1".to_owned()];
             if name == "tcptrace" {
                 args.push(LIB_TESTS_IN_VM.to_owned());
+            }
+            let mut files = Vec::new();
+            if let Some((filters, needs)) = partly_in_vm(name) {
+                args.extend(filters.iter().map(|f| (*f).to_owned()));
+                files = needs()?;
             }
             commands.push(vm::VmCommand {
                 name: format!("{mode}:{name}"),
                 program: exe.clone(),
                 args,
                 env: vec![("TCPTRACE_TEST_CLOSE_HOOK".to_owned(), mode.to_owned())],
+                files,
             });
         }
     }

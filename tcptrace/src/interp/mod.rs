@@ -44,8 +44,10 @@ use crate::{
 pub const PYTHON_MODULE: &str = "[python]";
 pub use self::hotspot::JAVA_MODULE;
 
-/// Code objects kept per run; past this the cache starts over.
+/// Code objects kept, and bytes of their names and line tables; past either the cache starts
+/// over (a hostile process can make every code object claim the largest line table read).
 const MAX_CODES: usize = 16_384;
+const MAX_CODE_BYTES: usize = 16 << 20;
 /// Processes remembered at most (interpreters and those awaiting a second look); past this
 /// only the interpreters are kept. Exits remove them, but not those the filters hide.
 const MAX_PROCESSES: usize = 65_536;
@@ -94,6 +96,7 @@ pub struct Interpreters {
     maps: InterpMaps,
     processes: HashMap<u32, Known>,
     codes: HashMap<(u32, u64), Option<Arc<Code>>>,
+    code_bytes: usize,
     /// Interpreter files already noted as unsupported.
     noted: HashSet<PathBuf>,
     /// The notes of the start-up scan, said after tcptrace's first line.
@@ -110,6 +113,7 @@ impl Interpreters {
             maps,
             processes: HashMap::new(),
             codes: HashMap::new(),
+            code_bytes: 0,
             noted: HashSet::new(),
             start_notes: Vec::new(),
             scanning: false,
@@ -161,6 +165,7 @@ impl Interpreters {
             }
             _ => {}
         }
+        // Their bytes stay counted until the cache starts over: that only comes sooner.
         self.codes.retain(|&(owner, _), _| owner != pid);
     }
 
@@ -202,10 +207,11 @@ impl Interpreters {
         match (stack.runtime, self.processes.get(&pid)) {
             (Runtime::Python, Some(Known::Python(interpreter))) => {
                 let version = interpreter.version;
-                if self.codes.len() >= MAX_CODES {
+                if self.codes.len() >= MAX_CODES || self.code_bytes >= MAX_CODE_BYTES {
                     self.codes.clear();
+                    self.code_bytes = 0;
                 }
-                let codes = &mut self.codes;
+                let (codes, code_bytes) = (&mut self.codes, &mut self.code_bytes);
                 Named::Outer(
                     stack
                         .frames
@@ -214,8 +220,9 @@ impl Interpreters {
                             let code = codes
                                 .entry((pid, frame.code))
                                 .or_insert_with(|| {
-                                    let memory = memory.as_ref()?;
-                                    Code::read(memory, version, frame.code).map(Arc::new)
+                                    let code = Code::read(memory.as_ref()?, version, frame.code)?;
+                                    *code_bytes += code.size();
+                                    Some(Arc::new(code))
                                 })
                                 .clone();
                             python_frame(code.as_deref(), version, frame)

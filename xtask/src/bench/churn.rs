@@ -28,11 +28,15 @@ pub enum Workload {
     /// Few long connections, many requests (a pool): each "connection" counted is a request
     /// on one of `threads` connections opened once.
     KeepAlive,
+    /// As client-closes, with each client a CPython process (Debian's `/usr/bin/python3.11`)
+    /// connecting from a function a few calls deep: what walking the interpreter's frames at
+    /// each connect costs, next to the native clients' runs.
+    PythonClients,
 }
 
 impl Workload {
-    pub const ALL: [Self; 4] =
-        [Self::ClientCloses, Self::ServerCloses, Self::Reset, Self::KeepAlive];
+    pub const ALL: [Self; 5] =
+        [Self::ClientCloses, Self::ServerCloses, Self::Reset, Self::KeepAlive, Self::PythonClients];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -40,6 +44,7 @@ impl Workload {
             Self::ServerCloses => "server-closes",
             Self::Reset => "reset",
             Self::KeepAlive => "keep-alive",
+            Self::PythonClients => "python-clients",
         }
     }
 
@@ -81,6 +86,7 @@ pub fn churn(threads: usize, duration: Duration, workload: Workload) -> Result<C
             let (done, made) = (Arc::clone(&done), Arc::clone(&made));
             thread::spawn(move || match workload {
                 Workload::KeepAlive => pooled_client(server, &done, &made),
+                Workload::PythonClients => python_client(server, duration, &made),
                 _ => client(server, workload, &done, &made),
             })
         })
@@ -113,11 +119,52 @@ fn client(
                 let _ = conn.read(&mut byte);
             }
             Workload::Reset => linger_zero(&conn).context("SO_LINGER 0")?,
-            Workload::ClientCloses | Workload::KeepAlive => {}
+            Workload::ClientCloses | Workload::KeepAlive | Workload::PythonClients => {}
         }
         drop(conn);
         made.fetch_add(1, Ordering::Relaxed);
     }
+    Ok(())
+}
+
+/// The Python client: client-closes connections for `duration`, from `open_order_client`
+/// under two more frames; prints how many it made.
+const PYTHON_CLIENT: &str = r"import socket, sys, time
+
+def open_order_client(addr):
+    conn = socket.create_connection(addr)
+    conn.sendall(b'x')
+    conn.recv(1)
+    conn.close()
+
+def handle(addr, until):
+    made = 0
+    while time.monotonic() < until:
+        open_order_client(addr)
+        made += 1
+    return made
+
+def main():
+    addr = (sys.argv[1], int(sys.argv[2]))
+    print(handle(addr, time.monotonic() + float(sys.argv[3])))
+
+main()
+";
+
+/// One CPython process making connections for `duration`.
+fn python_client(server: SocketAddr, duration: Duration, made: &AtomicU64) -> Result<()> {
+    const PYTHON: &str = "/usr/bin/python3.11";
+    let out = std::process::Command::new(PYTHON)
+        .args(["-c", PYTHON_CLIENT])
+        .arg(server.ip().to_string())
+        .arg(server.port().to_string())
+        .arg(duration.as_secs_f64().to_string())
+        .output()
+        .with_context(|| format!("running {PYTHON} (cargo xtask setup installs python3)"))?;
+    anyhow::ensure!(out.status.success(), "{PYTHON}: {}", String::from_utf8_lossy(&out.stderr));
+    let count: u64 =
+        String::from_utf8_lossy(&out.stdout).trim().parse().context("the Python client's count")?;
+    made.fetch_add(count, Ordering::Relaxed);
     Ok(())
 }
 
@@ -152,7 +199,7 @@ fn serve(listener: &TcpListener, workload: Workload) {
                 let _ = conn.read_exact(&mut byte).and_then(|()| conn.write_all(b"y"));
             }
             // Answer, then wait for the client's FIN (or reset) before closing.
-            Workload::ClientCloses | Workload::Reset => {
+            Workload::ClientCloses | Workload::Reset | Workload::PythonClients => {
                 if conn.read_exact(&mut byte).is_ok() && conn.write_all(b"y").is_ok() {
                     let _ = conn.read(&mut byte);
                 }

@@ -213,6 +213,10 @@ pub fn run_rounds(args: &RoundArgs, tcptrace: &Path) -> Result<()> {
 /// (`xtask bench-rounds`), with tcptrace and libbpf-tools placed at their host paths. The
 /// emulated CPU is slow, so rates are far below the host's; the ratios are what compare.
 fn vm_rounds(args: &RoundArgs, tcptrace: &Path) -> Result<()> {
+    if vm_workloads(args).is_empty() {
+        println!("bench: none of these workloads runs in the VM");
+        return Ok(());
+    }
     let kernel = crate::vm::prepare_kernel(&crate::vm::default_cache_dir())?;
     let xtask = std::env::current_exe().context("the xtask binary")?;
     let mut only: Vec<String> = if args.only.is_empty() {
@@ -239,18 +243,18 @@ fn vm_rounds(args: &RoundArgs, tcptrace: &Path) -> Result<()> {
             format!("--only={}", only.join(",")),
         ]
         .into_iter()
-        .chain(vm_workloads(args).map(|workloads| {
-            let names: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
+        .chain(std::iter::once({
+            let names: Vec<&str> = vm_workloads(args).iter().map(|w| w.name()).collect();
             format!("--workloads={}", names.join(","))
         }))
         .chain(args.smoke_rounds.then(|| "--smoke-rounds".to_owned()))
         .chain(args.verbose.then(|| "--verbose".to_owned()))
         .collect(),
         env: Vec::new(),
+        files: Vec::new(),
     };
     // Loading and attaching is slow under emulation: allow a minute per run.
-    let workloads =
-        if args.workloads.is_empty() { Workload::ALL.len() } else { args.workloads.len() };
+    let workloads = vm_workloads(args).len();
     let runs = (args.rounds.max(1) * workloads + 1) * Tracer::ALL.len();
     let timeout = Duration::from_secs(120 + runs as u64 * (args.seconds + 60));
     let outcomes = crate::vm::run(&kernel, &[command], &extra, timeout)?;
@@ -282,16 +286,18 @@ struct Run<'a> {
     workload: Workload,
 }
 
-/// The workloads the VM runs, when not all: those asked for, and for a smoke run only
-/// server-closes (the host's smoke run checks the others; emulation makes each run slow).
-fn vm_workloads(args: &RoundArgs) -> Option<Vec<Workload>> {
-    if !args.workloads.is_empty() {
-        Some(args.workloads.clone())
+/// The workloads the VM runs: those asked for, and for a smoke run only server-closes (the
+/// host's smoke run checks the others; emulation makes each run slow); never the Python
+/// clients, as the VM holds no interpreter.
+fn vm_workloads(args: &RoundArgs) -> Vec<Workload> {
+    let asked = if !args.workloads.is_empty() {
+        args.workloads.clone()
     } else if args.smoke_rounds {
-        Some(vec![Workload::ServerCloses])
+        vec![Workload::ServerCloses]
     } else {
-        None
-    }
+        Workload::ALL.to_vec()
+    };
+    asked.into_iter().filter(|&w| w != Workload::PythonClients).collect()
 }
 
 fn measure(run: &Run<'_>, bpf: bool) -> Result<Sample> {

@@ -26,6 +26,8 @@ pub struct VmCommand {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// More host files this command needs, placed at their host paths (their libraries too).
+    pub files: Vec<PathBuf>,
 }
 
 const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
@@ -112,7 +114,7 @@ pub(super) fn build_command_initrd(
     let root = staging.path();
 
     let mut files = BTreeSet::new();
-    for file in std::iter::once(&command.program).chain(extra_files) {
+    for file in std::iter::once(&command.program).chain(extra_files).chain(&command.files) {
         files.insert(file.clone());
         files.extend(shared_libraries(file)?);
     }

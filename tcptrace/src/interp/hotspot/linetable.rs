@@ -5,8 +5,8 @@
 //! zero byte: one byte `bci_delta << 3 | line_delta` when both are small, otherwise 0xFF then
 //! both deltas as signed UNSIGNED5 numbers (src/hotspot/share/oops/method.hpp,
 //! `CompressedLineNumberWriteStream`; share/code/compressedStream.cpp). A bytecode's line is
-//! that of its own pair, or of the closest pair before it (`Method::line_number_from_bci`). The table comes
-//! from another process, so a malformed one is `None`, never a panic.
+//! that of its own pair, or of the closest pair before it (`Method::line_number_from_bci`).
+//! The table comes from another process, so a malformed one is `None`, never a panic.
 
 /// Pairs read at most: a method's bytecode is under 64 KiB.
 const MAX_PAIRS: usize = 65_536;

@@ -7,7 +7,7 @@ use crate::interp::memory::ProcessMemory;
 /// Characters of a name or a path read at most; longer ones are cut.
 const MAX_STRING: i64 = 4096;
 /// Bytes of a line table read at most (a function of thousands of lines has a few KiB).
-const MAX_LINE_TABLE: i64 = 1 << 20;
+const MAX_LINE_TABLE: i64 = 64 << 10;
 
 /// What names a frame of one code object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,11 @@ impl Code {
         }
         let line_table = memory.bytes(table + version.bytes_data, size as usize)?;
         Some(Self { name, file, first_line, line_table })
+    }
+
+    /// Bytes this holds, for the cache's bound.
+    pub fn size(&self) -> usize {
+        self.name.len() + self.file.len() + self.line_table.len()
     }
 
     /// The line of the instruction at `instr` in this code object at `addr`.
