@@ -75,7 +75,7 @@ const _: () = assert!(size_of::<PyLayout>() == 32);
 /// the frame's return address (`pc`, which says whether it is an interpreted frame) and, in
 /// case it is, its `Method*` and bytecode pointer (`FrameSlots`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InterpFrame {
     pub code: u64,
     pub instr: u64,

@@ -203,7 +203,8 @@ impl Interpreters {
 
     /// Names the frames the kernel walked in `pid`.
     pub fn frames(&mut self, pid: u32, stack: &InterpStack) -> Named {
-        let memory = ProcessMemory::open(pid);
+        // Opened at the first code object not cached, if any.
+        let mut memory: Option<Option<ProcessMemory>> = None;
         match (stack.runtime, self.processes.get(&pid)) {
             (Runtime::Python, Some(Known::Python(interpreter))) => {
                 let version = interpreter.version;
@@ -220,6 +221,8 @@ impl Interpreters {
                             let code = codes
                                 .entry((pid, frame.code))
                                 .or_insert_with(|| {
+                                    let memory =
+                                        memory.get_or_insert_with(|| ProcessMemory::open(pid));
                                     let code = Code::read(memory.as_ref()?, version, frame.code)?;
                                     *code_bytes += code.size();
                                     Some(Arc::new(code))
@@ -231,7 +234,7 @@ impl Interpreters {
                 )
             }
             (Runtime::HotSpot, Some(Known::Jvm(jvm))) => Named::AtAddresses(
-                memory
+                ProcessMemory::open(pid)
                     .map(|memory| {
                         stack.frames.iter().filter_map(|f| jvm.frame(&memory, f)).collect()
                     })

@@ -16,7 +16,7 @@
 //! give some of them another stack's frames.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{Hash as _, Hasher as _},
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
@@ -68,6 +68,10 @@ pub struct StackResolver {
     build_ids: BuildIds,
     raw_user: HashMap<u32, Arc<[RawFrame]>>,
     stacks: HashMap<(u32, StackIds), Arc<OpenStack>>,
+    /// Stacks with interpreter frames, by (pid, ids, hash of the frames the kernel read), and
+    /// the processes they are of (forgotten at exit and exec: the names were read from them).
+    interpreted: HashMap<(u32, StackIds, u64), Arc<OpenStack>>,
+    interpreted_pids: HashSet<u32>,
     /// The processes running an interpreter whose frames the kernel walks (with user stacks).
     interpreters: Option<Interpreters>,
     /// Stack ids whose map entry could not be read.
@@ -93,6 +97,8 @@ impl StackResolver {
             build_ids: BuildIds::new(),
             raw_user: HashMap::new(),
             stacks: HashMap::new(),
+            interpreted: HashMap::new(),
+            interpreted_pids: HashSet::new(),
             interpreters,
             unreadable: 0,
         }
@@ -109,6 +115,13 @@ impl StackResolver {
         if let Some(interpreters) = &mut self.interpreters {
             interpreters.forget(pid);
         }
+        self.forget_interpreted(pid);
+    }
+
+    fn forget_interpreted(&mut self, pid: u32) {
+        if self.interpreted_pids.remove(&pid) {
+            self.interpreted.retain(|&(owner, ..), _| owner != pid);
+        }
     }
 
     /// A process exec'd `path`: its later stacks belong to that file, and its cached symbols
@@ -119,6 +132,7 @@ impl StackResolver {
         if let Some(interpreters) = &mut self.interpreters {
             interpreters.exec(pid);
         }
+        self.forget_interpreted(pid);
     }
 
     /// The symbolized stacks `ids` name, captured in process `pid`, with the interpreter
@@ -144,9 +158,32 @@ impl StackResolver {
         }
     }
 
-    /// The native stack with the interpreter's frames. Not cached: the same native stack
-    /// carries different interpreter frames.
+    /// The native stack with the interpreter's frames, cached by process, stack ids and the
+    /// frames as the kernel read them: a process opening from one site again and again (a
+    /// connection per request) names it once.
     fn with_interpreter(
+        &mut self,
+        pid: u32,
+        ids: StackIds,
+        interp: &InterpStack,
+    ) -> Option<Arc<OpenStack>> {
+        let mut raw = std::hash::DefaultHasher::new();
+        (interp.runtime as u8, &interp.frames[..], interp.walk as u8).hash(&mut raw);
+        let key = (pid, ids, raw.finish());
+        if let Some(stack) = self.interpreted.get(&key) {
+            return Some(Arc::clone(stack));
+        }
+        let stack = self.name_interpreted(pid, ids, interp)?;
+        if self.interpreted.len() >= MAX_CACHED_STACKS {
+            self.interpreted.clear();
+            self.interpreted_pids.clear();
+        }
+        self.interpreted.insert(key, Arc::clone(&stack));
+        self.interpreted_pids.insert(pid);
+        Some(stack)
+    }
+
+    fn name_interpreted(
         &mut self,
         pid: u32,
         ids: StackIds,

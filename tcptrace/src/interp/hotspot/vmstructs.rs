@@ -54,13 +54,7 @@ impl VmStructs {
             return None;
         }
         let mut fields = HashMap::new();
-        for i in 0..MAX_ENTRIES {
-            let entry = structs + i * stride;
-            let type_ptr = memory.u64(entry + type_name?)?;
-            if type_ptr == 0 {
-                break;
-            }
-            let ty = c_string(memory, type_ptr)?;
+        for (entry, ty) in named_entries(memory, structs, stride, type_name?) {
             if !types.contains(&ty.as_str()) {
                 continue;
             }
@@ -73,32 +67,18 @@ impl VmStructs {
             fields.insert(format!("{ty}::{field}"), value);
         }
         let mut sizes = HashMap::new();
-        let [table, stride, type_name, size] = [7, 8, 9, 10].map(value);
-        if let (Some(table), Some(stride), Some(type_name), Some(size)) =
-            (table, stride, type_name, size)
-        {
-            for i in 0..MAX_ENTRIES {
-                let entry = table + i * stride.max(1);
-                let Some(name_ptr) = memory.u64(entry + type_name).filter(|&p| p != 0) else {
-                    break;
-                };
-                let Some(name) = c_string(memory, name_ptr) else { break };
+        if let [Some(table), Some(stride), Some(name_at), Some(size)] = [7, 8, 9, 10].map(value) {
+            for (entry, name) in named_entries(memory, table, stride, name_at) {
                 if types.contains(&name.as_str()) {
                     sizes.insert(name, memory.u64(entry + size)?);
                 }
             }
         }
         let mut constants = HashMap::new();
-        let [table, stride, name, value_at] = [11, 12, 13, 14].map(value);
-        if let (Some(table), Some(stride), Some(name), Some(value_at)) =
-            (table, stride, name, value_at)
+        if let [Some(table), Some(stride), Some(name_at), Some(value_at)] =
+            [11, 12, 13, 14].map(value)
         {
-            for i in 0..MAX_ENTRIES {
-                let entry = table + i * stride.max(1);
-                let Some(name_ptr) = memory.u64(entry + name).filter(|&p| p != 0) else {
-                    break;
-                };
-                let Some(name) = c_string(memory, name_ptr) else { break };
+            for (entry, name) in named_entries(memory, table, stride, name_at) {
                 if types.iter().any(|ty| name.starts_with(&format!("{ty}::"))) {
                     constants.insert(name, memory.u32(entry + value_at)? as i32);
                 }
@@ -119,6 +99,21 @@ impl VmStructs {
     pub fn constant(&self, name: &str) -> Option<i32> {
         self.constants.get(name).copied()
     }
+}
+
+/// The entries of a table that starts with a name pointer at `name_at` in each entry: (entry
+/// address, name), up to the entry whose name is NULL (or unreadable).
+fn named_entries<'a>(
+    memory: &'a ProcessMemory,
+    table: u64,
+    stride: u64,
+    name_at: u64,
+) -> impl Iterator<Item = (u64, String)> + 'a {
+    (0..MAX_ENTRIES).map_while(move |i| {
+        let entry = table + i * stride.max(1);
+        let name = memory.u64(entry + name_at).filter(|&p| p != 0)?;
+        Some((entry, c_string(memory, name)?))
+    })
 }
 
 /// A NUL-terminated string of at most `MAX_NAME` bytes at `addr`.
