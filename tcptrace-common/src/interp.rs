@@ -4,9 +4,9 @@
 //! application function. Its code path lives in the interpreter's own frame list, which the
 //! kernel program walks at the open, in the opening thread, from the layout user space found
 //! for that process (`PyLayout`, in the `PY_PROCS` map). A JVM's interpreted frames are on
-//! the native stack but anonymous; the kernel program walks its frame pointers and records,
-//! per frame, the slots where an interpreted frame keeps its method (`FrameSlots`, in
-//! `JVM_PROCS`). The record carries those frames; user space reads names and line tables from
+//! the native stack but anonymous, and so are Node's JavaScript frames; the kernel program walks
+//! their frame pointers and records, per frame, the slots where the runtime keeps what the
+//! frame runs (`FrameSlots`, in `FP_PROCS`). The record carries those frames; user space reads names and line tables from
 //! the process (see `tcptrace::interp`).
 
 use crate::RawEvent;
@@ -73,7 +73,8 @@ const _: () = assert!(size_of::<PyLayout>() == 32);
 /// One interpreter frame as the kernel read it, addresses in the process. CPython: the code
 /// object and the last instruction executed in it (the call in progress); `pc` is 0. HotSpot:
 /// the frame's return address (`pc`, which says whether it is an interpreted frame) and, in
-/// case it is, its `Method*` and bytecode pointer (`FrameSlots`).
+/// case it is, its `Method*` and bytecode pointer (`FrameSlots`). V8: the return address and
+/// the `SharedFunctionInfo` of the frame's function, if it is a JavaScript frame.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InterpFrame {
@@ -86,18 +87,36 @@ const _: () = assert!(size_of::<InterpFrame>() == 24);
 
 /// `RawInterpEvent::runtime`: HotSpot (a JVM), whose frames the kernel walks by frame pointer.
 pub const RUNTIME_HOTSPOT: u32 = 2;
+/// `RawInterpEvent::runtime`: V8 (Node.js), whose frames the kernel walks by frame pointer.
+pub const RUNTIME_V8: u32 = 3;
 
-/// Where an interpreted HotSpot frame keeps its `Method*` and bytecode pointer, in bytes from
-/// its frame pointer (x86-64: `frame::interpreter_frame_method_offset` and `_bcp_offset`, −3
-/// and −8 words). The value of `JVM_PROCS`.
+/// What a frame-pointer walk reads in each frame of a runtime whose frames are on the native
+/// stack (HotSpot, V8), in bytes from the frame pointer. The value of `FP_PROCS`.
+///
+/// HotSpot's interpreted frame keeps its `Method*` (`code`) and bytecode pointer (`position`)
+/// at −3 and −8 words (x86-64: `frame::interpreter_frame_method_offset`, `_bcp_offset`). A V8
+/// JavaScript frame keeps its `JSFunction` at −2 words (`v8dbg_off_fp_function`), a tagged
+/// pointer that a young-generation GC moves: the walk follows it at once to the function's
+/// `SharedFunctionInfo` (`follow`, `v8dbg_class_JSFunction__shared__SharedFunctionInfo`),
+/// which stays put, and records that; and it records whether the slot above, the context
+/// (`v8dbg_off_fp_context`), holds a pointer (1), as in a JavaScript frame, or a small
+/// integer, the type of a stub or entry frame, which may keep a function in the same slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrameSlots {
-    pub method: i32,
-    pub bcp: i32,
+    /// The slot naming the frame's code (`InterpFrame::code`).
+    pub code: i32,
+    /// The slot of the frame's position in that code (`InterpFrame::instr`); 0: none read.
+    /// With `follow`: the slot whose tag bit alone is recorded.
+    pub position: i32,
+    /// 0, or the offset in the V8 heap object `code` points to (tagged: low bits 01) of the
+    /// pointer recorded in its place.
+    pub follow: i32,
+    /// `RUNTIME_*` of the records.
+    pub runtime: u32,
 }
 
-const _: () = assert!(size_of::<FrameSlots>() == 8);
+const _: () = assert!(size_of::<FrameSlots>() == 16);
 
 /// A connect or accept record of a process running a known interpreter (`FLAG_INTERP`).
 #[repr(C)]

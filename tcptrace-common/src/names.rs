@@ -32,8 +32,8 @@ pub const LAST_RESET: &str = "LAST_RESET";
 pub const STATE_MARKS: &str = "STATE_MARKS";
 /// tgid → `PyLayout` of the Python processes whose opens carry interpreter frames.
 pub const PY_PROCS: &str = "PY_PROCS";
-/// tgid → `FrameSlots` of the JVMs whose opens carry their interpreted frames.
-pub const JVM_PROCS: &str = "JVM_PROCS";
+/// tgid → `FrameSlots` of the JVMs and Node.js processes whose opens carry their frames.
+pub const FP_PROCS: &str = "FP_PROCS";
 
 /// Every map of the kernel object.
 pub const MAPS: &[&str] = &[
@@ -50,7 +50,7 @@ pub const MAPS: &[&str] = &[
     LAST_RESET,
     STATE_MARKS,
     PY_PROCS,
-    JVM_PROCS,
+    FP_PROCS,
 ];
 
 /// Load-time global: `Filter`.

@@ -1,6 +1,7 @@
 //! Interpreter frames at connect() and accept(): a Python process's code path, walked in the
-//! opening thread from the layout user space put in `PY_PROCS`, and a JVM's frames, walked by
-//! frame pointer with the slots user space put in `JVM_PROCS` (see `tcptrace_common::interp`).
+//! opening thread from the layout user space put in `PY_PROCS`, and a JVM's or Node's frames,
+//! walked by frame pointer with the slots user space put in `FP_PROCS` (see
+//! `tcptrace_common::interp`).
 //!
 //! The walk reads only user memory, with `bpf_probe_read_user`, so a layout that is wrong (a
 //! process that exec'd since, a hostile binary named like Python) yields a failed read or
@@ -16,16 +17,16 @@ use aya_ebpf::helpers::bpf_probe_read_user;
 use tcptrace_common::{
     COUNTER_LOST_EVENTS, COUNTER_SENT_EVENTS, FLAG_INTERP, FrameSlots, INTERP_COMPLETE, INTERP_CUT,
     INTERP_FRAMES, INTERP_NO_THREAD, INTERP_READ_FAILED, INTERP_THREADS, InterpFrame, PyLayout,
-    RUNTIME_HOTSPOT, RUNTIME_PYTHON, RawEvent, RawInterpEvent, STACKS_USER,
+    RUNTIME_PYTHON, RawEvent, RawInterpEvent, STACKS_USER,
 };
 
 use crate::{
     kernel::{current_thread_pointer, current_user_frame_pointer},
-    maps::{EVENTS, JVM_PROCS, PY_PROCS, SETTINGS, count, emit, global, wakeup},
+    maps::{EVENTS, FP_PROCS, PY_PROCS, SETTINGS, count, emit, global, wakeup},
 };
 
-/// Sends an open record: with the interpreter's frames when the process runs a Python or a
-/// JVM that user space recognised (and user stacks are on), as a plain event otherwise.
+/// Sends an open record: with the interpreter's frames when the process runs a Python, a JVM
+/// or a Node.js that user space recognised (and user stacks are on), as a plain event otherwise.
 #[inline(always)]
 pub fn emit_open(event: &RawEvent) {
     if global!(SETTINGS.stacks) & STACKS_USER == 0 {
@@ -36,8 +37,8 @@ pub fn emit_open(event: &RawEvent) {
         return send(event, RUNTIME_PYTHON, |frames| walk_python(&layout, event.tid, frames));
     }
     // SAFETY: as above.
-    if let Some(slots) = unsafe { JVM_PROCS.get(&event.pid) }.copied() {
-        return send(event, RUNTIME_HOTSPOT, |frames| walk_frame_pointers(&slots, frames));
+    if let Some(slots) = unsafe { FP_PROCS.get(&event.pid) }.copied() {
+        return send(event, slots.runtime, |frames| walk_frame_pointers(&slots, frames));
     }
     emit(event);
 }
@@ -150,10 +151,10 @@ fn calling_thread(layout: &PyLayout, tid: u32) -> Option<u64> {
 }
 
 /// Fills `frames` from the user frame-pointer chain, innermost first: per frame its return
-/// address and the two slots where an interpreted HotSpot frame keeps its `Method*` and
-/// bytecode pointer (whatever the frame holds there otherwise: user space keeps only frames
-/// whose return address is in the interpreter). The first frame is the caller of the function
-/// that made the system call, as with `bpf_get_stackid`.
+/// address and the slots `slots` names (whatever the frame holds there: user space keeps only
+/// the frames it can tell are the runtime's, by return address or by the object's type). The
+/// first frame is the caller of the function that made the system call, as with
+/// `bpf_get_stackid`.
 #[inline(always)]
 fn walk_frame_pointers(
     slots: &FrameSlots,
@@ -172,7 +173,20 @@ fn walk_frame_pointers(
             return (INTERP_COMPLETE, filled);
         }
         let at = |offset: i32| user::<u64>(caller.wrapping_add(offset as i64 as u64)).unwrap_or(0);
-        *slot = InterpFrame { code: at(slots.method), instr: at(slots.bcp), pc };
+        let mut code = at(slots.code);
+        // A V8 heap object's tagged pointer (low bits 01), followed to the field that stays.
+        if slots.follow != 0 && code & 3 == 1 {
+            code = user::<u64>((code - 1).wrapping_add(slots.follow as i64 as u64)).unwrap_or(0);
+        }
+        let instr = match (slots.position, slots.follow) {
+            (0, _) => 0,
+            (position, 0) => at(position),
+            // V8's context slot: a tagged pointer in a JavaScript frame, a small integer (the
+            // frame's type) in a stub or entry frame. Only the tag is kept: the context
+            // differs from call to call, and would make every walk look new to user space.
+            (position, _) => at(position) & 1,
+        };
+        *slot = InterpFrame { code, instr, pc };
         filled += 1;
         fp = caller;
     }

@@ -155,9 +155,10 @@ pub static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
 #[map]
 pub static PY_PROCS: HashMap<u32, PyLayout> = HashMap::with_max_entries(1, 0);
 
-/// tgid → where its JVM's interpreted frames keep their method (see `interp`). As `PY_PROCS`.
+/// tgid → what a frame-pointer walk reads in its JVM's or Node's frames (see `interp`). As
+/// `PY_PROCS`.
 #[map]
-pub static JVM_PROCS: HashMap<u32, FrameSlots> = HashMap::with_max_entries(1, 0);
+pub static FP_PROCS: HashMap<u32, FrameSlots> = HashMap::with_max_entries(1, 0);
 
 /// All events, in order per CPU. Size set by user space.
 #[map]

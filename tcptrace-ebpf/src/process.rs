@@ -27,7 +27,7 @@ use crate::{
     filter::{following, process_matches},
     kernel::{FdTable, current_group_dead},
     maps::{
-        EVENTS, FOLLOWED, JVM_PROCS, PY_PROCS, ReadFailed, SETTINGS, close_hook, count,
+        EVENTS, FOLLOWED, FP_PROCS, PY_PROCS, ReadFailed, SETTINGS, close_hook, count,
         current_event, emit, finish, global, wakeup,
     },
     release::release_if_last,
@@ -74,7 +74,7 @@ fn on_exit() -> Result<(), ReadFailed> {
     if group_dead && global!(SETTINGS.stacks) & STACKS_USER != 0 {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let _ = PY_PROCS.remove(&tgid);
-        let _ = JVM_PROCS.remove(&tgid);
+        let _ = FP_PROCS.remove(&tgid);
     }
     // Last, so the exit and its releases above still pass the filter.
     if following() {

@@ -203,10 +203,9 @@ const BENCH_TEST_FILTER: &str = "bench";
 /// and run tests compile their fixtures with gcc and rustc (run also uses bash), the
 /// reliability and perf-map tests run commands as another user, and the soak test's 3,000
 /// processes would take minutes under emulation, the container tests run podman, and the serve
-/// tests run Debian's prometheus and promtool, and the Java tests run OpenJDK with its class
-/// library (the Python tests run in part: `partly_in_vm`); the VM's
-/// initramfs holds
-/// busybox and the test binaries only. The kernel side of stacks and of run's process
+/// tests run Debian's prometheus and promtool, the Java tests run OpenJDK with its class
+/// library and the Node.js tests Node's 120 MB executable (the Python tests run in part:
+/// `partly_in_vm`); the VM's initramfs holds busybox and the test binaries only. The kernel side of stacks and of run's process
 /// following is tested in the VM by kernel_events. `leaks` itself runs in the VM (cli_trace),
 /// without the inventory, as it would on such a host.
 const HOST_ONLY_TESTS: &[&str] = &[
@@ -221,6 +220,7 @@ const HOST_ONLY_TESTS: &[&str] = &[
     "containers",
     "serve",
     "java",
+    "node",
 ];
 
 /// Test binaries the VM tier runs in part, once (their subject does not depend on the close

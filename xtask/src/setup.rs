@@ -15,7 +15,8 @@ use anyhow::{Context as _, Result, bail};
 /// tests (tests/serve.rs: a real Prometheus scrapes it; promtool checks the exposition and the
 /// alert rules in deploy/), python3 and python3-dev for the interpreter-frame tests
 /// (tests/python.rs: Debian's interpreter runs the leaking program; its headers check the
-/// layout tcptrace reads it with), and OpenJDK 17 for the Java ones (tests/java.rs).
+/// layout tcptrace reads it with), OpenJDK 17 for the Java ones (tests/java.rs) and Node.js
+/// for the JavaScript ones (tests/node.rs; a machine with NodeSource's `nodejs` keeps it).
 const DEBIAN_PACKAGES: &[&str] = &[
     "gcc",
     "llvm-22-dev",
@@ -38,6 +39,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     "python3-dev",
     "openjdk-17-jdk-headless",
+    "nodejs",
 ];
 /// Services that the packages above start on install (Debian's postinst does, unless a
 /// policy-rc.d forbids it) and enable at boot. The tests never use them: stopped and disabled.

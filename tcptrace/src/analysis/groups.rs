@@ -39,6 +39,8 @@ pub struct FindingGroup {
     pub stack: Option<Arc<OpenStack>>,
     /// The stack stops before a `main` or a thread's start (see `Finding::stack_truncated`).
     pub stack_truncated: bool,
+    /// Node ran the connect() on a later tick (see `Finding::connect_deferred`).
+    pub connect_deferred: bool,
     pub explanation: &'static str,
     pub fix: &'static str,
     /// Index of the group's first finding in the slice it was grouped from.
@@ -83,6 +85,7 @@ pub fn group(findings: &[Finding]) -> Vec<FindingGroup> {
                 site: f.stack.as_ref().and_then(|s| s.site()),
                 stack: f.stack.clone(),
                 stack_truncated: f.stack.as_ref().is_some_and(|s| s.truncated),
+                connect_deferred: f.stack.as_ref().is_some_and(|s| s.deferred()),
                 explanation: f.kind.explanation(),
                 fix: f.kind.fix(),
                 first_finding: i,

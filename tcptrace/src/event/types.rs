@@ -219,6 +219,8 @@ impl StackIds {
 pub enum Runtime {
     Python,
     HotSpot,
+    /// Node.js.
+    V8,
 }
 
 impl TryFrom<u32> for Runtime {
@@ -228,6 +230,7 @@ impl TryFrom<u32> for Runtime {
         match raw {
             tcptrace_common::RUNTIME_PYTHON => Ok(Self::Python),
             tcptrace_common::RUNTIME_HOTSPOT => Ok(Self::HotSpot),
+            tcptrace_common::RUNTIME_V8 => Ok(Self::V8),
             other => Err(DecodeError::Runtime(other)),
         }
     }

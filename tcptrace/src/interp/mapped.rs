@@ -12,6 +12,7 @@ pub fn maps(pid: u32) -> Option<MemoryMaps> {
 }
 
 /// One file's mappings in one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MappedFile {
     pub path: PathBuf,
     /// `/proc/<pid>/map_files/…` of one of its mappings: the very file the process maps, in
@@ -68,6 +69,13 @@ impl MappedFile {
                 offset.and_then(|o| self.address(o)).or_else(|| Some(vaddr.wrapping_add(bias?)))
             })
             .collect()
+    }
+
+    /// The file offset the mappings put at `addr`: how build-id stacks place a frame.
+    pub fn offset(&self, addr: u64) -> Option<u64> {
+        self.ranges.iter().find_map(|&(start, end, file_offset)| {
+            (start..end).contains(&addr).then(|| addr - start + file_offset)
+        })
     }
 
     /// Where the mappings put `offset` of the file.

@@ -2,13 +2,14 @@
 //! in the application's language.
 //!
 //! A Python program's native stack ends in the interpreter's eval loop, and a Java program's
-//! interpreted frames are anonymous code: neither names the application. So for each process
-//! running a CPython (`python`) or a HotSpot JVM (`hotspot`) that tcptrace can read, this layer
-//! puts what the kernel program needs in its map (`PY_PROCS`: the interpreter's layout;
-//! `JVM_PROCS`: the interpreted frame's slots); the kernel program then records, at each open
-//! in that process, the interpreter's frames (see `tcptrace_common::interp`). Here those become
-//! frames named from the process's memory while it lives: `open_order_client
-//! (leaky_jobs.py:5)`, `Leaky.open_order_client (Leaky.java:7)`.
+//! interpreted frames and a Node program's JavaScript frames are anonymous code: none names
+//! the application. So for each process running a CPython (`python`), a HotSpot JVM
+//! (`hotspot`) or a Node.js (`v8`) that tcptrace can read, this layer puts what the kernel
+//! program needs in its map (`PY_PROCS`: the interpreter's layout; `FP_PROCS`: the slots a
+//! frame keeps its code in); the kernel program then records, at each open in that process,
+//! the interpreter's frames (see `tcptrace_common::interp`). Here those become frames named
+//! from the process's memory while it lives: `open_order_client (leaky_jobs.py:5)`,
+//! `Leaky.open_order_client (Leaky.java:7)`, `internalConnect (node:net)`.
 //!
 //! Processes are found at start (every running process, so programs already running are
 //! covered without a restart) and at each exec. A process that is not yet readable at its exec
@@ -22,6 +23,7 @@ pub mod hotspot;
 mod mapped;
 pub mod memory;
 pub mod python;
+pub mod v8;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -33,7 +35,7 @@ use std::{
 use procfs::process::MemoryMaps;
 use tcptrace_common::PyLayout;
 
-use self::{hotspot::Jvm, memory::ProcessMemory, python::code::Code};
+use self::{hotspot::Jvm, memory::ProcessMemory, python::code::Code, v8::Node};
 use crate::{
     event::{InterpStack, Runtime},
     kernel::probes::InterpMaps,
@@ -42,7 +44,7 @@ use crate::{
 
 /// The `module` of Python frames: their `addr` is the code object's address.
 pub const PYTHON_MODULE: &str = "[python]";
-pub use self::hotspot::JAVA_MODULE;
+pub use self::{hotspot::JAVA_MODULE, v8::JS_MODULE};
 
 /// Code objects kept, and bytes of their names and line tables; past either the cache starts
 /// over (a hostile process can make every code object claim the largest line table read).
@@ -59,6 +61,7 @@ const RETRY_FOR: Duration = Duration::from_secs(30);
 enum Known {
     Python(python::Interpreter),
     Jvm(Box<Jvm>),
+    Node(Box<Node>),
     /// Exec'd and not yet an interpreter tcptrace can read: looked at again until `until`.
     Pending {
         until: Instant,
@@ -70,7 +73,7 @@ pub enum Named {
     /// Python: the interpreter's frames stand for everything the native stack has from the
     /// interpreter's code outward.
     Outer(Vec<Frame>),
-    /// HotSpot: each named frame replaces the native frame at its return address.
+    /// HotSpot and V8: each named frame replaces the native frame at its return address.
     AtAddresses(Vec<Frame>),
 }
 
@@ -78,6 +81,7 @@ pub enum Named {
 enum Found {
     Python(python::Interpreter),
     Jvm(Box<Jvm>),
+    Node(Box<Node>),
     /// An interpreter tcptrace cannot read (`note` says which and why).
     Unsupported {
         file: PathBuf,
@@ -160,8 +164,8 @@ impl Interpreters {
             Some(Known::Python(_)) => {
                 let _ = self.maps.python.remove(&pid);
             }
-            Some(Known::Jvm(_)) => {
-                let _ = self.maps.jvm.remove(&pid);
+            Some(Known::Jvm(_) | Known::Node(_)) => {
+                let _ = self.maps.frame_pointers.remove(&pid);
             }
             _ => {}
         }
@@ -197,6 +201,7 @@ impl Interpreters {
         match self.processes.get(&pid) {
             Some(Known::Python(interpreter)) => Some(&interpreter.path),
             Some(Known::Jvm(jvm)) => Some(&jvm.path),
+            Some(Known::Node(node)) => Some(&node.path),
             _ => None,
         }
     }
@@ -240,6 +245,13 @@ impl Interpreters {
                     })
                     .unwrap_or_default(),
             ),
+            (Runtime::V8, Some(Known::Node(node))) => Named::AtAddresses(
+                ProcessMemory::open(pid)
+                    .map(|memory| {
+                        stack.frames.iter().filter_map(|f| node.frame(&memory, f)).collect()
+                    })
+                    .unwrap_or_default(),
+            ),
             _ => Named::AtAddresses(Vec::new()),
         }
     }
@@ -257,11 +269,18 @@ impl Interpreters {
                 Known::Python(interpreter)
             }
             Found::Jvm(jvm) => {
-                if self.maps.jvm.insert(pid, jvm.slots, 0).is_err() {
+                if self.maps.frame_pointers.insert(pid, jvm.slots, 0).is_err() {
                     self.map_full += 1;
                     return;
                 }
                 Known::Jvm(jvm)
+            }
+            Found::Node(node) => {
+                if self.maps.frame_pointers.insert(pid, node.slots, 0).is_err() {
+                    self.map_full += 1;
+                    return;
+                }
+                Known::Node(node)
             }
             Found::NotYet { .. } | Found::Nothing if let Some(until) = retry_until => {
                 Known::Pending { until }
@@ -309,12 +328,20 @@ fn detect_in(pid: u32, maps: &MemoryMaps) -> Found {
         python::Detection::NotPython => {}
     }
     match hotspot::detect(pid, maps) {
-        hotspot::Detection::Known(jvm) => Found::Jvm(Box::new(jvm)),
+        hotspot::Detection::Known(jvm) => return Found::Jvm(Box::new(jvm)),
         hotspot::Detection::NotReady { path, why } => {
             let note = format!("{} (HotSpot): {why}", path.display());
-            Found::NotYet { file: path, note }
+            return Found::NotYet { file: path, note };
         }
-        hotspot::Detection::NotJvm => Found::Nothing,
+        hotspot::Detection::NotJvm => {}
+    }
+    match v8::detect(pid, maps) {
+        v8::Detection::Known(node) => Found::Node(node),
+        v8::Detection::Unsupported { path, why } => {
+            let note = format!("{} (Node.js): {why}", path.display());
+            Found::Unsupported { file: path, note }
+        }
+        v8::Detection::NotNode => Found::Nothing,
     }
 }
 

@@ -45,8 +45,8 @@ const USER_STACK_ENTRIES: u32 = 8_192;
 /// Distinct kernel stacks `STACKS` holds: 127 addresses each, 16 MiB (bcc's tools' size).
 const KERNEL_STACK_ENTRIES: u32 = 16_384;
 
-/// Python processes, and JVMs, whose opens carry interpreter frames at once (`PY_PROCS` and
-/// `JVM_PROCS`, 40 and 16 bytes each).
+/// Python processes, and JVMs and Node.js processes, whose opens carry interpreter frames at
+/// once (`PY_PROCS` and `FP_PROCS`, 32 and 16 bytes each).
 const INTERP_PROCS_ENTRIES: u32 = 4_096;
 
 /// Processes and threads `tcptrace run` can follow at once.
@@ -66,7 +66,7 @@ pub struct StackMaps {
     pub user: Option<MapData>,
     /// `STACKS` (addresses), when kernel stacks are captured.
     pub kernel: Option<StackTraceMap<MapData>>,
-    /// `PY_PROCS` and `JVM_PROCS`, when user stacks are captured.
+    /// `PY_PROCS` and `FP_PROCS`, when user stacks are captured.
     pub interp: Option<InterpMaps>,
 }
 
@@ -74,7 +74,8 @@ pub struct StackMaps {
 /// walk (see `interp`).
 pub struct InterpMaps {
     pub python: HashMap<MapData, u32, PyLayout>,
-    pub jvm: HashMap<MapData, u32, FrameSlots>,
+    /// JVMs and Node.js processes.
+    pub frame_pointers: HashMap<MapData, u32, FrameSlots>,
 }
 
 impl Probes {
@@ -152,9 +153,12 @@ impl Probes {
         let interp = if bits & STACKS_USER != 0 {
             let python =
                 self.ebpf.take_map(names::PY_PROCS).context("map PY_PROCS already taken")?;
-            let jvm =
-                self.ebpf.take_map(names::JVM_PROCS).context("map JVM_PROCS already taken")?;
-            Some(InterpMaps { python: HashMap::try_from(python)?, jvm: HashMap::try_from(jvm)? })
+            let frame_pointers =
+                self.ebpf.take_map(names::FP_PROCS).context("map FP_PROCS already taken")?;
+            Some(InterpMaps {
+                python: HashMap::try_from(python)?,
+                frame_pointers: HashMap::try_from(frame_pointers)?,
+            })
         } else {
             None
         };
@@ -260,7 +264,7 @@ fn load_object(options: &ProbeOptions, offsets: &KernelOffsets) -> anyhow::Resul
         .map_max_entries(names::SITE_STACKS, user_stack_entries)
         .map_max_entries(names::STACKS, if kernel_stacks { KERNEL_STACK_ENTRIES } else { 1 })
         .map_max_entries(names::PY_PROCS, if user_stacks { INTERP_PROCS_ENTRIES } else { 1 })
-        .map_max_entries(names::JVM_PROCS, if user_stacks { INTERP_PROCS_ENTRIES } else { 1 })
+        .map_max_entries(names::FP_PROCS, if user_stacks { INTERP_PROCS_ENTRIES } else { 1 })
         .map_max_entries(names::FOLLOWED, if options.following() { FOLLOWED_ENTRIES } else { 1 })
         .load(EBPF_OBJECT)
         .map_err(|e| anyhow!("loading the BPF object: {}", reason(&e)))

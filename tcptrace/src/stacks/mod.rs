@@ -88,6 +88,19 @@ impl OpenStack {
         }
     }
 
+    /// A Node.js connect() run on a later tick of the event loop: the stack has JavaScript
+    /// frames and none is the application's (only Node's own modules and installed packages),
+    /// because the function that asked for the connection had returned before it ran (Node
+    /// connects from `process.nextTick`). Reports say so (`connect_deferred`).
+    pub fn deferred(&self) -> bool {
+        let mut js = self
+            .frames
+            .iter()
+            .filter(|f| f.module.as_deref() == Some(crate::interp::JS_MODULE))
+            .peekable();
+        js.peek().is_some() && js.all(is_interpreted_library)
+    }
+
     /// The open site in one line: the innermost own frame and its caller,
     /// `db_checkout (leaky.c:61) ← handle_orders (leaky.c:75)`; `None` without user frames.
     pub fn site(&self) -> Option<String> {
@@ -112,7 +125,8 @@ fn is_kernel(frame: &Frame) -> bool {
 
 /// Interpreted code that is not the application's: Python's standard library, the packages
 /// installed for it (`lib/python3.N/`, `site-packages`, Debian's `lib/python3/dist-packages`)
-/// and its frozen modules; the JDK's classes.
+/// and its frozen modules; the JDK's classes; Node's own modules (`node:net`) and packages
+/// (`node_modules/`).
 fn is_interpreted_library(frame: &Frame) -> bool {
     const JDK: &[&str] = &["java.", "javax.", "sun.", "jdk.", "com.sun."];
     match frame.module.as_deref() {
@@ -125,6 +139,11 @@ fn is_interpreted_library(frame: &Frame) -> bool {
         Some(crate::interp::JAVA_MODULE) => {
             frame.symbol.as_deref().is_some_and(|s| JDK.iter().any(|p| s.starts_with(p)))
         }
+        // A function without a script is V8's own (a builtin such as `Promise`).
+        Some(crate::interp::JS_MODULE) => frame
+            .file
+            .as_deref()
+            .is_none_or(|file| file.starts_with("node:") || file.contains("/node_modules/")),
         _ => false,
     }
 }
@@ -144,6 +163,8 @@ fn is_plumbing(frame: &Frame) -> bool {
         "libjvm.so",
         "libnode.so",
     ];
+    /// Executables that are a runtime (their own code is plumbing).
+    const RUNTIMES: &[&str] = &["node", "nodejs"];
     const NAMESPACES: &[&str] = &[
         "std::",
         "core::",
@@ -160,13 +181,14 @@ fn is_plumbing(frame: &Frame) -> bool {
         "node::",
         "v8::",
         "Builtins_",
+        "uv_",
     ];
     // Python's extension modules (`lib-dynload/_socket.cpython-311-….so`) and Node's own
     // JavaScript, as perf maps name it (`JS:~internalConnect node:net:1090`).
     const PLACES: &[&str] = &["/lib/python3", "node:internal", "node:net"];
     let library = frame.module.as_deref().is_some_and(|module| {
         let name = module.rsplit('/').next().unwrap_or(module);
-        LIBRARIES.iter().any(|lib| name.starts_with(lib))
+        LIBRARIES.iter().any(|lib| name.starts_with(lib)) || RUNTIMES.contains(&name)
     });
     // `<std::net::TcpStream as ...>::connect` names its namespace after the `<`.
     let symbol = frame.symbol.as_deref().map(|s| s.trim_start_matches('<'));
@@ -174,7 +196,7 @@ fn is_plumbing(frame: &Frame) -> bool {
     // An interpreter frame is the application's or a library's (`is_interpreted_library`).
     let interpreted = matches!(
         frame.module.as_deref(),
-        Some(crate::interp::PYTHON_MODULE | crate::interp::JAVA_MODULE)
+        Some(crate::interp::PYTHON_MODULE | crate::interp::JAVA_MODULE | crate::interp::JS_MODULE)
     );
     !interpreted
         && (library
@@ -297,6 +319,58 @@ mod tests {
         // A Python function whose name looks like Go's runtime is still the application's.
         stack.frames.push(python("runtime.connect", "/srv/app/jobs.py", 3));
         assert_eq!(stack.own_frames()[0].symbol.as_deref(), Some("runtime.connect"));
+    }
+
+    fn js(symbol: &str, file: &str) -> Frame {
+        Frame {
+            addr: 0x0100_0000,
+            symbol: Some(symbol.to_owned()),
+            file: Some(file.to_owned()),
+            line: None,
+            module: Some(crate::interp::JS_MODULE.to_owned()),
+        }
+    }
+
+    fn node_stack(js_frames: Vec<Frame>) -> OpenStack {
+        let mut frames = vec![
+            frame(0x7f00_0000_1000, Some("__connect"), Some("/lib/libc.so.6"), None),
+            frame(0x0200_0000, Some("uv__tcp_connect"), Some("/usr/bin/node"), None),
+            frame(0x0200_1000, Some("node::TCPWrap::Connect"), Some("/usr/bin/node"), None),
+            frame(0x0200_2000, Some("Builtins_CallApiCallback"), Some("/usr/bin/node"), None),
+        ];
+        frames.extend(js_frames);
+        frames.push(frame(0x0200_3000, Some("Builtins_JSEntry"), Some("/usr/bin/node"), None));
+        OpenStack { key: StackKey::native(Some(1), None), frames, truncated: false }
+    }
+
+    #[test]
+    fn a_node_connect_from_the_next_tick_is_deferred_and_sited_in_node() {
+        let stack = node_stack(vec![
+            js("internalConnect", "node:net"),
+            js("defaultTriggerAsyncIdScope", "node:internal/async_hooks"),
+            js("processTicksAndRejections", "node:internal/process/task_queues"),
+        ]);
+        assert!(stack.deferred());
+        assert_eq!(
+            stack.site().as_deref(),
+            Some("internalConnect (node:net) ← defaultTriggerAsyncIdScope (async_hooks)")
+        );
+    }
+
+    #[test]
+    fn a_node_connect_inside_the_programs_function_is_sited_there() {
+        let stack = node_stack(vec![
+            js("connect", "/srv/app/node_modules/driver/index.js"),
+            js("open_order_client", "/srv/app/orders.js"),
+            js("listOnTimeout", "node:internal/timers"),
+        ]);
+        assert!(!stack.deferred());
+        assert_eq!(
+            stack.site().as_deref(),
+            Some("open_order_client (orders.js) ← listOnTimeout (timers)")
+        );
+        // Native frames only (V8's frames not read): nothing is said about ticks.
+        assert!(!node_stack(Vec::new()).deferred());
     }
 
     #[test]

@@ -205,17 +205,13 @@ impl StackResolver {
                 (frames, interp.walk != InterpWalk::Complete)
             }
             // Both walks follow the same frame pointers: a named frame stands at its address,
-            // in anonymous memory (the interpreter's code).
+            // in the runtime's generated code (anonymous memory) or, for V8's interpreted
+            // frames, in the builtins of its executable.
             Named::AtAddresses(named) => {
                 let mut named = named.into_iter().peekable();
                 let frames = native_frames
                     .iter()
-                    .map(|f| {
-                        match named.next_if(|java| java.addr == f.addr && f.module.is_none()) {
-                            Some(java) => java,
-                            None => f.clone(),
-                        }
-                    })
+                    .map(|f| named.next_if(|n| n.addr == f.addr).unwrap_or_else(|| f.clone()))
                     .collect();
                 (frames, native.as_ref().is_none_or(|stack| stack.truncated))
             }

@@ -45,6 +45,9 @@ pub struct Finding {
     /// the kernel's frame limit): its outer frames, and maybe the function that opened the
     /// socket, are missing.
     pub stack_truncated: bool,
+    /// A Node.js program's connect() ran on a later tick of the event loop: the function that
+    /// asked for the connection is not on the stack, only Node's own modules are.
+    pub connect_deferred: bool,
     /// The process's container.
     #[serde(rename = "container", serialize_with = "serialize_container")]
     pub cgroup: Option<Arc<Cgroup>>,
@@ -108,6 +111,7 @@ impl Finding {
             fix: kind.fix(),
             stack: None,
             stack_truncated: false,
+            connect_deferred: false,
             cgroup: None,
         }
     }
@@ -164,6 +168,7 @@ pub fn detect(agg: &Aggregator, limits: &Limits, now_ns: u64) -> Vec<Finding> {
     for finding in &mut findings {
         finding.cgroup = cgroup(finding.pid);
         finding.stack_truncated = finding.stack.as_ref().is_some_and(|s| s.truncated);
+        finding.connect_deferred = finding.stack.as_ref().is_some_and(|s| s.deferred());
     }
     findings.sort_by_key(|f| (f.pid, f.kind, f.fd, f.remote));
     findings

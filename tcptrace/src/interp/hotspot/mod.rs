@@ -19,7 +19,7 @@ pub mod vmstructs;
 use std::{ops::Range, path::PathBuf};
 
 use procfs::process::MemoryMaps;
-use tcptrace_common::{FrameSlots, InterpFrame};
+use tcptrace_common::{FrameSlots, InterpFrame, RUNTIME_HOTSPOT};
 
 use self::vmstructs::VmStructs;
 use super::{mapped::MappedFile, memory::ProcessMemory};
@@ -29,7 +29,8 @@ use crate::symbolize::Frame;
 pub const JAVA_MODULE: &str = "[java]";
 
 /// x86-64's interpreted frame slots, in bytes from the frame pointer.
-const X86_64_SLOTS: FrameSlots = FrameSlots { method: -3 * 8, bcp: -8 * 8 };
+const X86_64_SLOTS: FrameSlots =
+    FrameSlots { code: -3 * 8, position: -8 * 8, follow: 0, runtime: RUNTIME_HOTSPOT };
 
 /// The types whose fields and sizes are read from the JVM's tables.
 const TYPES: &[&str] = &[

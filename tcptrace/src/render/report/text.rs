@@ -130,6 +130,13 @@ fn write_group_details(out: &mut impl Write, g: &FindingGroup) -> io::Result<()>
         if stack.truncated {
             writeln!(out, "        (stack cut short: code without frame pointers, or too deep)")?;
         }
+        if stack.deferred() {
+            writeln!(
+                out,
+                "        (Node ran this connect() on a later tick: the function that asked for \
+                 it had returned, so only Node's own frames are here)"
+            )?;
+        }
     }
     Ok(())
 }
