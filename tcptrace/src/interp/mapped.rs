@@ -1,7 +1,10 @@
 //! A file a process maps (an interpreter, `libjvm.so`), and where its exported symbols are in
 //! that process: where the file is mapped plus the symbol's file offset.
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
 use blazesym::inspect::{Inspector, source::Elf};
 use procfs::process::{MMapPath, MemoryMaps, Process};
@@ -9,6 +12,16 @@ use procfs::process::{MMapPath, MemoryMaps, Process};
 /// A process's mappings; `None` when it is gone.
 pub fn maps(pid: u32) -> Option<MemoryMaps> {
     Process::new(i32::try_from(pid).ok()?).ok()?.maps().ok()
+}
+
+/// See `MappedFile::identity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
 }
 
 /// One file's mappings in one process.
@@ -75,6 +88,19 @@ impl MappedFile {
     pub fn offset(&self, addr: u64) -> Option<u64> {
         self.ranges.iter().find_map(|&(start, end, file_offset)| {
             (start..end).contains(&addr).then(|| addr - start + file_offset)
+        })
+    }
+
+    /// What tells this file from any other, now or later: its device, inode, size and
+    /// modification time (an inode is reused once a file is deleted).
+    pub fn identity(&self) -> Option<FileId> {
+        let meta = std::fs::metadata(&self.map_file).ok()?;
+        Some(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
         })
     }
 

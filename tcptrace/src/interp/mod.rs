@@ -107,6 +107,8 @@ pub struct Interpreters {
     start_notes: Vec<String>,
     scanning: bool,
     last_retry: Instant,
+    /// The layouts of the Node executables seen.
+    v8_layouts: v8::Layouts,
     /// Processes the kernel maps had no room for.
     pub map_full: u64,
 }
@@ -122,6 +124,7 @@ impl Interpreters {
             start_notes: Vec::new(),
             scanning: false,
             last_retry: Instant::now(),
+            v8_layouts: v8::Layouts::default(),
             map_full: 0,
         }
     }
@@ -137,7 +140,7 @@ impl Interpreters {
         let retry_until = Some(Instant::now() + RETRY_FOR);
         for process in processes.flatten() {
             if let Ok(pid) = u32::try_from(process.pid) {
-                match detect(pid) {
+                match detect(pid, &mut self.v8_layouts) {
                     Found::Nothing => {}
                     found => self.learn(pid, found, retry_until),
                 }
@@ -154,7 +157,7 @@ impl Interpreters {
     /// Process `pid` exec'd: what it ran before is gone.
     pub fn exec(&mut self, pid: u32) {
         self.forget(pid);
-        let found = detect(pid);
+        let found = detect(pid, &mut self.v8_layouts);
         self.learn(pid, found, Some(Instant::now() + RETRY_FOR));
     }
 
@@ -191,7 +194,7 @@ impl Interpreters {
             .collect();
         for (pid, until) in pending {
             self.processes.remove(&pid);
-            let found = detect(pid);
+            let found = detect(pid, &mut self.v8_layouts);
             self.learn(pid, found, (now < until).then_some(until));
         }
     }
@@ -307,14 +310,14 @@ impl Interpreters {
 }
 
 /// What process `pid` runs, as far as interpreters go.
-fn detect(pid: u32) -> Found {
+fn detect(pid: u32, v8_layouts: &mut v8::Layouts) -> Found {
     let Some(maps) = mapped::maps(pid) else {
         return Found::Nothing;
     };
-    detect_in(pid, &maps)
+    detect_in(pid, &maps, v8_layouts)
 }
 
-fn detect_in(pid: u32, maps: &MemoryMaps) -> Found {
+fn detect_in(pid: u32, maps: &MemoryMaps, v8_layouts: &mut v8::Layouts) -> Found {
     match python::detect(pid, maps) {
         python::Detection::Known(interpreter) => return Found::Python(interpreter),
         python::Detection::Unsupported { version: (major, minor), path, why } => {
@@ -335,7 +338,7 @@ fn detect_in(pid: u32, maps: &MemoryMaps) -> Found {
         }
         hotspot::Detection::NotJvm => {}
     }
-    match v8::detect(pid, maps) {
+    match v8::detect(pid, maps, v8_layouts) {
         v8::Detection::Known(node) => Found::Node(node),
         v8::Detection::Unsupported { path, why } => {
             let note = format!("{} (Node.js): {why}", path.display());

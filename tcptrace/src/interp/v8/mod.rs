@@ -20,13 +20,16 @@
 
 pub mod heap;
 
-use std::path::PathBuf;
+use std::{collections::HashMap, path::PathBuf};
 
 use procfs::process::MemoryMaps;
 use tcptrace_common::{FrameSlots, InterpFrame, RUNTIME_V8};
 
 use self::heap::{Heap, StringLayout, smi, untag};
-use super::{mapped::MappedFile, memory::ProcessMemory};
+use super::{
+    mapped::{FileId, MappedFile},
+    memory::ProcessMemory,
+};
 use crate::symbolize::Frame;
 
 /// The `module` of a JavaScript frame; its `addr` is the frame's return address (as a file
@@ -75,7 +78,7 @@ const NAME_SLOTS: u64 = 3;
 
 /// Where one V8 keeps what names a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Layout {
+pub struct Layout {
     heap: Heap,
     sfi_type: u16,
     scope_info_type: u16,
@@ -111,39 +114,64 @@ pub enum Detection {
     NotNode,
 }
 
+/// What was read of each Node executable: every process of one file has the same layout, and
+/// finding V8's metadata among its 75,000 symbols takes 80 ms, so only its first process pays.
+#[derive(Debug, Default)]
+pub struct Layouts(HashMap<FileId, Result<(FrameSlots, Layout), &'static str>>);
+
+/// Executables remembered at most; past this the cache starts over.
+const MAX_LAYOUTS: usize = 64;
+
 /// Whether process `pid`, mapping `maps`, runs a Node.js tcptrace can read.
-pub fn detect(pid: u32, maps: &MemoryMaps) -> Detection {
+pub fn detect(pid: u32, maps: &MemoryMaps, layouts: &mut Layouts) -> Detection {
     let Some((file, ())) = MappedFile::find(pid, maps, |name| {
         (name == "node" || name == "nodejs" || name.starts_with("libnode.so")).then_some(())
     }) else {
         return Detection::NotNode;
     };
-    let path = file.path.clone();
-    let unsupported = |why| Detection::Unsupported { path: path.clone(), why };
+    let id = file.identity();
+    let read = match id.and_then(|id| layouts.0.get(&id)) {
+        Some(read) => read.clone(),
+        None => {
+            let Some(read) = read_layout(pid, &file) else {
+                return Detection::NotNode;
+            };
+            if let Some(id) = id {
+                if layouts.0.len() >= MAX_LAYOUTS {
+                    layouts.0.clear();
+                }
+                layouts.0.insert(id, read.clone());
+            }
+            read
+        }
+    };
+    match read {
+        Ok((slots, layout)) => {
+            Detection::Known(Box::new(Node { path: file.path.clone(), slots, file, layout }))
+        }
+        Err(why) => Detection::Unsupported { path: file.path, why },
+    }
+}
+
+/// The layout of the V8 in `file`, from its metadata in process `pid`; `Err` says why it
+/// cannot be read, `None` that the process is gone.
+fn read_layout(pid: u32, file: &MappedFile) -> Option<Result<(FrameSlots, Layout), &'static str>> {
     if !cfg!(target_arch = "x86_64") {
-        return unsupported("JavaScript frames are only read on x86-64");
+        return Some(Err("JavaScript frames are only read on x86-64"));
     }
     let addresses = file.symbols(SYMBOLS);
     if addresses.iter().all(Option::is_none) {
-        return unsupported("it lacks V8's postmortem metadata (v8dbg_*)");
+        return Some(Err("it lacks V8's postmortem metadata (v8dbg_*)"));
     }
     let Some(addresses) = addresses.into_iter().collect::<Option<Vec<u64>>>() else {
-        return unsupported("its V8 postmortem metadata lacks a value tcptrace reads");
+        return Some(Err("its V8 postmortem metadata lacks a value tcptrace reads"));
     };
-    let Some(memory) = ProcessMemory::open(pid) else {
-        return Detection::NotNode;
-    };
-    let values: Option<Vec<i64>> =
-        addresses.iter().map(|&a| memory.u32(a).map(|v| i64::from(v as i32))).collect();
-    let Some(values) = values else {
-        return Detection::NotNode;
-    };
-    match layout(&values) {
-        Some((slots, layout)) => {
-            Detection::Known(Box::new(Node { path: path.clone(), slots, file, layout }))
-        }
-        None => unsupported("its V8 uses compressed pointers or an unexpected frame layout"),
-    }
+    let memory = ProcessMemory::open(pid)?;
+    let values: Vec<i64> = addresses
+        .iter()
+        .map(|&a| memory.u32(a).map(|v| i64::from(v as i32)))
+        .collect::<Option<_>>()?;
+    Some(layout(&values).ok_or("its V8 uses compressed pointers or an unexpected frame layout"))
 }
 
 /// What the kernel reads in a frame, and the layout, from `SYMBOLS`' values in order; `None`
