@@ -11,8 +11,8 @@ use std::{mem::offset_of, net::IpAddr, os::unix::ffi::OsStrExt as _};
 use libfuzzer_sys::fuzz_target;
 use tcptrace::event::{DecodeError, Event, EventKind};
 use tcptrace_common::{
-    EXEC_PATH_LEN, FLAG_ADDRS, FLAG_OWNER_LOST, FLAG_RESET, KIND_ACCEPT, KIND_CONNECT, KIND_EXEC,
-    KIND_EXIT, KIND_RELEASE, KIND_STATE, RawEvent,
+    EXEC_PATH_LEN, FLAG_ADDRS, FLAG_INTERP, FLAG_OWNER_LOST, FLAG_RESET, KIND_ACCEPT, KIND_CONNECT,
+    KIND_EXEC, KIND_EXIT, KIND_RELEASE, KIND_STATE, RawEvent, RawInterpEvent,
 };
 
 const LEN: usize = size_of::<RawEvent>();
@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
     let family = field!(data, family, u16);
     let flags = field!(data, flags, u16);
     let state_ok = |s: u8| (1..=12).contains(&s);
+    let interp = flags & FLAG_INTERP != 0 && matches!(kind, KIND_CONNECT | KIND_ACCEPT);
     let known_kind = matches!(
         kind,
         KIND_CONNECT | KIND_ACCEPT | KIND_STATE | KIND_RELEASE | KIND_EXIT | KIND_EXEC
@@ -68,7 +69,27 @@ fuzz_target!(|data: &[u8]| {
             assert!(!(1..=4).contains(&r), "reason {r} refused");
             return;
         }
+        // An open that says it carries interpreter frames (FLAG_INTERP) and does not.
+        Err(DecodeError::ShortInterp(n)) => {
+            assert_eq!(n, data.len());
+            assert!(interp, "ShortInterp for a record without interpreter frames");
+            assert!(n < size_of::<RawInterpEvent>(), "{n} bytes refused");
+            return;
+        }
+        Err(DecodeError::Runtime(r)) => {
+            assert!(interp);
+            assert_eq!(r, u32::from_ne_bytes(bytes(data, offset_of!(RawInterpEvent, runtime))));
+            assert!(!(1..=3).contains(&r), "runtime {r} refused");
+            return;
+        }
+        Err(DecodeError::InterpWalk(w)) => {
+            assert!(interp);
+            assert_eq!(w, u32::from_ne_bytes(bytes(data, offset_of!(RawInterpEvent, status))));
+            assert!(!(1..=4).contains(&w), "walk status {w} refused");
+            return;
+        }
     };
+    assert_eq!(event.interp.is_some(), interp, "interpreter frames decoded exactly when flagged");
     assert!(known_kind, "kind {kind} accepted");
     assert_eq!(event.ts_ns, field!(data, ts_ns, u64));
     assert_eq!(event.skaddr, field!(data, skaddr, u64));
