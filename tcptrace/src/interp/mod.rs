@@ -241,22 +241,24 @@ impl Interpreters {
                         .collect(),
                 )
             }
-            (Runtime::HotSpot, Some(Known::Jvm(jvm))) => Named::AtAddresses(
-                ProcessMemory::open(pid)
-                    .map(|memory| {
-                        stack.frames.iter().filter_map(|f| jvm.frame(&memory, f)).collect()
-                    })
-                    .unwrap_or_default(),
-            ),
-            (Runtime::V8, Some(Known::Node(node))) => Named::AtAddresses(
-                ProcessMemory::open(pid)
-                    .map(|memory| {
-                        stack.frames.iter().filter_map(|f| node.frame(&memory, f)).collect()
-                    })
-                    .unwrap_or_default(),
-            ),
+            (Runtime::HotSpot, Some(Known::Jvm(jvm))) => {
+                at_addresses(pid, stack, |m, f| jvm.frame(m, f))
+            }
+            (Runtime::V8, Some(Known::Node(node))) => {
+                at_addresses(pid, stack, |m, f| node.frame(m, f))
+            }
             _ => Named::AtAddresses(Vec::new()),
         }
+    }
+
+    /// Has the kernel walk `pid`'s frame pointers with `slots`; false (counted) when its map
+    /// is full.
+    fn walk_frame_pointers(&mut self, pid: u32, slots: tcptrace_common::FrameSlots) -> bool {
+        let added = self.maps.frame_pointers.insert(pid, slots, 0).is_ok();
+        if !added {
+            self.map_full += 1;
+        }
+        added
     }
 
     /// Records what `found` says of `pid`. `retry_until`: a process just exec'd (or looked at
@@ -272,15 +274,13 @@ impl Interpreters {
                 Known::Python(interpreter)
             }
             Found::Jvm(jvm) => {
-                if self.maps.frame_pointers.insert(pid, jvm.slots, 0).is_err() {
-                    self.map_full += 1;
+                if !self.walk_frame_pointers(pid, jvm.slots) {
                     return;
                 }
                 Known::Jvm(jvm)
             }
             Found::Node(node) => {
-                if self.maps.frame_pointers.insert(pid, node.slots, 0).is_err() {
-                    self.map_full += 1;
+                if !self.walk_frame_pointers(pid, node.slots) {
                     return;
                 }
                 Known::Node(node)
@@ -346,6 +346,20 @@ fn detect_in(pid: u32, maps: &MemoryMaps, v8_layouts: &mut v8::Layouts) -> Found
         }
         v8::Detection::NotNode => Found::Nothing,
     }
+}
+
+/// The frames a frame-pointer runtime names (`name`: `Jvm::frame`, `Node::frame`), read from
+/// `pid`'s memory; none when the process is gone.
+fn at_addresses(
+    pid: u32,
+    stack: &InterpStack,
+    name: impl Fn(&ProcessMemory, &tcptrace_common::InterpFrame) -> Option<Frame>,
+) -> Named {
+    Named::AtAddresses(
+        ProcessMemory::open(pid)
+            .map(|memory| stack.frames.iter().filter_map(|f| name(&memory, f)).collect())
+            .unwrap_or_default(),
+    )
 }
 
 fn python_frame(
