@@ -52,9 +52,13 @@ pub struct KernelOffsets {
     /// `pt_regs` member holding the user frame pointer (x86-64: `bp`), for the walk of a
     /// JVM's frames; set with `connect_regs`, as it needs the same helper.
     pub regs_fp: u32,
+    /// 1 when the verifier knows `bpf_loop` (5.17+): the interpreter walks' loops then run as
+    /// its callbacks, which the verifier checks once, instead of unrolled, which it checks
+    /// iteration by iteration (the kernel crate's `loops` module).
+    pub has_loop: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 30 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 31 * 4);
 
 impl KernelOffsets {
     pub const fn zeroed() -> Self {
@@ -89,6 +93,7 @@ impl KernelOffsets {
             sys_connect: 0,
             task_fsbase: 0,
             regs_fp: 0,
+            has_loop: 0,
         }
     }
 }

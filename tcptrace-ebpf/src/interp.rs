@@ -22,6 +22,7 @@ use tcptrace_common::{
 
 use crate::{
     kernel::{current_thread_pointer, current_user_frame_pointer},
+    loops::{Body, repeat},
     maps::{EVENTS, FP_PROCS, PY_PROCS, SETTINGS, count, emit, global, wakeup},
 };
 
@@ -102,28 +103,64 @@ fn walk_python(
     let Some(thread) = calling_thread(layout, tid) else {
         return (INTERP_NO_THREAD, 0);
     };
-    let Some(mut frame) = member(thread, layout.tstate_cframe)
+    let Some(frame) = member(thread, layout.tstate_cframe)
         .and_then(|cframe| member(cframe, layout.cframe_current_frame))
     else {
         return (INTERP_READ_FAILED, 0);
     };
-    let mut filled = 0u32;
-    for slot in frames.iter_mut() {
-        if frame == 0 {
-            return (INTERP_COMPLETE, filled);
+    let mut walk = PythonFrames {
+        frame,
+        out: frames.as_mut_ptr(),
+        filled: 0,
+        status: 0,
+        code: layout.frame_code,
+        instr: layout.frame_prev_instr,
+        previous: layout.frame_previous,
+    };
+    repeat::<{ INTERP_FRAMES as u32 }, _>(INTERP_FRAMES as u32, &mut walk);
+    if walk.status == 0 {
+        walk.status = if walk.frame == 0 { INTERP_COMPLETE } else { INTERP_CUT };
+    }
+    (walk.status, walk.filled)
+}
+
+/// The walk of `_PyInterpreterFrame`s by their `previous` links. `status` stays 0 while the
+/// walk has not ended by itself.
+struct PythonFrames {
+    frame: u64,
+    out: *mut InterpFrame,
+    filled: u32,
+    status: u32,
+    code: u16,
+    instr: u16,
+    previous: u16,
+}
+
+impl Body for PythonFrames {
+    #[inline(always)]
+    fn step(&mut self, index: u64) -> bool {
+        // The bound the verifier needs for the write below.
+        if index >= INTERP_FRAMES as u64 {
+            return false;
+        }
+        if self.frame == 0 {
+            self.status = INTERP_COMPLETE;
+            return false;
         }
         let (Some(code), Some(instr), Some(previous)) = (
-            member(frame, layout.frame_code),
-            member(frame, layout.frame_prev_instr),
-            member(frame, layout.frame_previous),
+            member(self.frame, self.code),
+            member(self.frame, self.instr),
+            member(self.frame, self.previous),
         ) else {
-            return (INTERP_READ_FAILED, filled);
+            self.status = INTERP_READ_FAILED;
+            return false;
         };
-        *slot = InterpFrame { code, instr, pc: 0 };
-        filled += 1;
-        frame = previous;
+        // SAFETY: `out` points at INTERP_FRAMES frames of reserved ring memory; index is below.
+        unsafe { *self.out.add(index as usize) = InterpFrame { code, instr, pc: 0 } };
+        self.filled = index as u32 + 1;
+        self.frame = previous;
+        true
     }
-    (if frame == 0 { INTERP_COMPLETE } else { INTERP_CUT }, filled)
 }
 
 /// The calling thread's `PyThreadState` in the main interpreter's thread list: the one whose
@@ -137,17 +174,47 @@ fn calling_thread(layout: &PyLayout, tid: u32) -> Option<u64> {
         None => (layout.tstate_native_thread_id, u64::from(tid)),
     };
     let interp = user::<u64>(layout.runtime + u64::from(layout.runtime_main_interp))?;
-    let mut thread = member(interp, layout.interp_threads_head)?;
-    for _ in 0..INTERP_THREADS {
-        if thread == 0 {
-            return None;
+    let mut search = ThreadSearch {
+        thread: member(interp, layout.interp_threads_head)?,
+        found: 0,
+        wanted,
+        field,
+        next: layout.tstate_next,
+    };
+    repeat::<{ INTERP_THREADS as u32 }, _>(INTERP_THREADS as u32, &mut search);
+    (search.found != 0).then_some(search.found)
+}
+
+/// The search of the thread list by the `next` links; a failed read ends it unfound.
+struct ThreadSearch {
+    thread: u64,
+    found: u64,
+    wanted: u64,
+    field: u16,
+    next: u16,
+}
+
+impl Body for ThreadSearch {
+    #[inline(always)]
+    fn step(&mut self, _index: u64) -> bool {
+        if self.thread == 0 {
+            return false;
         }
-        if member(thread, field)? == wanted {
-            return Some(thread);
+        match member(self.thread, self.field) {
+            Some(id) if id == self.wanted => {
+                self.found = self.thread;
+                false
+            }
+            Some(_) => match member(self.thread, self.next) {
+                Some(next) => {
+                    self.thread = next;
+                    true
+                }
+                None => false,
+            },
+            None => false,
         }
-        thread = member(thread, layout.tstate_next)?;
     }
-    None
 }
 
 /// Fills `frames` from the user frame-pointer chain, innermost first: per frame its return
@@ -160,18 +227,43 @@ fn walk_frame_pointers(
     slots: &FrameSlots,
     frames: &mut [InterpFrame; INTERP_FRAMES],
 ) -> (u32, u32) {
-    let Some(mut fp) = current_user_frame_pointer() else {
+    let Some(fp) = current_user_frame_pointer() else {
         return (INTERP_READ_FAILED, 0);
     };
-    let mut filled = 0u32;
-    for slot in frames.iter_mut() {
+    let mut walk =
+        FramePointers { fp, slots: *slots, out: frames.as_mut_ptr(), filled: 0, status: 0 };
+    repeat::<{ INTERP_FRAMES as u32 }, _>(INTERP_FRAMES as u32, &mut walk);
+    (if walk.status == 0 { INTERP_CUT } else { walk.status }, walk.filled)
+}
+
+/// The walk of the frame-pointer chain. `status` stays 0 while the walk has not ended by
+/// itself.
+struct FramePointers {
+    fp: u64,
+    slots: FrameSlots,
+    out: *mut InterpFrame,
+    filled: u32,
+    status: u32,
+}
+
+impl Body for FramePointers {
+    #[inline(always)]
+    fn step(&mut self, index: u64) -> bool {
+        // The bound the verifier needs for the write below.
+        if index >= INTERP_FRAMES as u64 {
+            return false;
+        }
+        let fp = self.fp;
         let (Some(caller), Some(pc)) = (user::<u64>(fp), user::<u64>(fp.wrapping_add(8))) else {
-            return (INTERP_READ_FAILED, filled);
+            self.status = INTERP_READ_FAILED;
+            return false;
         };
         // The chain ends at a null frame pointer, or one that does not lead up the stack.
         if caller <= fp {
-            return (INTERP_COMPLETE, filled);
+            self.status = INTERP_COMPLETE;
+            return false;
         }
+        let slots = self.slots;
         let at = |offset: i32| user::<u64>(caller.wrapping_add(offset as i64 as u64)).unwrap_or(0);
         let mut code = at(slots.code);
         // A V8 heap object's tagged pointer (low bits 01), followed to the field that stays.
@@ -186,9 +278,10 @@ fn walk_frame_pointers(
             // differs from call to call, and would make every walk look new to user space.
             (position, _) => at(position) & 1,
         };
-        *slot = InterpFrame { code, instr, pc };
-        filled += 1;
-        fp = caller;
+        // SAFETY: `out` points at INTERP_FRAMES frames of reserved ring memory; index is below.
+        unsafe { *self.out.add(index as usize) = InterpFrame { code, instr, pc } };
+        self.filled = index as u32 + 1;
+        self.fp = caller;
+        true
     }
-    (INTERP_CUT, filled)
 }

@@ -20,6 +20,7 @@ mod bench;
 mod filter;
 mod interp;
 mod kernel;
+mod loops;
 mod maps;
 mod nested;
 mod process;

@@ -24,6 +24,7 @@ use crate::{
     filter::{addr_matches, process_matches},
     interp::emit_open,
     kernel::{FdTable, SockInfo, connect_fd_from_regs, socket_sock},
+    loops::{Body, each},
     maps::{
         CONNECT_FD, OFFSETS, ReadFailed, count, current_event, finish, global, opener_cgroup,
         remember_owner,
@@ -34,8 +35,10 @@ use crate::{
 
 /// include/uapi/linux/close_range.h: only marks descriptors close-on-exec.
 const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
-/// How many descriptors of one close_range() call are checked (the verifier needs a bound).
-const CLOSE_RANGE_SCAN: u32 = 64;
+/// How many descriptors of one close_range() call are checked, as at exit. With `bpf_loop`
+/// (`loops::each`), as tracepoint mode's exit scan needs anyway: where the kernel lacks it,
+/// the program is refused and close_range() goes unseen, with a note.
+const CLOSE_RANGE_SCAN: u32 = 1 << 16;
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> Result<u64, ReadFailed> {
@@ -233,22 +236,34 @@ pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
 fn on_close_range(ctx: &TracePointContext) -> Result<(), ReadFailed> {
     let first = arg(ctx, 0)? as u32;
     let last = arg(ctx, 1)? as u32;
-    if arg(ctx, 2)? & CLOSE_RANGE_CLOEXEC != 0 {
+    if arg(ctx, 2)? & CLOSE_RANGE_CLOEXEC != 0 || last < first {
         return Ok(());
     }
     let Some(table) = FdTable::current()? else {
         return Ok(());
     };
-    // Every descriptor is checked; the first failed read is the one reported.
-    let mut result = Ok(());
-    for i in 0..CLOSE_RANGE_SCAN {
-        let fd = first.wrapping_add(i);
-        if fd < first || fd > last {
-            break;
+    // Descriptors past the table's end are not open; `last` is often ~0U ("all from first").
+    let end = if last < table.max_fds() { last } else { table.max_fds().saturating_sub(1) };
+    let count = end.saturating_sub(first).saturating_add(1);
+    let mut scan = CloseRange { table, first, failed: false };
+    each(if count < CLOSE_RANGE_SCAN { count } else { CLOSE_RANGE_SCAN }, &mut scan);
+    if scan.failed { Err(ReadFailed) } else { Ok(()) }
+}
+
+/// close_range()'s scan: every descriptor is checked, and a failed read is remembered.
+struct CloseRange {
+    table: FdTable,
+    first: u32,
+    failed: bool,
+}
+
+impl Body for CloseRange {
+    #[inline(always)]
+    fn step(&mut self, index: u64) -> bool {
+        let fd = self.first.wrapping_add(index as u32);
+        if release_if_last::<false>(&self.table, fd, RELEASE_CLOSE_RANGE).is_err() {
+            self.failed = true;
         }
-        if let Err(e) = release_if_last::<false>(&table, fd, RELEASE_CLOSE_RANGE) {
-            result = Err(e);
-        }
+        true
     }
-    result
 }

@@ -17,6 +17,7 @@ mod support {
 }
 
 use std::{
+    io,
     net::{Shutdown, SocketAddr, TcpListener},
     os::fd::{AsRawFd, RawFd},
     sync::mpsc,
@@ -37,14 +38,17 @@ use support::{
 };
 use tcptrace::{
     event::{
-        Event, EventKind,
+        Event, EventKind, ReleaseReason,
         ReleaseReason::{Close as ByClose, Exit as ByExit},
         TcpState::{
             self, Close, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynRecv,
             SynSent,
         },
     },
-    kernel::probes::{Changes, StacksMode},
+    kernel::{
+        close_hook::CloseHook,
+        probes::{Changes, StacksMode},
+    },
 };
 use tcptrace_common::{CgroupMatch, Filter};
 
@@ -329,6 +333,42 @@ fn refused_connect_is_reset_then_released() {
     h.expect_nothing_lost();
 }
 
+/// close_range() releases a descriptor far into its range: in tracepoint mode the kernel
+/// side scans the range with bpf_loop (it stopped after 64 descriptors when unrolled).
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn close_range_releases_a_descriptor_far_into_its_range() {
+    const HIGH: RawFd = 600;
+    let _serial = no_forks();
+    let port = unused_port();
+    let mut h = Harness::on_port(port);
+    let me = Task::current();
+    let server = SocketAddr::new(LOCALHOST_V4.ip(), port);
+
+    let (fd, error) = raw::failed_connect(&RawAddr::from(server));
+    assert_eq!(error.raw_os_error(), Some(libc::ECONNREFUSED), "connect: {error}");
+    let sock = Sock::client("refused", &me, fd, LOCALHOST_V4, server);
+    let mut expected = vec![connect_event(&me, fd), reset_close(SynSent, me.owns(fd))];
+    h.expect_socket(&sock, &expected);
+
+    // Only HIGH holds the socket once `fd` is closed, 200 descriptors into the range.
+    // SAFETY: plain descriptor calls on descriptors this test owns.
+    assert_eq!(unsafe { libc::dup2(fd, HIGH) }, HIGH, "dup2: {}", io::Error::last_os_error());
+    assert!(raw::close(fd));
+    let first = (HIGH - 200) as libc::c_uint;
+    // SAFETY: as above; nothing else in this process holds descriptors that high.
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
+    assert_eq!(closed, 0, "close_range: {}", io::Error::last_os_error());
+    let (reason, fd) = match h.close_hook() {
+        CloseHook::Tracepoint => (ReleaseReason::CloseRange, HIGH),
+        // tcp_close() does not know the syscall: a release by close, with the opener's fd.
+        CloseHook::Fentry | CloseHook::Kprobe => (ByClose, fd),
+    };
+    expected.push(release_after_close(&me, reason, fd));
+    h.expect_socket(&sock, &expected);
+    h.expect_nothing_lost();
+}
+
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn exit_releases_the_sockets_a_process_holds() {
@@ -546,7 +586,7 @@ impl TestCgroup {
                         std::ptr::null(),
                     )
                 };
-                assert_eq!(ret, 0, "mount cgroup2: {}", std::io::Error::last_os_error());
+                assert_eq!(ret, 0, "mount cgroup2: {}", io::Error::last_os_error());
                 (at.clone(), Some(at))
             }
         };
@@ -871,12 +911,28 @@ fn connect_and_accept_carry_their_stacks() {
     let _serial = no_forks();
     let listener = listen(LOCALHOST_V4);
     let port = addr_of(&listener).port();
-    let mut h = Harness::load_with(Filter { port, ..Filter::none() }, StacksMode::Both);
+    let h = Harness::load_with(Filter { port, ..Filter::none() }, StacksMode::Both);
+    opens_carry_their_stacks(h, &listener);
+}
+
+/// The same where the kernel verifies the programs' loops unrolled, as before 5.17 (the
+/// interpreter walks are in the programs that report opens): they still load and report.
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn connect_and_accept_carry_their_stacks_with_loops_unrolled() {
+    let _serial = no_forks();
+    let listener = listen(LOCALHOST_V4);
+    let port = addr_of(&listener).port();
+    let h = Harness::load_unrolled(Filter { port, ..Filter::none() });
+    opens_carry_their_stacks(h, &listener);
+}
+
+fn opens_carry_their_stacks(mut h: Harness, listener: &TcpListener) {
     let mut stacks = h.stacks();
     let me = Task::current();
 
-    let _client = connect(addr_of(&listener));
-    let _server = accept(&listener);
+    let _client = connect(addr_of(listener));
+    let _server = accept(listener);
     h.wait_until("a connect and an accept", |h| {
         let opens = h.events.iter().filter(|e| is_open(e));
         opens.count() == 2

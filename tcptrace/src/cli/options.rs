@@ -223,6 +223,7 @@ impl ProbeArgs {
             cgroup_ids: !self.bench_no_cgroup,
             #[cfg(not(feature = "bench"))]
             cgroup_ids: true,
+            unrolled_loops: false,
             #[cfg(feature = "bench")]
             bench: if self.bench_minimum {
                 crate::kernel::options::Bench::Minimum

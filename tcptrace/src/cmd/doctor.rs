@@ -73,6 +73,7 @@ fn trial_options() -> ProbeOptions {
         stacks: StacksMode::User,
         changes: Changes::All,
         cgroup_ids: true,
+        unrolled_loops: false,
         #[cfg(feature = "bench")]
         bench: crate::kernel::options::Bench::Off,
     }

@@ -219,6 +219,8 @@ impl KernelBtf {
             task_fsbase: THREAD_POINTER
                 .and_then(|member| self.member_sized("task_struct", member, 8).ok())
                 .unwrap_or(0),
+            // The helper's id in the kernel's own list says whether the verifier knows it.
+            has_loop: u32::from(self.has_enum_value("bpf_func_id", "BPF_FUNC_loop")),
             ..self.connect_regs()
         })
     }

@@ -20,6 +20,9 @@ pub struct ProbeOptions {
     /// Whether open records carry the opener's cgroup id (off where no cgroup v2 hierarchy is
     /// in use: every task would read the root's).
     pub cgroup_ids: bool,
+    /// Verify the programs' loops unrolled even where the kernel has `bpf_loop`, as kernels
+    /// before 5.17 must: for the test that keeps that path loading. False for real use.
+    pub unrolled_loops: bool,
     /// `cargo xtask bench`'s reference points; `Bench::Off` for real use.
     #[cfg(feature = "bench")]
     pub bench: Bench,
@@ -143,6 +146,7 @@ mod tests {
             stacks: StacksMode::User,
             changes,
             cgroup_ids: true,
+            unrolled_loops: false,
             #[cfg(feature = "bench")]
             bench: Bench::Off,
         };

@@ -84,7 +84,10 @@ impl Probes {
         tracefs::ensure_mounted()?;
         tracefs::check_inet_sock_set_state()?;
         let mut notes = Vec::new();
-        let offsets = kernel_offsets(&mut notes);
+        let mut offsets = kernel_offsets(&mut notes);
+        if options.unrolled_loops {
+            offsets.has_loop = 0;
+        }
         let mut ebpf = load_object(options, &offsets)?;
         let kernel =
             plan::Kernel { offsets: offsets.valid != 0, connect_regs: offsets.connect_regs != 0 };

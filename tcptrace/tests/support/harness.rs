@@ -100,6 +100,7 @@ fn probe_options(
         stacks,
         changes,
         cgroup_ids: true,
+        unrolled_loops: false,
         #[cfg(feature = "bench")]
         bench,
     }
@@ -125,6 +126,23 @@ impl Harness {
             #[cfg(feature = "bench")]
             Bench::Off,
         );
+        Self::load_all(&options)
+    }
+
+    /// Probes with every stack, their loops verified unrolled as on kernels without
+    /// `bpf_loop` (`ProbeOptions::unrolled_loops`).
+    pub fn load_unrolled(filter: Filter) -> Self {
+        let options = ProbeOptions {
+            unrolled_loops: true,
+            ..probe_options(
+                filter,
+                requested_close_hook(),
+                StacksMode::Both,
+                Changes::All,
+                #[cfg(feature = "bench")]
+                Bench::Off,
+            )
+        };
         Self::load_all(&options)
     }
 
@@ -170,6 +188,11 @@ impl Harness {
     /// Probes that only see connections with `port` on either side.
     pub fn on_port(port: u16) -> Self {
         Self::load(Filter { port, ..Filter::none() })
+    }
+
+    /// The close hook the probes use.
+    pub fn close_hook(&self) -> CloseHook {
+        self.probes.close_hook()
     }
 
     /// The stack map, with a symbolizer (probes loaded with stacks on).
