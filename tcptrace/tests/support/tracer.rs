@@ -12,9 +12,9 @@ use std::{
 };
 
 pub const TCPTRACE: &str = env!("CARGO_BIN_EXE_tcptrace");
-/// Loading the programs and taking the inventory: a guard against a hang, not a target. With
-/// user stacks the kernel verifies the interpreter walks, 1.7 s on this machine's host and
-/// about 30 s under the VM tier's emulation (`leaks` in a debug build, 2026-12-04).
+/// Loading the programs and taking the inventory: a guard against a hang, not a target. Where
+/// the kernel lacks `bpf_loop` it verifies the interpreter walks unrolled: 1.7 s on this
+/// machine's host, about 30 s under the VM tier's emulation (`leaks` in a debug build).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// What is left of a `--duration` (a few seconds in the tests), or the final sweep and the
 /// report after a signal.
