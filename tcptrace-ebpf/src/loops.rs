@@ -35,8 +35,8 @@ pub fn repeat<const MAX: u32, B: Body>(times: u32, body: &mut B) {
     }
 }
 
-/// Runs `body` for indexes `0..times` with `bpf_loop` alone, for programs that cannot work
-/// without it anyway (tracepoint mode's exit scan needs it). Unlike `repeat`, the caller's
+/// Runs `body` for indexes `0..times` with `bpf_loop` alone, for the scans of tracepoint mode
+/// (exit, close_range()), which has always needed it. Unlike `repeat`, the caller's
 /// frame holds no unrolled copy of the body: the verifier limits a call chain's stack to 512
 /// bytes, and counts the caller's frame together with the callback's.
 #[inline(always)]

@@ -10,11 +10,9 @@
 //! CLOSE (reset by the peer) or whose close changes no state, and a socket inherited across
 //! fork() is released by whichever process drops the last reference.
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_loop, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -26,6 +24,7 @@ use tcptrace_common::{
 use crate::{
     filter::{following, process_matches},
     kernel::{FdTable, current_group_dead},
+    loops::{Body, each},
     maps::{
         EVENTS, FOLLOWED, FP_PROCS, PY_PROCS, ReadFailed, SETTINGS, close_hook, count,
         current_event, emit, finish, global, wakeup,
@@ -52,18 +51,10 @@ fn on_exit() -> Result<(), ReadFailed> {
     // After the exit event, as with fentry and kprobe, where exit_files() runs tcp_close().
     if group_dead && close_hook() == CLOSE_HOOK_TRACEPOINT {
         match FdTable::current() {
-            Ok(Some(mut table)) => {
+            Ok(Some(table)) => {
                 let n =
                     if table.max_fds() < EXIT_SCAN_MAX { table.max_fds() } else { EXIT_SCAN_MAX };
-                // SAFETY: the callback is a static BPF subprogram and `table` outlives the call.
-                unsafe {
-                    bpf_loop(
-                        n,
-                        release_on_exit as *mut c_void,
-                        (&raw mut table).cast::<c_void>(),
-                        0,
-                    )
-                };
+                each(n, &mut ExitScan { table });
             }
             Ok(None) => {}
             Err(e) => result = Err(e),
@@ -197,10 +188,16 @@ fn report_exit() -> bool {
     group_dead
 }
 
-/// bpf_loop() callback: one descriptor. Returns 0 to go on; a failed read is counted here,
-/// since the loop has no way to hand it back.
-extern "C" fn release_on_exit(fd: u32, table: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer given above.
-    let table = unsafe { &*table.cast::<FdTable>() };
-    finish::<i64>(release_if_last::<false>(table, fd, RELEASE_EXIT))
+/// The exit scan: one descriptor per iteration. A failed read is counted here, since the loop
+/// has no way to hand it back.
+struct ExitScan {
+    table: FdTable,
+}
+
+impl Body for ExitScan {
+    #[inline(always)]
+    fn step(&mut self, index: u64) -> bool {
+        finish::<i64>(release_if_last::<false>(&self.table, index as u32, RELEASE_EXIT));
+        true
+    }
 }
