@@ -315,22 +315,28 @@ fn shutdown_is_not_a_release() {
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn refused_connect_is_reset_then_released() {
     let _serial = no_forks();
-    let port = unused_port();
-    let mut h = Harness::on_port(port);
-    let me = Task::current();
-    let server = SocketAddr::new(LOCALHOST_V4.ip(), port);
-
-    let (fd, error) = raw::failed_connect(&RawAddr::from(server));
-    assert_eq!(error.raw_os_error(), Some(libc::ECONNREFUSED), "connect: {error}");
-    // The local port is gone once connect() fails: any port matches.
-    let sock = Sock::client("refused", &me, fd, LOCALHOST_V4, server);
-    let mut expected = vec![connect_event(&me, fd), reset_close(SynSent, me.owns(fd))];
-    h.expect_socket(&sock, &expected);
+    let (mut h, me, fd, sock, mut expected) = refused_connect();
 
     assert!(raw::close(fd));
     expected.push(release_after_close(&me, ByClose, fd));
     h.expect_socket(&sock, &expected);
     h.expect_nothing_lost();
+}
+
+/// A connect() refused on an unused port, as the probes saw it: the harness, this task, the
+/// descriptor, its socket and the events so far (the connect and the reset).
+fn refused_connect() -> (Harness, Task, RawFd, Sock, Vec<Expect>) {
+    let port = unused_port();
+    let mut h = Harness::on_port(port);
+    let me = Task::current();
+    let server = SocketAddr::new(LOCALHOST_V4.ip(), port);
+    let (fd, error) = raw::failed_connect(&RawAddr::from(server));
+    assert_eq!(error.raw_os_error(), Some(libc::ECONNREFUSED), "connect: {error}");
+    // The local port is gone once connect() fails: any port matches.
+    let sock = Sock::client("refused", &me, fd, LOCALHOST_V4, server);
+    let expected = vec![connect_event(&me, fd), reset_close(SynSent, me.owns(fd))];
+    h.expect_socket(&sock, &expected);
+    (h, me, fd, sock, expected)
 }
 
 /// close_range() releases a descriptor far into its range: in tracepoint mode the kernel
@@ -340,16 +346,7 @@ fn refused_connect_is_reset_then_released() {
 fn close_range_releases_a_descriptor_far_into_its_range() {
     const HIGH: RawFd = 600;
     let _serial = no_forks();
-    let port = unused_port();
-    let mut h = Harness::on_port(port);
-    let me = Task::current();
-    let server = SocketAddr::new(LOCALHOST_V4.ip(), port);
-
-    let (fd, error) = raw::failed_connect(&RawAddr::from(server));
-    assert_eq!(error.raw_os_error(), Some(libc::ECONNREFUSED), "connect: {error}");
-    let sock = Sock::client("refused", &me, fd, LOCALHOST_V4, server);
-    let mut expected = vec![connect_event(&me, fd), reset_close(SynSent, me.owns(fd))];
-    h.expect_socket(&sock, &expected);
+    let (mut h, me, fd, sock, mut expected) = refused_connect();
 
     // Only HIGH holds the socket once `fd` is closed, 200 descriptors into the range.
     // SAFETY: plain descriptor calls on descriptors this test owns.
