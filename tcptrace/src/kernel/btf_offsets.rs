@@ -51,7 +51,7 @@ impl KernelBtf {
             return Err(OffsetError::NoBtf { path: path.display().to_string() });
         }
         // Read whole, then parsed: btf-rs's file reader seeks before each type it reads, which
-        // made the parse 4 s of system calls here (0.1 s from memory).
+        // made the parse 4 s of system calls here (0.2 s from memory).
         let bytes = std::fs::read(path)
             .map_err(|e| OffsetError::Parse(format!("reading {}: {e}", path.display())))?;
         let btf = Btf::from_bytes(&bytes).map_err(|e| OffsetError::Parse(e.to_string()))?;
