@@ -110,27 +110,60 @@ fn walk_python(
     };
     let mut walk = PythonFrames {
         frame,
-        out: frames.as_mut_ptr(),
-        filled: 0,
-        status: 0,
+        out: Out::new(frames),
         code: layout.frame_code,
         instr: layout.frame_prev_instr,
         previous: layout.frame_previous,
     };
     repeat::<{ INTERP_FRAMES as u32 }, _>(INTERP_FRAMES as u32, &mut walk);
-    if walk.status == 0 {
-        walk.status = if walk.frame == 0 { INTERP_COMPLETE } else { INTERP_CUT };
-    }
-    (walk.status, walk.filled)
+    walk.out.result(if walk.frame == 0 { INTERP_COMPLETE } else { INTERP_CUT })
 }
 
-/// The walk of `_PyInterpreterFrame`s by their `previous` links. `status` stays 0 while the
-/// walk has not ended by itself.
-struct PythonFrames {
-    frame: u64,
-    out: *mut InterpFrame,
+/// Where a walk writes its frames (reserved ring memory), how many it filled, and how it
+/// ended: `status` stays 0 while it has not ended by itself.
+struct Out {
+    frames: *mut InterpFrame,
     filled: u32,
     status: u32,
+}
+
+impl Out {
+    #[inline(always)]
+    fn new(frames: &mut [InterpFrame; INTERP_FRAMES]) -> Self {
+        Self { frames: frames.as_mut_ptr(), filled: 0, status: 0 }
+    }
+
+    /// Stores frame `index`; `false` (the walk is cut) past the last slot. The check is the
+    /// bound the verifier needs for the write, made on the loop's own index.
+    #[inline(always)]
+    fn put(&mut self, index: u64, frame: InterpFrame) -> bool {
+        if index >= INTERP_FRAMES as u64 {
+            return false;
+        }
+        // SAFETY: `frames` points at INTERP_FRAMES frames of ring memory; index is below.
+        unsafe { *self.frames.add(index as usize) = frame };
+        self.filled = index as u32 + 1;
+        true
+    }
+
+    /// Ends the walk with `status`; `false`, for `Body::step` to return.
+    #[inline(always)]
+    fn end(&mut self, status: u32) -> bool {
+        self.status = status;
+        false
+    }
+
+    /// (`INTERP_*`, frames filled), with `unfinished` for a walk the loop's bound ended.
+    #[inline(always)]
+    fn result(&self, unfinished: u32) -> (u32, u32) {
+        (if self.status == 0 { unfinished } else { self.status }, self.filled)
+    }
+}
+
+/// The walk of `_PyInterpreterFrame`s by their `previous` links.
+struct PythonFrames {
+    frame: u64,
+    out: Out,
     code: u16,
     instr: u16,
     previous: u16,
@@ -139,25 +172,19 @@ struct PythonFrames {
 impl Body for PythonFrames {
     #[inline(always)]
     fn step(&mut self, index: u64) -> bool {
-        // The bound the verifier needs for the write below.
-        if index >= INTERP_FRAMES as u64 {
-            return false;
-        }
         if self.frame == 0 {
-            self.status = INTERP_COMPLETE;
-            return false;
+            return self.out.end(INTERP_COMPLETE);
         }
         let (Some(code), Some(instr), Some(previous)) = (
             member(self.frame, self.code),
             member(self.frame, self.instr),
             member(self.frame, self.previous),
         ) else {
-            self.status = INTERP_READ_FAILED;
-            return false;
+            return self.out.end(INTERP_READ_FAILED);
         };
-        // SAFETY: `out` points at INTERP_FRAMES frames of reserved ring memory; index is below.
-        unsafe { *self.out.add(index as usize) = InterpFrame { code, instr, pc: 0 } };
-        self.filled = index as u32 + 1;
+        if !self.out.put(index, InterpFrame { code, instr, pc: 0 }) {
+            return false;
+        }
         self.frame = previous;
         true
     }
@@ -230,38 +257,28 @@ fn walk_frame_pointers(
     let Some(fp) = current_user_frame_pointer() else {
         return (INTERP_READ_FAILED, 0);
     };
-    let mut walk =
-        FramePointers { fp, slots: *slots, out: frames.as_mut_ptr(), filled: 0, status: 0 };
+    let mut walk = FramePointers { fp, slots: *slots, out: Out::new(frames) };
     repeat::<{ INTERP_FRAMES as u32 }, _>(INTERP_FRAMES as u32, &mut walk);
-    (if walk.status == 0 { INTERP_CUT } else { walk.status }, walk.filled)
+    walk.out.result(INTERP_CUT)
 }
 
-/// The walk of the frame-pointer chain. `status` stays 0 while the walk has not ended by
-/// itself.
+/// The walk of the frame-pointer chain.
 struct FramePointers {
     fp: u64,
     slots: FrameSlots,
-    out: *mut InterpFrame,
-    filled: u32,
-    status: u32,
+    out: Out,
 }
 
 impl Body for FramePointers {
     #[inline(always)]
     fn step(&mut self, index: u64) -> bool {
-        // The bound the verifier needs for the write below.
-        if index >= INTERP_FRAMES as u64 {
-            return false;
-        }
         let fp = self.fp;
         let (Some(caller), Some(pc)) = (user::<u64>(fp), user::<u64>(fp.wrapping_add(8))) else {
-            self.status = INTERP_READ_FAILED;
-            return false;
+            return self.out.end(INTERP_READ_FAILED);
         };
         // The chain ends at a null frame pointer, or one that does not lead up the stack.
         if caller <= fp {
-            self.status = INTERP_COMPLETE;
-            return false;
+            return self.out.end(INTERP_COMPLETE);
         }
         let slots = self.slots;
         let at = |offset: i32| user::<u64>(caller.wrapping_add(offset as i64 as u64)).unwrap_or(0);
@@ -278,9 +295,9 @@ impl Body for FramePointers {
             // differs from call to call, and would make every walk look new to user space.
             (position, _) => at(position) & 1,
         };
-        // SAFETY: `out` points at INTERP_FRAMES frames of reserved ring memory; index is below.
-        unsafe { *self.out.add(index as usize) = InterpFrame { code, instr, pc } };
-        self.filled = index as u32 + 1;
+        if !self.out.put(index, InterpFrame { code, instr, pc }) {
+            return false;
+        }
         self.fp = caller;
         true
     }

@@ -243,10 +243,10 @@ fn on_close_range(ctx: &TracePointContext) -> Result<(), ReadFailed> {
         return Ok(());
     };
     // Descriptors past the table's end are not open; `last` is often ~0U ("all from first").
-    let end = if last < table.max_fds() { last } else { table.max_fds().saturating_sub(1) };
-    let count = end.saturating_sub(first).saturating_add(1);
+    let end = last.min(table.max_fds().saturating_sub(1));
+    let count = (end + 1).saturating_sub(first).min(CLOSE_RANGE_SCAN);
     let mut scan = CloseRange { table, first, failed: false };
-    each(if count < CLOSE_RANGE_SCAN { count } else { CLOSE_RANGE_SCAN }, &mut scan);
+    each(count, &mut scan);
     if scan.failed { Err(ReadFailed) } else { Ok(()) }
 }
 
