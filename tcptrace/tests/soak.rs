@@ -1,6 +1,7 @@
 //! Long runs (issue 13): `tcptrace leaks` while 3,000 short-lived processes each open one
 //! loopback connection and exit. The tracer's memory must not grow with processes that have
-//! come and gone (they are folded by name), and its counts must stay exact.
+//! come and gone (they are folded by name), and its counts must stay exact. And on a host
+//! where a sweep is slow, sweeps must not take more than their share of a CPU.
 //!
 //! Root tests: run by `cargo xtask` with `--include-ignored`. Self-contained (its own port,
 //! filtered with `--port`), so other tests may run beside it. `TCPTRACE_SOAK_BIN` runs another
@@ -18,11 +19,19 @@ use std::{
 };
 
 use serde_json::Value;
-use support::children::connect_from_child;
+use support::{
+    children::connect_from_child,
+    netns::Netns,
+    tracer::{run_to_end, tcptrace},
+};
 
 #[allow(dead_code, reason = "shared by several test binaries; each uses a subset")]
 mod support {
     pub mod children;
+    pub mod netns;
+    pub mod process;
+    pub mod raw;
+    pub mod tracer;
 }
 
 const CHILDREN: usize = 3_000;
@@ -231,4 +240,34 @@ impl Drop for Tracer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Every sweep dumps each network namespace with sock_diag, a walk of the host's established
+/// hash apiece, so on a host with many namespaces (and TIME_WAIT sockets) a sweep can take
+/// longer than the interval asked for. Sweeps are then spaced so that they take at most 1/50 of
+/// a CPU, and the report says so. Here 20 namespaces make a sweep far longer than 1/50 of
+/// `--sweep 100ms` (2 ms; one namespace's walks take several on this machine): where 3 s at
+/// that interval would sweep about 30 times, the run sweeps at start and end, and at most once
+/// between.
+#[test]
+#[ignore = "needs root: loads BPF programs"]
+fn slow_sweeps_are_spaced_to_their_share_of_a_cpu() {
+    let _namespaces: Vec<Netns> = (0..20).map(|i| Netns::new(&format!("pace{i}"))).collect();
+    let (code, stdout, stderr) = run_to_end(&mut tcptrace(&[
+        "leaks",
+        "--json",
+        "--sweep",
+        "100ms",
+        "--duration",
+        "3s",
+        "--port",
+        "1",
+    ]));
+    assert_eq!(code, 0, "leaks failed: {stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("the JSON report");
+    let sweeps = report["sweeps"].as_u64().expect("sweeps");
+    let warnings = array(&report, "warnings");
+    let said = warnings.iter().filter_map(Value::as_str).any(|w| w.contains("sweeps are spaced"));
+    assert!(said, "no warning that sweeps were spaced out: {warnings:?}");
+    assert!((2..=3).contains(&sweeps), "{sweeps} sweeps in 3 s at 100 ms: {warnings:?}");
 }

@@ -227,7 +227,8 @@ pub struct DetectArgs {
     #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
     pub time_wait_rate: Option<f64>,
     /// Re-read every socket (sock_diag and /proc) this often, to refresh idle times and repair
-    /// anything an event missed
+    /// anything an event missed; sweeps that take longer than 1/50 of this (many network
+    /// namespaces, many TIME_WAIT sockets) are spaced out to use at most 1/50 of a CPU
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_sweep)]
     pub sweep: Duration,
     /// Sockets tracked at most; beyond, they are counted as not tracked

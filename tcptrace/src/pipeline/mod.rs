@@ -1,8 +1,8 @@
 //! The one event pipeline every command runs: the kernel programs' ring buffer → decode →
 //! attribution to the socket's owner (`connections`) → code path (`stacks`) → a [`Sink`] (the
 //! aggregator of `leaks`, `top` and `run`, or `trace`'s renderer), with inventory sweeps at
-//! start, every `sweep` interval and at the end when the command wants them. It says what it
-//! could not see in one list (`losses`).
+//! start, every `sweep` interval (further apart where a sweep is slow: `pace`) and at the end
+//! when the command wants them. It says what it could not see in one list (`losses`).
 //!
 //! May import `kernel`, `event`, `stacks`, `container` and `inventory`; imported by `analysis` (for
 //! `Record`), `render`, `top` and `cmd`. It never looks at what the records mean.
@@ -10,6 +10,7 @@
 pub mod connections;
 mod feed;
 pub mod losses;
+mod pace;
 mod placement;
 
 use std::{future::Future, pin::pin, time::Duration};
@@ -45,6 +46,10 @@ pub struct Pipeline<S> {
     /// How often the inventory is swept; `None`: never (`trace` prints events, and `run`'s
     /// processes are new: other processes' sockets are not its business).
     sweep_every: Option<Duration>,
+    /// The wait before the next periodic sweep, from how long the last one took (`pace`).
+    sweep_gap: Duration,
+    /// Whether the warning that sweeps are spaced out was given.
+    sweep_paced: bool,
     /// How containers are found, when it is the degraded way.
     cgroup_note: Option<&'static str>,
     /// Interpreters found running that tcptrace cannot read (`interp`).
@@ -93,6 +98,8 @@ impl<S: Sink> Pipeline<S> {
             stack_notes,
             filter: InventoryFilter::new(options.filter, hierarchy),
             sweep_every,
+            sweep_gap: sweep_every.unwrap_or(IDLE),
+            sweep_paced: false,
         };
         pipeline.sweep().await?;
         Ok(pipeline)
@@ -181,6 +188,7 @@ impl<S: Sink> Pipeline<S> {
     }
 
     fn apply_sweep(&mut self, snapshot: anyhow::Result<Snapshot>, taken_ns: u64) {
+        self.pace_sweeps(Duration::from_nanos(monotonic_ns().saturating_sub(taken_ns)));
         let mut snapshot = match snapshot {
             Ok(snapshot) => snapshot,
             // Without sock_diag (inet_diag not loaded) the events still work; only what
@@ -200,6 +208,26 @@ impl<S: Sink> Pipeline<S> {
         }
         snapshot.sockets.retain_mut(|s| self.filter.keep(s));
         self.feed.inventory(&mut snapshot, taken_ns);
+    }
+
+    /// Sets the wait before the next sweep from how long this one took, and says once when
+    /// that is longer than the interval asked for.
+    fn pace_sweeps(&mut self, took: Duration) {
+        let Some(every) = self.sweep_every else {
+            return;
+        };
+        self.sweep_gap = pace::gap_after(every, took);
+        if pace::stretched(every, took) && !self.sweep_paced {
+            self.sweep_paced = true;
+            let spaced = self.sweep_gap + took;
+            self.warn(format!(
+                "a sweep of the socket inventory took {} ms (it walks every process's descriptors, and the kernel's established hash, TIME_WAIT included, once per network namespace): sweeps are spaced about {} s apart, not {} s, to take at most 1/{} of a CPU",
+                took.as_millis(),
+                spaced.as_secs_f64().round(),
+                every.as_secs_f64(),
+                pace::SPACING,
+            ));
+        }
     }
 
     fn warn(&mut self, warning: String) {
@@ -228,9 +256,9 @@ impl<S: Sink> Pipeline<S> {
         mut on_tick: impl FnMut(&mut Self) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
         let mut stop = pin!(stop);
+        // The start already swept; the next sweep waits as long as that one says (`pace`).
+        let mut next_sweep = pin!(tokio::time::sleep(self.sweep_gap));
         // Periods for intervals never polled when there is nothing to do.
-        let mut sweeps = interval(self.sweep_every.unwrap_or(IDLE));
-        sweeps.tick().await; // the first tick is immediate: the start already swept
         let mut ticks = interval(tick_every.unwrap_or(IDLE));
         let (sweeping, ticking) = (self.sweep_every.is_some(), tick_every.is_some());
         // Work of the pipeline's own between batches, when no batch comes (`Feed::tick`).
@@ -239,7 +267,7 @@ impl<S: Sink> Pipeline<S> {
         while self.feed.error.is_none() {
             let outcome = tokio::select! {
                 _ = &mut stop => Outcome::Stop,
-                _ = sweeps.tick(), if pending.is_none() && sweeping => Outcome::StartSweep,
+                () = &mut next_sweep, if pending.is_none() && sweeping => Outcome::StartSweep,
                 done = async { (&mut pending.as_mut().expect("guarded").0).await }, if pending.is_some() => {
                     Outcome::SweepDone(done)
                 }
@@ -255,6 +283,10 @@ impl<S: Sink> Pipeline<S> {
                 Outcome::SweepDone(done) => {
                     let (_, taken_ns) = pending.take().expect("a sweep was pending");
                     self.apply_sweep(done.context("the inventory task failed")?, taken_ns);
+                    let now = tokio::time::Instant::now();
+                    next_sweep
+                        .as_mut()
+                        .reset(now.checked_add(self.sweep_gap).unwrap_or(now + IDLE));
                 }
                 Outcome::Tick => {
                     if !on_tick(self)? {
