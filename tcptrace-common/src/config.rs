@@ -1,5 +1,16 @@
-//! Configuration handed to the kernel programs as load-time globals. The close hook needs none:
-//! each mode is its own programs, attached or not.
+//! Configuration handed to the kernel programs: filters as load-time globals, the close-hook mode
+//! through the `CONFIG` array map (decided only after trying to attach fentry and kprobe).
+
+/// Index of the close-hook mode in the `CONFIG` array map.
+pub const CONFIG_CLOSE_HOOK: u32 = 0;
+pub const CONFIG_COUNT: u32 = 1;
+
+/// `CONFIG[CONFIG_CLOSE_HOOK]`: releases are derived from syscall and state tracepoints.
+pub const CLOSE_HOOK_TRACEPOINT: u32 = 1;
+/// `CONFIG[CONFIG_CLOSE_HOOK]`: an fentry program on `tcp_close` reports releases.
+pub const CLOSE_HOOK_FENTRY: u32 = 2;
+/// `CONFIG[CONFIG_CLOSE_HOOK]`: a kprobe on `tcp_close` reports releases.
+pub const CLOSE_HOOK_KPROBE: u32 = 3;
 
 /// How many `--pid` values the kernel filter holds.
 pub const MAX_FILTER_PIDS: usize = 8;

@@ -22,12 +22,13 @@ pub const FLAG_ADDRS: u16 = 1 << 1;
 /// `RawEvent::flags`: the owner map was full, so this socket's owner is not remembered.
 pub const FLAG_OWNER_LOST: u16 = 1 << 2;
 
-/// `RawEvent::reason` for `KIND_RELEASE`: the last descriptor went away while the process ran
-/// (close(2), dup2(2) over it, close_range(2), ...). `tcp_close()` runs after the descriptor
-/// is gone, so which call dropped it is not known there.
+/// `RawEvent::reason` for `KIND_RELEASE`: close(2) of the last descriptor.
 pub const RELEASE_CLOSE: u8 = 1;
+/// `RawEvent::reason` for `KIND_RELEASE`: close_range(2).
+pub const RELEASE_CLOSE_RANGE: u8 = 2;
+/// `RawEvent::reason` for `KIND_RELEASE`: dup2(2)/dup3(2) over the descriptor.
+pub const RELEASE_DUP: u8 = 3;
 /// `RawEvent::reason` for `KIND_RELEASE`: the process exited while holding the descriptor.
-/// (2 and 3 once told close_range(2) and dup2(2) apart; no hook can see that any more.)
 pub const RELEASE_EXIT: u8 = 4;
 
 /// One ring-buffer record. Fields that do not apply to a kind are zero (`fd` is -1 when unknown).

@@ -4,10 +4,7 @@
 //! of no interest (other processes, or states an aggregating reader does not use), so the
 //! decision is made from the states and the owner map alone, cheapest test first.
 
-use crate::tcp_state::{
-    CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV,
-    SYN_SENT,
-};
+use crate::tcp_state::{CLOSE, CLOSE_WAIT, LISTEN, SYN_SENT};
 
 /// What `triage` decided for one state change. Payload-free, so it compiles to an integer:
 /// LLVM leaves the absent payload of an enum variant in an undefined register, which the BPF
@@ -81,25 +78,6 @@ pub fn triage(
 #[inline(always)]
 pub const fn lifecycle_change(old: u8, new: u8) -> bool {
     new == CLOSE || new == CLOSE_WAIT || old == SYN_SENT
-}
-
-/// Whether `tcp_close()` (net/ipv4/tcp.c, `__tcp_close`) can make the change `old -> new`:
-/// tracepoint mode looks for a release only in these (the kernel crate's `release` module).
-/// `tcp_close_state()` sends a FIN (`ESTABLISHED`/`SYN_RECV -> FIN_WAIT1`,
-/// `CLOSE_WAIT -> LAST_ACK`) or "moves" a socket already shut down for writing to the state it
-/// is in, which the tracepoint reports all the same; a listener, a connect() in flight, unread
-/// data and a zero linger go to CLOSE. A socket already in CLOSE changes nothing: the
-/// `tcp_destroy_sock` that follows is its release.
-#[inline(always)]
-pub const fn may_release(old: u8, new: u8) -> bool {
-    match (old, new) {
-        (ESTABLISHED | SYN_RECV, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => true,
-        (FIN_WAIT1, FIN_WAIT1)
-        | (FIN_WAIT2, FIN_WAIT2)
-        | (LAST_ACK, LAST_ACK)
-        | (CLOSING, CLOSING) => true,
-        _ => new == CLOSE && old != CLOSE,
-    }
 }
 
 impl Triage {
@@ -254,32 +232,6 @@ mod tests {
         assert!(!Triage::Owned.addresses_known(ESTABLISHED, false));
         assert!(!Triage::Unowned.addresses_known(ESTABLISHED, true));
         assert!(!Triage::Open.addresses_known(CLOSE, true));
-    }
-
-    /// The changes tracepoint mode checks for a release, as a list: a change to the rule shows up
-    /// as a diff here. These are the changes `tcp_close()` makes (measured with bpftrace on
-    /// 6.18: close after shutdown(SHUT_WR) reported `FIN_WAIT2 -> FIN_WAIT2`).
-    #[test]
-    fn may_release_is_every_change_tcp_close_makes() {
-        let mut checked: Vec<(u8, u8)> = pairs().filter(|&(o, n)| may_release(o, n)).collect();
-        checked.sort_unstable();
-        let mut want = vec![
-            (ESTABLISHED, FIN_WAIT1),
-            (SYN_RECV, FIN_WAIT1),
-            (CLOSE_WAIT, LAST_ACK),
-            (FIN_WAIT1, FIN_WAIT1),
-            (FIN_WAIT2, FIN_WAIT2),
-            (LAST_ACK, LAST_ACK),
-            (CLOSING, CLOSING),
-        ];
-        want.extend(STATES.iter().filter(|&&old| old != CLOSE).map(|&old| (old, CLOSE)));
-        want.sort_unstable();
-        assert_eq!(checked, want);
-        // A connect(), a listen(), the peer's FIN and a socket already closed are not releases.
-        for (old, new) in [(CLOSE, SYN_SENT), (CLOSE, LISTEN), (ESTABLISHED, CLOSE_WAIT)] {
-            assert!(!may_release(old, new), "{old} -> {new}");
-        }
-        assert!(!may_release(CLOSE, CLOSE));
     }
 
     /// `may_report` is `triage`'s verdict wherever the states alone decide: a change it rules

@@ -10,6 +10,8 @@
 pub const EVENTS: &str = "EVENTS";
 /// Per-CPU counters (`COUNTER_*`).
 pub const COUNTERS: &str = "COUNTERS";
+/// Runtime configuration (`CONFIG_*`).
+pub const CONFIG: &str = "CONFIG";
 /// skaddr → `Owner`.
 pub const OWNERS: &str = "OWNERS";
 /// The processes `tcptrace run` follows.
@@ -37,6 +39,7 @@ pub const FP_PROCS: &str = "FP_PROCS";
 pub const MAPS: &[&str] = &[
     EVENTS,
     COUNTERS,
+    CONFIG,
     OWNERS,
     FOLLOWED,
     USER_STACKS,
@@ -66,9 +69,6 @@ pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
 pub const INET_SOCK_SET_STATE_RAW: &str = "inet_sock_set_state_raw";
 /// Raw tracepoint `inet_sock_set_state`, attached after `INET_SOCK_SET_STATE_RAW`.
 pub const INET_SOCK_SET_STATE_NESTED: &str = "inet_sock_set_state_nested";
-/// Raw tracepoint `inet_sock_set_state`, attached before `INET_SOCK_SET_STATE_RAW` in
-/// tracepoint mode: the releases `tcp_close()`'s changes reveal.
-pub const INET_SOCK_SET_STATE_RELEASE: &str = "inet_sock_set_state_release";
 /// Tracepoint `tcp:tcp_receive_reset`.
 pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
 /// Raw tracepoint `tcp_receive_reset`.
@@ -81,6 +81,14 @@ pub const SYS_EXIT_CONNECT: &str = "sys_exit_connect";
 pub const SYS_EXIT_ACCEPT: &str = "sys_exit_accept";
 /// Tracepoint `syscalls:sys_exit_accept4`.
 pub const SYS_EXIT_ACCEPT4: &str = "sys_exit_accept4";
+/// Tracepoint `syscalls:sys_enter_close`.
+pub const SYS_ENTER_CLOSE: &str = "sys_enter_close";
+/// Tracepoint `syscalls:sys_enter_dup2`.
+pub const SYS_ENTER_DUP2: &str = "sys_enter_dup2";
+/// Tracepoint `syscalls:sys_enter_dup3`.
+pub const SYS_ENTER_DUP3: &str = "sys_enter_dup3";
+/// Tracepoint `syscalls:sys_enter_close_range`.
+pub const SYS_ENTER_CLOSE_RANGE: &str = "sys_enter_close_range";
 /// Tracepoint `sched:sched_process_exit`.
 pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
 /// Tracepoint `sched:sched_process_fork`.
@@ -91,27 +99,27 @@ pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
 pub const TCP_CLOSE_FENTRY: &str = "tcp_close_fentry";
 /// kprobe on `tcp_close`.
 pub const TCP_CLOSE_KPROBE: &str = "tcp_close_kprobe";
-/// Raw tracepoint `tcp_destroy_sock`: tracepoint mode's releases of sockets already in CLOSE.
-pub const TCP_DESTROY_SOCK_RAW: &str = "tcp_destroy_sock_raw";
 
 /// Every program of the kernel object.
 pub const PROGRAMS: &[&str] = &[
     INET_SOCK_SET_STATE,
     INET_SOCK_SET_STATE_RAW,
     INET_SOCK_SET_STATE_NESTED,
-    INET_SOCK_SET_STATE_RELEASE,
     TCP_RECEIVE_RESET,
     TCP_RECEIVE_RESET_RAW,
     SYS_ENTER_CONNECT,
     SYS_EXIT_CONNECT,
     SYS_EXIT_ACCEPT,
     SYS_EXIT_ACCEPT4,
+    SYS_ENTER_CLOSE,
+    SYS_ENTER_DUP2,
+    SYS_ENTER_DUP3,
+    SYS_ENTER_CLOSE_RANGE,
     SCHED_PROCESS_EXIT,
     SCHED_PROCESS_FORK,
     SCHED_PROCESS_EXEC,
     TCP_CLOSE_FENTRY,
     TCP_CLOSE_KPROBE,
-    TCP_DESTROY_SOCK_RAW,
 ];
 
 #[cfg(test)]

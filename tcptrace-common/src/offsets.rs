@@ -22,11 +22,6 @@ pub struct KernelOffsets {
     pub file_ref_bias: u32,
     pub inode_mode: u32,
     pub socket_sk: u32,
-    /// `sock.sk_socket` and `socket.file`: the way back from a socket to its file, whose
-    /// reference count tells tracepoint mode that `tcp_close()` is running (see the kernel
-    /// crate's `release` module).
-    pub sock_socket: u32,
-    pub socket_file: u32,
     pub sock_protocol: u32,
     pub skc_family: u32,
     pub skc_state: u32,
@@ -63,7 +58,7 @@ pub struct KernelOffsets {
     pub has_loop: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 33 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 31 * 4);
 
 impl KernelOffsets {
     pub const fn zeroed() -> Self {
@@ -82,8 +77,6 @@ impl KernelOffsets {
             file_ref_bias: 0,
             inode_mode: 0,
             socket_sk: 0,
-            sock_socket: 0,
-            socket_file: 0,
             sock_protocol: 0,
             skc_family: 0,
             skc_state: 0,

@@ -71,6 +71,11 @@ impl FdTable {
         Ok(Some(Self { fds, max_fds }))
     }
 
+    #[inline(always)]
+    pub fn max_fds(&self) -> u32 {
+        self.max_fds
+    }
+
     /// The `struct file *` behind `fd`; `None` when the slot is empty or out of range.
     #[inline(always)]
     pub fn file(&self, fd: u32) -> Result<Option<u64>, ReadFailed> {
@@ -98,29 +103,9 @@ pub fn socket_sock(file: u64) -> Result<Option<u64>, ReadFailed> {
 
 /// How many references the file has: `f_count` on older kernels, `f_ref + 1` on 6.13+.
 #[inline(always)]
-fn file_refs(file: u64) -> Result<i64, ReadFailed> {
+pub fn file_refs(file: u64) -> Result<i64, ReadFailed> {
     let raw: i64 = member(file, global!(OFFSETS.file_refcount))?;
     Ok(raw + i64::from(global!(OFFSETS.file_ref_bias)))
-}
-
-/// Whether the file of `sk`'s socket is being released, which is when `tcp_close()` runs
-/// (sock_close() from __fput(), once the last reference is gone: `f_count` reads 0, 6.13+'s
-/// `f_ref` "dead", a count of 0 or less either way). `false` for an orphan (`sk_socket` is
-/// NULL once `tcp_close()` is done with it), a kernel socket (no file), or without offsets.
-#[inline(always)]
-pub fn file_released(sk: u64) -> Result<bool, ReadFailed> {
-    if !offsets_valid() {
-        return Ok(false);
-    }
-    let socket: u64 = member(sk, global!(OFFSETS.sock_socket))?;
-    if socket == 0 {
-        return Ok(false);
-    }
-    let file: u64 = member(socket, global!(OFFSETS.socket_file))?;
-    if file == 0 {
-        return Ok(false);
-    }
-    Ok(file_refs(file)? <= 0)
 }
 
 /// The TCP state of `sk` (`skc_state`), alone: for events whose socket user space already knows.

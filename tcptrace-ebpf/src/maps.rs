@@ -18,12 +18,12 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tcptrace_common::{
-    BuildIdFrame, COUNTER_COUNT, COUNTER_LOST_EVENTS, COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED,
-    COUNTER_SENT_EVENTS, Filter, FrameSlots, KernelOffsets, Owner, PyLayout, RawEvent, Settings,
-    StateMarks, USER_STACK_FRAMES,
+    BuildIdFrame, CONFIG_CLOSE_HOOK, CONFIG_COUNT, COUNTER_COUNT, COUNTER_LOST_EVENTS,
+    COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_SENT_EVENTS, Filter, FrameSlots,
+    KernelOffsets, Owner, PyLayout, RawEvent, Settings, StateMarks, USER_STACK_FRAMES,
 };
 
 /// Reads a load-time global. The volatile read keeps the compiler from folding the zero
@@ -51,8 +51,8 @@ pub static SETTINGS: Settings = Settings::none();
 /// The `FILTER` global, by reference, for `Filter`'s methods. The address goes through a
 /// volatile read for the reason `global!` reads volatile: a plain reference would let the
 /// compiler see the static's `Filter::none()` initialiser and fold every filter away. A
-/// reference rather than a copy: the 64 bytes would count against the verifier's 512-byte
-/// stack of a program's call chain (a `bpf_loop` callback's included).
+/// reference rather than a copy: the 64 bytes would count against the 512-byte stack of the
+/// exit scan's call chain on 6.1 (see `process::report_exit`).
 #[inline(always)]
 pub fn filter() -> &'static Filter {
     let address = &raw const FILTER;
@@ -168,6 +168,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
+/// Runtime configuration (`CONFIG_*`): written by user space once the close hook is chosen.
+#[map]
+pub static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_COUNT, 0);
+
 /// skaddr → the process that opened it (connect, accept, listen). Lets softirq state changes be
 /// attributed and filtered by process. Entries go away when the socket reaches CLOSE.
 #[map]
@@ -222,6 +226,11 @@ pub fn count(counter: u32) {
         // SAFETY: a valid, aligned map value for the program's lifetime.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(value, 1) };
     }
+}
+
+#[inline(always)]
+pub fn close_hook() -> u32 {
+    CONFIG.get(CONFIG_CLOSE_HOOK).copied().unwrap_or(0)
 }
 
 #[inline(always)]

@@ -3,8 +3,12 @@
 //!
 //! `sched_process_exit` fires in do_exit() (kernel/exit.c) before exit_files() drops the
 //! descriptor table; only the last thread of a process is reported.
-//! The sockets an exiting process still holds are released after this, by exit_files(), as
-//! any other release (the `release` module): the exit event comes first in every mode.
+//!
+//! In tracepoint mode this is also where exit releases are found: every descriptor still open
+//! that holds the last reference to a TCP socket is released by this exit. A scan here, rather
+//! than the state change tcp_close() makes later, also catches sockets that are already in
+//! CLOSE (reset by the peer) or whose close changes no state, and a socket inherited across
+//! fork() is released by whichever process drops the last reference.
 
 use aya_ebpf::{
     EbpfContext,
@@ -13,18 +17,23 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tcptrace_common::{
-    COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS, COUNTER_SENT_EVENTS, KIND_EXEC, KIND_EXIT, RawExec,
-    STACKS_USER,
+    CLOSE_HOOK_TRACEPOINT, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS, COUNTER_SENT_EVENTS,
+    KIND_EXEC, KIND_EXIT, RELEASE_EXIT, RawExec, STACKS_USER,
 };
 
 use crate::{
     filter::{following, process_matches},
-    kernel::current_group_dead,
+    kernel::{FdTable, current_group_dead},
+    loops::{Body, each},
     maps::{
-        EVENTS, FOLLOWED, FP_PROCS, PY_PROCS, ReadFailed, SETTINGS, count, current_event, emit,
-        finish, global, wakeup,
+        EVENTS, FOLLOWED, FP_PROCS, PY_PROCS, ReadFailed, SETTINGS, close_hook, count,
+        current_event, emit, finish, global, wakeup,
     },
+    release::release_if_last,
 };
+
+/// Descriptors examined at exit. bpf_loop() keeps the verifier's cost independent of this.
+const EXIT_SCAN_MAX: u32 = 1 << 16;
 
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
@@ -37,7 +46,20 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_exit() -> Result<(), ReadFailed> {
-    let (group_dead, result) = report_exit();
+    let group_dead = report_exit();
+    let mut result = Ok(());
+    // After the exit event, as with fentry and kprobe, where exit_files() runs tcp_close().
+    if group_dead && close_hook() == CLOSE_HOOK_TRACEPOINT {
+        match FdTable::current() {
+            Ok(Some(table)) => {
+                let n =
+                    if table.max_fds() < EXIT_SCAN_MAX { table.max_fds() } else { EXIT_SCAN_MAX };
+                each(n, &mut ExitScan { table });
+            }
+            Ok(None) => {}
+            Err(e) => result = Err(e),
+        }
+    }
     // The kernel side forgets an interpreter itself: user space hears only of the exits the
     // filters pass, and a reused pid must not be walked with a dead process's layout.
     if group_dead && global!(SETTINGS.stacks) & STACKS_USER != 0 {
@@ -45,8 +67,7 @@ fn on_exit() -> Result<(), ReadFailed> {
         let _ = PY_PROCS.remove(&tgid);
         let _ = FP_PROCS.remove(&tgid);
     }
-    // Last, so the exit above still passes the filter. The releases exit_files() makes next
-    // are of sockets with an owner, which pass it without this entry.
+    // Last, so the exit and its releases above still pass the filter.
     if following() {
         let pid_tgid = bpf_get_current_pid_tgid();
         let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
@@ -145,11 +166,15 @@ fn report_exec(ctx: &TracePointContext) -> Result<(), ReadFailed> {
 /// first field, on every kernel that has the tracepoint (3.4+).
 const EXEC_FILENAME_FIELD: usize = 8;
 
-/// Emits the exit event if the whole process is exiting; returns whether it is, and the read
-/// of that. Without BTF offsets, or if reading fails, the thread-group leader stands for the
-/// process.
-#[inline(always)]
-fn report_exit() -> (bool, Result<(), ReadFailed>) {
+/// Emits the exit event if the whole process is exiting; returns whether it is. Without BTF
+/// offsets, or if reading that fails (counted here: a subprogram returns one scalar), the
+/// thread-group leader stands for the process.
+///
+/// A subprogram of its own: the verifier limits the stack of a call chain to 512 bytes, and
+/// 6.1 counts this program's frame together with the bpf_loop() callback's (the release path,
+/// about 370 bytes). Kept out of line, the event's 112 bytes are not in that chain.
+#[inline(never)]
+fn report_exit() -> bool {
     let event = current_event(KIND_EXIT);
     let dead = current_group_dead();
     let group_dead = match dead {
@@ -159,5 +184,20 @@ fn report_exit() -> (bool, Result<(), ReadFailed>) {
     if group_dead && process_matches(event.pid, &event.comm) {
         emit(&event);
     }
-    (group_dead, dead.map(|_| ()))
+    finish::<u32>(dead.map(|_| ()));
+    group_dead
+}
+
+/// The exit scan: one descriptor per iteration. A failed read is counted here, since the loop
+/// has no way to hand it back.
+struct ExitScan {
+    table: FdTable,
+}
+
+impl Body for ExitScan {
+    #[inline(always)]
+    fn step(&mut self, index: u64) -> bool {
+        finish::<i64>(release_if_last::<false>(&self.table, index as u32, RELEASE_EXIT));
+        true
+    }
 }

@@ -114,15 +114,15 @@ pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
 
 /// The socket and its two states, as the tracepoint passes them.
 #[derive(Clone, Copy)]
-pub struct StateArgs {
-    pub sk: u64,
-    pub old: u8,
-    pub new: u8,
+struct StateArgs {
+    sk: u64,
+    old: u8,
+    new: u8,
 }
 
 impl StateArgs {
     #[inline(always)]
-    pub fn raw(ctx: &RawTracePointContext) -> Self {
+    fn raw(ctx: &RawTracePointContext) -> Self {
         Self { sk: ctx.arg(0), old: ctx.arg::<u64>(1) as u8, new: ctx.arg::<u64>(2) as u8 }
     }
 

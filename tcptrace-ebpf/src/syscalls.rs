@@ -6,16 +6,16 @@
 //! - connect(fd, ...): the descriptor, remembered until the syscall returns, because the
 //!   `CLOSE -> SYN_SENT` change it causes runs in the calling thread; only attached where that
 //!   change cannot read it from the caller's saved registers (`connect_fd`);
-//! - accept/accept4 return: the new descriptor → file → socket → sock.
-//!
-//! No release is taken from close(2) and its kin: every one of them ends in the file's release,
-//! which the `release` module sees in all three modes.
+//! - accept/accept4 return: the new descriptor → file → socket → sock;
+//! - close(fd), dup2/dup3(old, new), close_range(first, last, flags) (5.9+): in tracepoint
+//!   mode, a release when the descriptor holds the file's last reference.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use tcptrace_common::{
-    COUNTER_CTX_MAP_FULL, FLAG_ADDRS, FLAG_OWNER_LOST, KIND_ACCEPT, tcp_state::CLOSE,
+    COUNTER_CTX_MAP_FULL, FLAG_ADDRS, FLAG_OWNER_LOST, KIND_ACCEPT, RELEASE_CLOSE,
+    RELEASE_CLOSE_RANGE, RELEASE_DUP, tcp_state::CLOSE,
 };
 
 #[cfg(feature = "bench")]
@@ -24,12 +24,21 @@ use crate::{
     filter::{addr_matches, process_matches},
     interp::emit_open,
     kernel::{FdTable, SockInfo, connect_fd_from_regs, socket_sock},
+    loops::{Body, each},
     maps::{
         CONNECT_FD, OFFSETS, ReadFailed, count, current_event, finish, global, opener_cgroup,
         remember_owner,
     },
+    release::release_if_last,
     stacks::{KernelStack, capture},
 };
+
+/// include/uapi/linux/close_range.h: only marks descriptors close-on-exec.
+const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
+/// How many descriptors of one close_range() call are checked, as at exit. With `bpf_loop`
+/// (`loops::each`), as tracepoint mode's exit scan needs anyway: where the kernel lacks it,
+/// the program is refused and close_range() goes unseen, with a note.
+const CLOSE_RANGE_SCAN: u32 = 1 << 16;
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> Result<u64, ReadFailed> {
@@ -161,4 +170,100 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), ReadFailed> {
     }
     emit_open(&event);
     Ok(())
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    #[cfg(feature = "bench")]
+    if bench::active() {
+        return 0;
+    }
+    finish(on_close(&ctx))
+}
+
+/// The release programs (close, dup2/dup3, close_range) run in tracepoint mode only: user space
+/// attaches them in that mode alone, so there is no CONFIG lookup on every close(2) of the
+/// host. Without BTF offsets `FdTable::current` is `None` and they do nothing.
+#[inline(always)]
+fn on_close(ctx: &TracePointContext) -> Result<(), ReadFailed> {
+    let Some(table) = FdTable::current()? else {
+        return Ok(());
+    };
+    release_if_last::<true>(&table, arg(ctx, 0)? as u32, RELEASE_CLOSE)
+}
+
+#[inline(always)]
+fn on_dup(ctx: &TracePointContext) -> Result<(), ReadFailed> {
+    let old = arg(ctx, 0)? as u32;
+    let new = arg(ctx, 1)? as u32;
+    if old == new {
+        return Ok(());
+    }
+    let Some(table) = FdTable::current()? else {
+        return Ok(());
+    };
+    release_if_last::<false>(&table, new, RELEASE_DUP)
+}
+
+#[tracepoint]
+pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    #[cfg(feature = "bench")]
+    if bench::active() {
+        return 0;
+    }
+    finish(on_dup(&ctx))
+}
+
+#[tracepoint]
+pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    #[cfg(feature = "bench")]
+    if bench::active() {
+        return 0;
+    }
+    finish(on_dup(&ctx))
+}
+
+#[tracepoint]
+pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
+    #[cfg(feature = "bench")]
+    if bench::active() {
+        return 0;
+    }
+    finish(on_close_range(&ctx))
+}
+
+#[inline(always)]
+fn on_close_range(ctx: &TracePointContext) -> Result<(), ReadFailed> {
+    let first = arg(ctx, 0)? as u32;
+    let last = arg(ctx, 1)? as u32;
+    if arg(ctx, 2)? & CLOSE_RANGE_CLOEXEC != 0 || last < first {
+        return Ok(());
+    }
+    let Some(table) = FdTable::current()? else {
+        return Ok(());
+    };
+    // Descriptors past the table's end are not open; `last` is often ~0U ("all from first").
+    let end = last.min(table.max_fds().saturating_sub(1));
+    let count = (end + 1).saturating_sub(first).min(CLOSE_RANGE_SCAN);
+    let mut scan = CloseRange { table, first, failed: false };
+    each(count, &mut scan);
+    if scan.failed { Err(ReadFailed) } else { Ok(()) }
+}
+
+/// close_range()'s scan: every descriptor is checked, and a failed read is remembered.
+struct CloseRange {
+    table: FdTable,
+    first: u32,
+    failed: bool,
+}
+
+impl Body for CloseRange {
+    #[inline(always)]
+    fn step(&mut self, index: u64) -> bool {
+        let fd = self.first.wrapping_add(index as u32);
+        if release_if_last::<false>(&self.table, fd, RELEASE_CLOSE_RANGE).is_err() {
+            self.failed = true;
+        }
+        true
+    }
 }

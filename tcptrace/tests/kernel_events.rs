@@ -38,14 +38,17 @@ use support::{
 };
 use tcptrace::{
     event::{
-        Event, EventKind,
+        Event, EventKind, ReleaseReason,
         ReleaseReason::{Close as ByClose, Exit as ByExit},
         TcpState::{
             self, Close, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynRecv,
             SynSent,
         },
     },
-    kernel::probes::{Changes, StacksMode},
+    kernel::{
+        close_hook::CloseHook,
+        probes::{Changes, StacksMode},
+    },
 };
 use tcptrace_common::{CgroupMatch, Filter};
 
@@ -336,44 +339,8 @@ fn refused_connect() -> (Harness, Task, RawFd, Sock, Vec<Expect>) {
     (h, me, fd, sock, expected)
 }
 
-/// A copy of the descriptor keeps the socket: closing the opener's descriptor releases
-/// nothing, and dup2() over the copy, which drops the last reference, is the release. Every
-/// hook reports it as a close with the opener's descriptor: `tcp_close()` runs once the file is
-/// gone, when which call dropped it is no longer known. In tracepoint mode this release comes
-/// from the `ESTABLISHED -> FIN_WAIT1` change `tcp_close()` makes.
-#[test]
-#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
-fn the_last_reference_releases_whichever_call_drops_it() {
-    let _serial = no_forks();
-    let Loopback {
-        mut h, me, client, server, client_fd, server_fd, client_sock, server_sock, ..
-    } = Loopback::open(LOCALHOST_V4);
-    // SAFETY: plain descriptor calls on descriptors this test owns.
-    let copy = unsafe { libc::dup(client_fd) };
-    assert!(copy >= 0, "dup: {}", io::Error::last_os_error());
-    drop(client);
-    h.expect_socket(&client_sock, &active_open(&me, client_fd));
-
-    let null = std::fs::File::open("/dev/null").expect("/dev/null");
-    // SAFETY: as above.
-    let duped = unsafe { libc::dup2(null.as_raw_fd(), copy) };
-    assert_eq!(duped, copy, "dup2: {}", io::Error::last_os_error());
-    assert!(raw::close(copy));
-    read_eof(&server);
-    drop(server);
-    let client_end = closes_first(&me, client_fd, ByClose);
-    h.expect_socket(&client_sock, &concat(&[active_open(&me, client_fd), client_end]));
-    h.expect_socket(
-        &server_sock,
-        &concat(&[passive_open(&me, server_fd), closes_second(&me, server_fd, ByClose)]),
-    );
-    h.expect_nothing_lost();
-}
-
-/// close_range() releases a descriptor far into its range (tracepoint mode once scanned the
-/// range, and stopped after 64 descriptors): every mode sees the file's release, by close,
-/// with the opener's descriptor, since `tcp_close()` does not know the syscall. The socket
-/// was refused, so in tracepoint mode its release comes from `tcp:tcp_destroy_sock`.
+/// close_range() releases a descriptor far into its range: in tracepoint mode the kernel
+/// side scans the range with bpf_loop (it stopped after 64 descriptors when unrolled).
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn close_range_releases_a_descriptor_far_into_its_range() {
@@ -389,7 +356,12 @@ fn close_range_releases_a_descriptor_far_into_its_range() {
     // SAFETY: as above; nothing else in this process holds descriptors that high.
     let closed = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
     assert_eq!(closed, 0, "close_range: {}", io::Error::last_os_error());
-    expected.push(release_after_close(&me, ByClose, fd));
+    let (reason, fd) = match h.close_hook() {
+        CloseHook::Tracepoint => (ReleaseReason::CloseRange, HIGH),
+        // tcp_close() does not know the syscall: a release by close, with the opener's fd.
+        CloseHook::Fentry | CloseHook::Kprobe => (ByClose, fd),
+    };
+    expected.push(release_after_close(&me, reason, fd));
     h.expect_socket(&sock, &expected);
     h.expect_nothing_lost();
 }

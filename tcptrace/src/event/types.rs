@@ -3,7 +3,7 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf};
 
-use tcptrace_common::{RELEASE_CLOSE, RELEASE_EXIT};
+use tcptrace_common::{RELEASE_CLOSE, RELEASE_CLOSE_RANGE, RELEASE_DUP, RELEASE_EXIT};
 
 use super::error::DecodeError;
 
@@ -96,12 +96,12 @@ impl fmt::Display for TcpState {
     }
 }
 
-/// How the process gave up its last descriptor: while running (close(2), dup2(2) over it,
-/// close_range(2), ...: `tcp_close()` runs after the descriptor is gone, so no hook can tell
-/// which), or by exiting.
+/// How the process gave up its last descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReleaseReason {
     Close,
+    CloseRange,
+    Dup,
     Exit,
 }
 
@@ -111,6 +111,8 @@ impl TryFrom<u8> for ReleaseReason {
     fn try_from(raw: u8) -> Result<Self, DecodeError> {
         Ok(match raw {
             RELEASE_CLOSE => Self::Close,
+            RELEASE_CLOSE_RANGE => Self::CloseRange,
+            RELEASE_DUP => Self::Dup,
             RELEASE_EXIT => Self::Exit,
             other => return Err(DecodeError::Reason(other)),
         })
@@ -121,6 +123,8 @@ impl ReleaseReason {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Close => "close",
+            Self::CloseRange => "close_range",
+            Self::Dup => "dup2",
             Self::Exit => "exit",
         }
     }

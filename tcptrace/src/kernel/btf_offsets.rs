@@ -208,8 +208,6 @@ impl KernelBtf {
             file_ref_bias,
             inode_mode: self.member_sized("inode", "i_mode", 2)?,
             socket_sk: self.member_sized("socket", "sk", 8)?,
-            sock_socket: self.member_sized("sock", "sk_socket", 8)?,
-            socket_file: self.member_sized("socket", "file", 8)?,
             sock_protocol: self.member_sized("sock", "sk_protocol", 2)?,
             skc_family: sk("skc_family", 2)?,
             skc_state: sk("skc_state", 1)?,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use tcptrace_common::names;
+use tcptrace_common::{CLOSE_HOOK_FENTRY, CLOSE_HOOK_KPROBE, CLOSE_HOOK_TRACEPOINT, names};
 
 /// What the user asked for with `--close-hook`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,9 +22,8 @@ pub enum CloseHook {
     Fentry,
     /// kprobe on tcp_close: exact; needs CONFIG_KPROBES.
     Kprobe,
-    /// Derived from the state changes `tcp_close()` makes while the socket's file is being
-    /// released, and from `tcp:tcp_destroy_sock` for a socket already in CLOSE: exact for every
-    /// way a descriptor goes, from raw tracepoints alone.
+    /// Derived from syscall and state tracepoints: exact for close/dup2/dup3 and exit, bounded
+    /// for close_range.
     Tracepoint,
 }
 
@@ -37,15 +36,22 @@ impl CloseHook {
         }
     }
 
-    /// The kernel programs this mode attaches, in attachment order. Tracepoint mode's first
-    /// goes on `inet_sock_set_state` before the state programs, so a release is reported
-    /// before the change that reveals it, as with fentry (the kernel runs a tracepoint's
-    /// programs in attachment order).
-    pub const fn programs(self) -> &'static [&'static str] {
+    /// The kernel program this mode attaches; tracepoint mode has none of its own (the syscall
+    /// and `sched_process_exit` programs, always attached, do the work).
+    pub const fn program(self) -> Option<&'static str> {
         match self {
-            Self::Fentry => &[names::TCP_CLOSE_FENTRY],
-            Self::Kprobe => &[names::TCP_CLOSE_KPROBE],
-            Self::Tracepoint => &[names::INET_SOCK_SET_STATE_RELEASE, names::TCP_DESTROY_SOCK_RAW],
+            Self::Fentry => Some(names::TCP_CLOSE_FENTRY),
+            Self::Kprobe => Some(names::TCP_CLOSE_KPROBE),
+            Self::Tracepoint => None,
+        }
+    }
+
+    /// The value the kernel programs read from `CONFIG[CONFIG_CLOSE_HOOK]`.
+    pub const fn config_value(self) -> u32 {
+        match self {
+            Self::Fentry => CLOSE_HOOK_FENTRY,
+            Self::Kprobe => CLOSE_HOOK_KPROBE,
+            Self::Tracepoint => CLOSE_HOOK_TRACEPOINT,
         }
     }
 }

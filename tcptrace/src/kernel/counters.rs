@@ -1,8 +1,6 @@
 //! What the kernel programs could not deliver or remember: the per-CPU `COUNTERS` map, and the
 //! runs the kernel skipped (each program's `recursion_misses`).
 
-use tcptrace_common::names;
-
 use super::plan::{NESTED_STATE_PROGRAM, STATE_PROGRAM};
 
 /// Counters the kernel keeps for what it could not deliver or remember.
@@ -30,10 +28,8 @@ pub struct Counters {
 
 /// The runs the kernel skipped that are lost, from each attached program's skip count
 /// (`recursion_misses`): the nested program's own skips never are (the first program ran for
-/// those changes), nor tracepoint mode's release programs' (a skipped run interrupted one of
-/// the same program, so a softirq made it, and `tcp_close()` runs in a task: a change or a
-/// destroy from a softirq is never a release), and the state program's are lost only beyond
-/// the changes the nested one handled in its place.
+/// those changes), and the state program's are lost only beyond the changes the nested one
+/// handled in its place.
 pub fn missed_runs<'a>(
     skipped: impl IntoIterator<Item = (&'a str, u64)>,
     nested_changes: u64,
@@ -42,9 +38,7 @@ pub fn missed_runs<'a>(
     skipped
         .into_iter()
         .map(|(program, missed)| match program {
-            NESTED_STATE_PROGRAM
-            | names::INET_SOCK_SET_STATE_RELEASE
-            | names::TCP_DESTROY_SOCK_RAW => 0,
+            NESTED_STATE_PROGRAM => 0,
             STATE_PROGRAM if nested_attached => missed.saturating_sub(nested_changes),
             _ => missed,
         })
@@ -60,12 +54,6 @@ mod tests {
         let skipped = [(STATE_PROGRAM, 10), (NESTED_STATE_PROGRAM, 4), ("sys_exit_accept4", 2)];
         assert_eq!(missed_runs(skipped, 7, true), 3 + 2);
         assert_eq!(missed_runs(skipped, 12, true), 2, "never below zero");
-        let skipped = [
-            (names::INET_SOCK_SET_STATE_RELEASE, 5),
-            (names::TCP_DESTROY_SOCK_RAW, 3),
-            ("sys_exit_accept4", 2),
-        ];
-        assert_eq!(missed_runs(skipped, 0, true), 2, "no release is made in a softirq");
         // Without the nested program nothing makes up for the skips.
         assert_eq!(missed_runs([(STATE_PROGRAM, 10)], 7, false), 10);
     }

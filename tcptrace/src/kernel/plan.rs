@@ -27,6 +27,10 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
     tp(names::SYS_EXIT_CONNECT, "syscalls", true),
     tp(names::SYS_EXIT_ACCEPT, "syscalls", false),
     tp(names::SYS_EXIT_ACCEPT4, "syscalls", true),
+    tp(names::SYS_ENTER_CLOSE, "syscalls", true),
+    tp(names::SYS_ENTER_DUP2, "syscalls", false),
+    tp(names::SYS_ENTER_DUP3, "syscalls", false),
+    tp(names::SYS_ENTER_CLOSE_RANGE, "syscalls", false),
     tp(names::SCHED_PROCESS_EXIT, "sched", true),
     tp(names::SCHED_PROCESS_EXEC, "sched", false),
     tp(names::SCHED_PROCESS_FORK, "sched", true),
@@ -63,6 +67,15 @@ pub const RAW_TRACEPOINTS: &[RawTracepoint] = &[
 pub const STATE_PROGRAM: &str = names::INET_SOCK_SET_STATE_RAW;
 pub const NESTED_STATE_PROGRAM: &str = names::INET_SOCK_SET_STATE_NESTED;
 
+/// The programs that derive releases from descriptor syscalls: only attached in tracepoint
+/// mode. With fentry or kprobe they would run on every close(2) of the host to do nothing.
+const RELEASE_TRACEPOINTS: &[&str] = &[
+    names::SYS_ENTER_CLOSE,
+    names::SYS_ENTER_DUP2,
+    names::SYS_ENTER_DUP3,
+    names::SYS_ENTER_CLOSE_RANGE,
+];
+
 /// The programs that remember connect()'s descriptor: only attached where the kernel programs
 /// cannot read it from the caller's saved registers (`KernelOffsets::connect_regs`).
 const CONNECT_TRACEPOINTS: &[&str] = &[names::SYS_ENTER_CONNECT, names::SYS_EXIT_CONNECT];
@@ -81,10 +94,11 @@ pub fn raw_tracepoints(kernel: Kernel) -> &'static [RawTracepoint] {
     if kernel.offsets { RAW_TRACEPOINTS } else { &[] }
 }
 
-/// The classic tracepoints to attach once the raw ones in `raw_attached` replaced theirs. The
-/// close hook adds its own program (`CloseHook::program`), and takes none away.
+/// The classic tracepoints to attach once the close hook is chosen and the raw ones in
+/// `raw_attached` replaced theirs.
 pub fn tracepoints(
     kernel: Kernel,
+    close_hook: CloseHook,
     following: bool,
     raw_attached: &[RawTracepoint],
 ) -> Vec<Tracepoint> {
@@ -94,6 +108,9 @@ pub fn tracepoints(
         .filter(|t| !raw_attached.iter().any(|raw| raw.replaces == t.program))
         // Forks only matter to a followed process tree.
         .filter(|t| following || t.program != "sched_process_fork")
+        .filter(|t| {
+            close_hook == CloseHook::Tracepoint || !RELEASE_TRACEPOINTS.contains(&t.program)
+        })
         .filter(|t| !kernel.connect_regs || !CONNECT_TRACEPOINTS.contains(&t.program))
         .collect()
 }
@@ -150,34 +167,49 @@ mod tests {
         assert!(raw_tracepoints(NO_BTF).is_empty());
         let raw = raw_tracepoints(BTF);
         assert_eq!(raw.len(), 2);
-        let plan = programs(&tracepoints(BTF, false, raw));
+        let plan = programs(&tracepoints(BTF, CloseHook::Tracepoint, false, raw));
         assert!(!plan.contains(&"inet_sock_set_state") && !plan.contains(&"tcp_receive_reset"));
         // A raw program that failed to attach leaves its classic fallback in.
-        let plan = programs(&tracepoints(BTF, false, &raw[..1]));
+        let plan = programs(&tracepoints(BTF, CloseHook::Tracepoint, false, &raw[..1]));
         assert!(!plan.contains(&"inet_sock_set_state") && plan.contains(&"tcp_receive_reset"));
-        let plan = programs(&tracepoints(NO_BTF, false, &[]));
+        let plan = programs(&tracepoints(NO_BTF, CloseHook::Tracepoint, false, &[]));
         assert!(plan.contains(&"inet_sock_set_state") && plan.contains(&"tcp_receive_reset"));
     }
 
     #[test]
+    fn release_programs_only_in_tracepoint_mode() {
+        for hook in [CloseHook::Fentry, CloseHook::Kprobe] {
+            let plan = programs(&tracepoints(BTF, hook, false, RAW_TRACEPOINTS));
+            for program in RELEASE_TRACEPOINTS {
+                assert!(!plan.contains(program), "{hook}: {program}");
+            }
+            assert!(plan.contains(&"sched_process_exit"), "{hook}: exits are always seen");
+        }
+        let plan = programs(&tracepoints(BTF, CloseHook::Tracepoint, false, RAW_TRACEPOINTS));
+        for program in RELEASE_TRACEPOINTS {
+            assert!(plan.contains(program), "{program}");
+        }
+    }
+
+    #[test]
     fn connect_programs_only_without_saved_registers() {
-        let plan = programs(&tracepoints(BTF, false, RAW_TRACEPOINTS));
+        let plan = programs(&tracepoints(BTF, CloseHook::Fentry, false, RAW_TRACEPOINTS));
         assert!(!plan.contains(&"sys_enter_connect") && !plan.contains(&"sys_exit_connect"));
-        let plan = programs(&tracepoints(OLD_BTF, false, RAW_TRACEPOINTS));
+        let plan = programs(&tracepoints(OLD_BTF, CloseHook::Fentry, false, RAW_TRACEPOINTS));
         assert!(plan.contains(&"sys_enter_connect") && plan.contains(&"sys_exit_connect"));
     }
 
     #[test]
     fn forks_only_when_following() {
-        let plan = programs(&tracepoints(BTF, false, RAW_TRACEPOINTS));
+        let plan = programs(&tracepoints(BTF, CloseHook::Fentry, false, RAW_TRACEPOINTS));
         assert!(!plan.contains(&"sched_process_fork"));
-        let plan = programs(&tracepoints(BTF, true, RAW_TRACEPOINTS));
+        let plan = programs(&tracepoints(BTF, CloseHook::Fentry, true, RAW_TRACEPOINTS));
         assert!(plan.contains(&"sched_process_fork"));
     }
 
     #[test]
     fn plans_keep_the_attachment_order() {
-        let plan = tracepoints(NO_BTF, true, &[]);
+        let plan = tracepoints(NO_BTF, CloseHook::Tracepoint, true, &[]);
         assert_eq!(plan, TRACEPOINTS, "nothing left out, nothing reordered");
     }
 

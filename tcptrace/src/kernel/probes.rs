@@ -9,13 +9,13 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{FEntry, KProbe, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
-    COUNTER_CTX_MAP_FULL, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS, COUNTER_NESTED_CHANGES,
-    COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_SENT_EVENTS, COUNTER_STACK_FAILED,
-    FrameSlots, KernelOffsets, PyLayout, STACKS_KERNEL, STACKS_USER, names,
+    CONFIG_CLOSE_HOOK, COUNTER_CTX_MAP_FULL, COUNTER_FOLLOW_FULL, COUNTER_LOST_EVENTS,
+    COUNTER_NESTED_CHANGES, COUNTER_OWNER_MAP_FULL, COUNTER_READ_FAILED, COUNTER_SENT_EVENTS,
+    COUNTER_STACK_FAILED, FrameSlots, KernelOffsets, PyLayout, STACKS_KERNEL, STACKS_USER, names,
 };
 
 #[cfg(feature = "bench")]
@@ -91,17 +91,19 @@ impl Probes {
         let mut ebpf = load_object(options, &offsets)?;
         let kernel =
             plan::Kernel { offsets: offsets.valid != 0, connect_regs: offsets.connect_regs != 0 };
-        let mut hook_attached = None;
         let (close_hook, note) = plan::choose_close_hook(options.close_hook, |hook| {
-            try_close_hook(&mut ebpf, hook, kernel.offsets)?;
-            hook_attached = Some(hook.programs());
-            Ok(())
+            try_close_hook(&mut ebpf, hook, kernel.offsets)
         })?;
         notes.extend(note);
+        let mut config: Array<_, u32> = Array::try_from(
+            ebpf.map_mut(names::CONFIG).context("map CONFIG missing from the BPF object")?,
+        )?;
+        config.set(CONFIG_CLOSE_HOOK, close_hook.config_value(), 0).context("writing CONFIG")?;
 
         let mut attached = Vec::new();
         let raw_attached = attach_raw_tracepoints(&mut ebpf, kernel, &mut attached, &mut notes);
-        for tracepoint in plan::tracepoints(kernel, options.following(), &raw_attached) {
+        for tracepoint in plan::tracepoints(kernel, close_hook, options.following(), &raw_attached)
+        {
             match attach_tracepoint(&mut ebpf, tracepoint) {
                 Ok(()) => attached.push(tracepoint.program),
                 Err(e) if !tracepoint.required => notes.push(format!(
@@ -111,7 +113,7 @@ impl Probes {
                 Err(e) => return Err(e),
             }
         }
-        attached.extend(hook_attached.into_iter().flatten());
+        attached.extend(close_hook.program());
         Ok(Self { ebpf, close_hook, notes, attached })
     }
 
@@ -349,17 +351,9 @@ fn try_close_hook(ebpf: &mut Ebpf, hook: CloseHook, have_offsets: bool) -> Resul
             prog.attach("tcp_close", 0).map_err(|e| reason(&e))?;
         }
         CloseHook::Tracepoint if !have_offsets => {
-            return Err("it needs kernel BTF to read a socket's file reference count".to_owned());
+            return Err("it needs kernel BTF to read descriptor reference counts".to_owned());
         }
-        // Before the state programs attach (`CloseHook::programs`).
-        CloseHook::Tracepoint => {
-            for (program, tracepoint) in [
-                (names::INET_SOCK_SET_STATE_RELEASE, "inet_sock_set_state"),
-                (names::TCP_DESTROY_SOCK_RAW, "tcp_destroy_sock"),
-            ] {
-                attach_raw_tracepoint(ebpf, program, tracepoint).map_err(|e| format!("{e:#}"))?;
-            }
-        }
+        CloseHook::Tracepoint => {}
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::{fmt, path::Path};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Support {
     /// `/sys/kernel/btf/vmlinux`: fentry needs it, and so do accept's descriptor walk and
-    /// tracepoint mode's releases (a socket's file).
+    /// the exit scan.
     pub btf: bool,
     /// The kprobe PMU (`CONFIG_KPROBE_EVENTS`), which aya attaches kprobes through.
     pub kprobes: bool,
