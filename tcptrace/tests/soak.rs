@@ -43,9 +43,21 @@ const UNSEEN_CLOSES: u64 = 1;
 /// Sweeps every second; two of them fold what exited before.
 const SETTLE: Duration = Duration::from_millis(2_500);
 
+/// The two tests run one at a time. With the sweep test beside it (20 namespaces made and
+/// removed while its tracer sweeps), the soak's server counted 2,999 releases of 3,000 in two
+/// fresh-clone CI runs (2026-12-05), with either release design tried that day and no event
+/// counted lost. Neither 10 runs side by side here nor 3 runs beside 30 namespaces present
+/// throughout reproduced it; the cause is not known (`docs/architecture.md`).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn memory_stays_flat_across_short_lived_processes() {
+    let _alone = alone();
     // A free port; the listener itself is opened once tracing runs (a listener opened during
     // the trace must be counted once).
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
@@ -252,6 +264,7 @@ impl Drop for Tracer {
 #[test]
 #[ignore = "needs root: loads BPF programs"]
 fn slow_sweeps_are_spaced_to_their_share_of_a_cpu() {
+    let _alone = alone();
     let _namespaces: Vec<Netns> = (0..20).map(|i| Netns::new(&format!("pace{i}"))).collect();
     let (code, stdout, stderr) = run_to_end(&mut tcptrace(&[
         "leaks",
