@@ -47,7 +47,7 @@ const SETTLE: Duration = Duration::from_millis(2_500);
 /// removed while its tracer sweeps), the soak's server counted 2,999 releases of 3,000 in two
 /// fresh-clone CI runs (2026-12-05), with either release design tried that day and no event
 /// counted lost. Neither 10 runs side by side here nor 3 runs beside 30 namespaces present
-/// throughout reproduced it; the cause is not known (`docs/architecture.md`).
+/// throughout reproduced it; the cause is not known.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn alone() -> std::sync::MutexGuard<'static, ()> {

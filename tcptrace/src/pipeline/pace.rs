@@ -2,9 +2,10 @@
 //! network namespace and address family, each over the host-wide established hash, TIME_WAIT
 //! sockets included although the dump leaves them out (unless `net.ipv4.tcp_child_ehash_entries`
 //! gave the namespace a table of its own). Measured here (`xtask/scripts/sweep-cost.sh`): 18 ms
-//! a sweep on an idle host, 124 ms with 100,000 TIME_WAIT sockets, about a second with those and
-//! 34 namespaces. At the interval asked for, such a host would spend a CPU sweeping; spaced as
-//! below, the sweeps never take more than a fiftieth of one.
+//! a sweep on an idle host, 124 ms with 100,000 TIME_WAIT sockets, 1.5 s with those and 34
+//! namespaces. At the interval asked for, such a host would spend a CPU sweeping. Spaced as
+//! below, sweeps run at most a fiftieth of the time, and the kernel's walks keep a CPU busy
+//! while they run, so they take at most a fiftieth of one.
 
 use std::time::Duration;
 
