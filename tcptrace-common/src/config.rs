@@ -167,6 +167,28 @@ pub const BENCH_FLOOR: u32 = 1;
 /// the CLOSE of a socket with an entry, its removal and one record.
 #[cfg(feature = "bench")]
 pub const BENCH_MINIMUM: u32 = 2;
+/// `Settings::bench`: the minimum's work with its records replaced by per-process counts in a
+/// map (`BenchCounts`), and the user stack captured at each open when `Settings::stacks` asks:
+/// what a tracer that aggregates in the kernel and sends nothing per connection would cost.
+#[cfg(feature = "bench")]
+pub const BENCH_IN_KERNEL: u32 = 3;
+
+/// `BENCH_COUNTS`' value: one process's opens and the CLOSEs of its sockets, counted in the
+/// kernel by `BENCH_IN_KERNEL`.
+#[cfg(feature = "bench")]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchCounts {
+    pub opens: u64,
+    pub closes: u64,
+}
+
+#[cfg(feature = "bench")]
+const _: () = assert!(size_of::<BenchCounts>() == 16);
+
+#[cfg(all(feature = "bench", feature = "user"))]
+// SAFETY: repr(C), integers only, no implicit padding (checked by the size assertion).
+unsafe impl aya::Pod for BenchCounts {}
 
 /// Load-time settings other than filters, set as the `SETTINGS` global.
 #[repr(C)]

@@ -34,6 +34,9 @@ pub const STATE_MARKS: &str = "STATE_MARKS";
 pub const PY_PROCS: &str = "PY_PROCS";
 /// tgid → `FrameSlots` of the JVMs and Node.js processes whose opens carry their frames.
 pub const FP_PROCS: &str = "FP_PROCS";
+/// tgid → `BenchCounts`, in objects built for `cargo xtask bench` only (not in `MAPS`).
+#[cfg(feature = "bench")]
+pub const BENCH_COUNTS: &str = "BENCH_COUNTS";
 
 /// Every map of the kernel object.
 pub const MAPS: &[&str] = &[

@@ -221,11 +221,20 @@ pub fn count(counter: u32) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter) {
         // Atomic although the slot is per-CPU: a softirq program can interrupt a process-context
         // one between its read and its write.
-        // (`AtomicU64::fetch_add` is not offered on BPF targets, which lack compare-and-swap;
-        // the intrinsic compiles to BPF's atomic add.)
         // SAFETY: a valid, aligned map value for the program's lifetime.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(value, 1) };
+        unsafe { add_one(value) };
     }
+}
+
+/// Adds one to `*slot` with BPF's atomic add. (`AtomicU64::fetch_add` is not offered on BPF
+/// targets, which lack compare-and-swap; the intrinsic compiles to the atomic add.)
+///
+/// # Safety
+/// `slot` points into a map value that lives for the program's run.
+#[inline(always)]
+pub unsafe fn add_one(slot: *mut u64) {
+    // SAFETY: the caller's.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
 }
 
 #[inline(always)]

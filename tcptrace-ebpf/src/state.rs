@@ -61,13 +61,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), ReadFailed> {
     on_change(ctx, change, kept)
 }
 
-/// `cargo xtask bench`'s minimum on the classic tracepoint; nothing for its floor.
+/// `cargo xtask bench`'s minimums on the classic tracepoint; nothing for its floor.
 #[cfg(feature = "bench")]
 #[inline(always)]
 fn bench_classic_change(ctx: &TracePointContext) -> Result<(), ReadFailed> {
     if bench::minimum() {
         let StateArgs { sk, old, new } = StateArgs::classic(ctx)?;
-        bench::minimum_change(sk, old, new);
+        bench::minimum_change(ctx, sk, old, new);
     }
     Ok(())
 }
@@ -83,7 +83,7 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
     #[cfg(feature = "bench")]
     if bench::active() {
         if bench::minimum() {
-            bench::minimum_change(args.sk, args.old, args.new);
+            bench::minimum_change(&ctx, args.sk, args.old, args.new);
         }
         return 0;
     }

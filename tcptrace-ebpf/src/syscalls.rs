@@ -109,7 +109,7 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
     finish(try_accept(&ctx))
 }
 
-/// `cargo xtask bench`'s minimum; nothing for its floor.
+/// `cargo xtask bench`'s minimums; nothing for its floor.
 #[cfg(feature = "bench")]
 #[inline(always)]
 fn bench_accept(ctx: &TracePointContext) -> Result<(), ReadFailed> {
@@ -120,7 +120,7 @@ fn bench_accept(ctx: &TracePointContext) -> Result<(), ReadFailed> {
     if ret < 0 {
         return Ok(());
     }
-    bench::minimum_accept(ret as u32)
+    bench::minimum_accept(ctx, ret as u32)
 }
 
 #[inline(always)]

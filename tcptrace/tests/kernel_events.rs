@@ -235,6 +235,29 @@ fn the_bench_minimum_sends_one_record_at_each_open_and_close() {
     h.expect_nothing_lost();
 }
 
+#[cfg(feature = "bench")]
+#[test]
+#[ignore = "loads BPF programs: needs root (cargo xtask test)"]
+fn the_bench_in_kernel_counts_each_open_and_close_and_sends_no_record() {
+    use tcptrace::kernel::probes::Bench;
+    use tcptrace_common::BenchCounts;
+
+    let _serial = no_forks();
+    let Loopback { mut h, me, client, server, .. } =
+        Loopback::open_with(LOCALHOST_V4, |_| Harness::load_bench(Bench::InKernel));
+    let both = BenchCounts { opens: 2, closes: 2 };
+    drop(client);
+    read_eof(&server);
+    drop(server);
+    h.wait_until("both opens and both CLOSEs counted", |h| h.bench_counts(me.pid) == both);
+    h.drain();
+    let mine: Vec<&Event> =
+        h.events.iter().filter(|e| e.pid == me.pid || e.owner_pid == Some(me.pid)).collect();
+    assert!(mine.is_empty(), "records sent: {mine:?}");
+    assert_eq!(h.bench_counts(me.pid), both);
+    h.expect_nothing_lost();
+}
+
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn ipv6_open_and_close() {

@@ -194,6 +194,11 @@ pub struct ProbeArgs {
     #[cfg(feature = "bench")]
     #[arg(long, hide = true, conflicts_with = "bench_floor")]
     pub bench_minimum: bool,
+    /// Benchmarks only: the least per-connection work counted in the kernel, no records;
+    /// `trace` prints the counts at its end
+    #[cfg(feature = "bench")]
+    #[arg(long, hide = true, conflicts_with_all = ["bench_floor", "bench_minimum"])]
+    pub bench_in_kernel: bool,
     /// Benchmarks only: open records go without the opener's cgroup id (its cost)
     #[cfg(feature = "bench")]
     #[arg(long, hide = true)]

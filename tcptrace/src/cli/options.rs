@@ -225,7 +225,9 @@ impl ProbeArgs {
             cgroup_ids: true,
             unrolled_loops: false,
             #[cfg(feature = "bench")]
-            bench: if self.bench_minimum {
+            bench: if self.bench_in_kernel {
+                crate::kernel::options::Bench::InKernel
+            } else if self.bench_minimum {
                 crate::kernel::options::Bench::Minimum
             } else if self.bench_floor {
                 crate::kernel::options::Bench::Floor

@@ -77,4 +77,15 @@ fn summarize<S: Sink>(pipeline: &Pipeline<S>) {
             pipeline.events()
         ),
     }
+    #[cfg(feature = "bench")]
+    match pipeline.bench_counts() {
+        Ok(counts) if counts.is_empty() => {}
+        Ok(counts) => crate::say!(
+            "tcptrace: counted in the kernel: {} opens, {} closes, {} processes",
+            counts.iter().map(|(_, c)| c.opens).sum::<u64>(),
+            counts.iter().map(|(_, c)| c.closes).sum::<u64>(),
+            counts.len()
+        ),
+        Err(e) => crate::say!("tcptrace: in-kernel counts unreadable ({e:#})"),
+    }
 }

@@ -71,6 +71,10 @@ pub enum Bench {
     /// The least per-connection work a tracer that matches opens to closes can do (the kernel
     /// crate's `bench` module); user space only counts what arrives.
     Minimum,
+    /// The minimum with per-process counts in a kernel map in place of its records, and the
+    /// user stack at each open as `--stacks` asks: what a tracer that sends nothing per
+    /// connection costs.
+    InKernel,
 }
 
 #[cfg(feature = "bench")]
@@ -80,6 +84,7 @@ impl Bench {
             Self::Off => 0,
             Self::Floor => tcptrace_common::BENCH_FLOOR,
             Self::Minimum => tcptrace_common::BENCH_MINIMUM,
+            Self::InKernel => tcptrace_common::BENCH_IN_KERNEL,
         }
     }
 }

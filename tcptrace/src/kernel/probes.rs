@@ -196,6 +196,14 @@ impl Probes {
         Ok(followed.keys().next().is_some())
     }
 
+    /// What `Bench::InKernel` counted, by process (tgid); empty in any other mode.
+    #[cfg(feature = "bench")]
+    pub fn bench_counts(&self) -> anyhow::Result<Vec<(u32, tcptrace_common::BenchCounts)>> {
+        let map = self.ebpf.map(names::BENCH_COUNTS).context("map BENCH_COUNTS missing")?;
+        let counts: HashMap<_, u32, tcptrace_common::BenchCounts> = HashMap::try_from(map)?;
+        counts.iter().map(|entry| entry.context("reading BENCH_COUNTS")).collect()
+    }
+
     pub fn counters(&self) -> anyhow::Result<Counters> {
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map(names::COUNTERS).context("map COUNTERS missing")?)?;

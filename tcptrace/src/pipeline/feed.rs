@@ -42,8 +42,8 @@ pub struct Feed<S> {
     pub decode_errors: u64,
     /// The sink's first error; nothing more is fed after it.
     pub error: Option<io::Error>,
-    /// `--bench-minimum`: events are counted, nothing more, so that the bench's minimum
-    /// measures the kernel's least work and not user space.
+    /// `--bench-*`: events are counted, nothing more, so that the bench's reference points
+    /// measure the kernel's work and not user space.
     #[cfg(feature = "bench")]
     count_only: bool,
 }
@@ -69,7 +69,7 @@ impl<S: Sink> Feed<S> {
         }
     }
 
-    /// `--bench-minimum`'s feed: counts events, nothing more.
+    /// The reference points' feed (`--bench-*`): counts events, nothing more.
     #[cfg(feature = "bench")]
     pub fn count_only(self, count_only: bool) -> Self {
         Self { count_only, ..self }

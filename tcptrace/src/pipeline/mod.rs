@@ -87,7 +87,7 @@ impl<S: Sink> Pipeline<S> {
         let hierarchy = resolver.hierarchy().cloned();
         let feed = Feed::new(capacity, stacks, Placement::new(resolver), sink);
         #[cfg(feature = "bench")]
-        let feed = feed.count_only(options.bench == crate::kernel::probes::Bench::Minimum);
+        let feed = feed.count_only(options.bench != crate::kernel::probes::Bench::Off);
         let mut pipeline = Self {
             probes,
             stream,
@@ -159,6 +159,12 @@ impl<S: Sink> Pipeline<S> {
     /// Kernel events decoded.
     pub fn events(&self) -> u64 {
         self.feed.events
+    }
+
+    /// `--bench-in-kernel`'s counts by process (see `Probes::bench_counts`).
+    #[cfg(feature = "bench")]
+    pub fn bench_counts(&self) -> anyhow::Result<Vec<(u32, tcptrace_common::BenchCounts)>> {
+        self.probes.bench_counts()
     }
 
     /// The sink's error, which ended the pipeline early.

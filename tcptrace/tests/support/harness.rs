@@ -153,6 +153,13 @@ impl Harness {
         Self::load_all(&probe_options(Filter::none(), choice, StacksMode::Off, Changes::All, bench))
     }
 
+    /// `Bench::InKernel`'s counts of process `pid`.
+    #[cfg(feature = "bench")]
+    pub fn bench_counts(&self, pid: u32) -> tcptrace_common::BenchCounts {
+        let counts = self.probes.bench_counts().expect("reading the in-kernel counts");
+        counts.into_iter().find(|&(p, _)| p == pid).map(|(_, c)| c).unwrap_or_default()
+    }
+
     fn load_all(options: &ProbeOptions) -> Self {
         let port = options.filter.port;
         let choice = options.close_hook;

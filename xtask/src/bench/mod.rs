@@ -7,15 +7,19 @@
 //! one, how idle the CPUs were (a workload that leaves them idle hides a tracer's cost), and
 //! where the cost is per connection: the configuration's BPF programs (run times the kernel
 //! keeps with `kernel.bpf_stats_enabled`, `bpf_stats`) and the tracer's own CPU time, their
-//! total as a multiple of the floor's; then what it delivered and lost and its peak RSS.
+//! total as a multiple of the floor's; what a system call costs with it attached (the time of
+//! a `getppid(2)`, against the untraced one: the cost its hooks put on every system call of the
+//! host, which neither of the other two sees; `syscall_path`); then what it delivered and lost
+//! and its peak RSS.
 //! Replay: tcptrace's user space alone on a generated event stream (`tcptrace/examples/replay`).
 //!
 //! The binary measured is the packaged one's build (static, musl, mimalloc) with tcptrace's
-//! `bench` feature ([`FEATURE`]): the floor's and the minimum's flags (`--bench-floor`,
-//! `--bench-minimum`) exist only there.
+//! `bench` feature ([`FEATURE`]): the reference points' flags (`--bench-floor`,
+//! `--bench-minimum`, `--bench-in-kernel`) exist only there.
 
 mod bpf_stats;
 mod churn;
+mod syscall_path;
 mod tracers;
 
 use std::{path::Path, process::Command, time::Duration};
@@ -99,6 +103,8 @@ struct Sample {
     idle: f64,
     /// The configuration's programs, what they ran meanwhile; `None` without bpftool.
     programs: Option<Vec<bpf_stats::ProgStat>>,
+    /// ns of a `getppid(2)` with the tracer attached (see `syscall_path`).
+    syscall_ns: f64,
 }
 
 impl Sample {
@@ -310,6 +316,7 @@ fn measure(run: &Run<'_>, bpf: bool) -> Result<Sample> {
     let tracer_to = running.as_ref().map(tracers::Running::cpu_s).transpose()?;
     let idle = cpu_times()?.idle_share_since(&cpu_from);
     let to = existing.as_ref().map(|_| bpf_stats::snapshot()).transpose()?;
+    let syscall_ns = syscall_path::ns_per_call();
     let cost = match running {
         Some(running) => running.stop()?,
         None => TracerCost::default(),
@@ -320,7 +327,15 @@ fn measure(run: &Run<'_>, bpf: bool) -> Result<Sample> {
         _ => None,
     };
     let (connections, secs) = churned?;
-    Ok(Sample { rate: connections as f64 / secs, connections, cost, tracer_cpu_s, idle, programs })
+    Ok(Sample {
+        rate: connections as f64 / secs,
+        connections,
+        cost,
+        tracer_cpu_s,
+        idle,
+        programs,
+        syscall_ns,
+    })
 }
 
 /// The CPUs' time counters from /proc/stat (all CPUs, in ticks).
@@ -401,14 +416,16 @@ fn print_table(configs: &[Tracer], samples: &[Vec<Sample>], args: &RoundArgs, wo
         workload.name()
     );
     println!(
-        "| tracer | {unit} median (min–max) | vs none | CPU idle | BPF µs/conn | tracer CPU µs/conn | total µs/conn | × floor | events/s | lost | peak RSS MiB |"
+        "| tracer | {unit} median (min–max) | vs none | CPU idle | BPF µs/conn | tracer CPU µs/conn | total µs/conn | × floor | syscall ns | events/s | lost | peak RSS MiB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let med_of = |samples: &[Sample], f: &dyn Fn(&Sample) -> Option<f64>| -> Option<f64> {
         let mut values: Vec<f64> = samples.iter().filter_map(f).collect();
         (!values.is_empty()).then(|| median(&mut values))
     };
     let baseline = samples.first().and_then(|s| med_of(s, &|x| Some(x.rate))).unwrap_or(f64::NAN);
+    let syscall_ns = |samples: &[Sample]| med_of(samples, &|s| Some(s.syscall_ns));
+    let untraced_syscall = samples.first().and_then(|s| syscall_ns(s));
     let total_us = |s: &Sample| Some((s.bpf_ns()? + s.user_ns()) / 1e3);
     let floor = configs
         .iter()
@@ -439,9 +456,14 @@ fn print_table(configs: &[Tracer], samples: &[Vec<Sample>], args: &RoundArgs, wo
             (None, None, None)
         };
         let times_floor = total.zip(floor).map(|(t, f)| t / f);
+        let syscall = match (syscall_ns(samples), untraced_syscall) {
+            (Some(ns), Some(untraced)) if traced => format!("{ns:.0} ({:+.0})", ns - untraced),
+            (Some(ns), _) => format!("{ns:.0}"),
+            (None, _) => "-".to_owned(),
+        };
         let rss = samples.iter().map(|s| s.cost.max_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
         println!(
-            "| {} | {med:.0} ({min:.0}–{max:.0}) | {:.1}% | {}% | {} | {} | {} | {} | {} | {lost} | {} |",
+            "| {} | {med:.0} ({min:.0}–{max:.0}) | {:.1}% | {}% | {} | {} | {} | {} | {syscall} | {} | {lost} | {} |",
             tracer.name(),
             med / baseline * 100.0,
             show(idle, 0),

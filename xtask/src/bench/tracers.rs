@@ -4,6 +4,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -23,6 +24,11 @@ pub enum Tracer {
     /// closes can do (an owner-map entry and a record at each open, its removal and a record
     /// at each CLOSE), user space only counting: what any such tracer costs here.
     Minimum,
+    /// The minimum's work with per-process counts in a kernel map in place of its records:
+    /// what a tracer that aggregates in the kernel and sends nothing per connection costs.
+    InKernel,
+    /// `InKernel` with the user stack captured at each open, as `leaks` does.
+    InKernelStacks,
     /// `tcptrace trace > /dev/null`.
     Trace,
     /// `tcptrace leaks`, as a user runs it (user stacks at every open).
@@ -43,10 +49,12 @@ pub enum Tracer {
 }
 
 impl Tracer {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::Baseline,
         Self::Floor,
         Self::Minimum,
+        Self::InKernel,
+        Self::InKernelStacks,
         Self::Trace,
         Self::Leaks,
         Self::LeaksNoStacks,
@@ -62,6 +70,8 @@ impl Tracer {
             Self::Baseline => "none (baseline)",
             Self::Floor => "floor: tcptrace hooks, empty",
             Self::Minimum => "minimum: owner and a record per open/close",
+            Self::InKernel => "in-kernel counts: minimum, no records",
+            Self::InKernelStacks => "in-kernel counts + user stacks",
             Self::Trace => "tcptrace trace > /dev/null",
             Self::Leaks => "tcptrace leaks",
             Self::LeaksNoStacks => "tcptrace leaks --stacks off",
@@ -84,6 +94,10 @@ impl Tracer {
             Self::Baseline => return Ok(None),
             Self::Floor => tcptrace_cmd(&["trace", "--bench-floor"]),
             Self::Minimum => tcptrace_cmd(&["trace", "--bench-minimum"]),
+            Self::InKernel => tcptrace_cmd(&["trace", "--bench-in-kernel", "--stacks", "off"]),
+            Self::InKernelStacks => {
+                tcptrace_cmd(&["trace", "--bench-in-kernel", "--stacks", "user"])
+            }
             Self::Trace => tcptrace_cmd(&["trace"]),
             Self::Leaks => tcptrace_cmd(&["leaks", "--json"]),
             Self::LeaksNoStacks => tcptrace_cmd(&["leaks", "--json", "--stacks", "off"]),
@@ -108,6 +122,8 @@ impl Tracer {
         match self {
             Self::Floor
             | Self::Minimum
+            | Self::InKernel
+            | Self::InKernelStacks
             | Self::Trace
             | Self::Leaks
             | Self::LeaksNoStacks
@@ -175,6 +191,17 @@ pub fn start(tracer: Tracer, tcptrace: &Path) -> Result<Option<Running>> {
     cmd.stdin(Stdio::null())
         .stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::piped());
+    // A tracer left attached by a bench that died would slow every later run, the baseline's
+    // included (its syscall tracepoints alone slow every system call of the host).
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().with_context(|| format!("starting {}", tracer.name()))?;
     let stderr = lines(child.stderr.take().expect("piped stderr"));
     let stdout = child.stdout.take().map(lines);
@@ -293,6 +320,19 @@ fn delivered(tracer: Tracer, stdout: &[String], stderr: &[String]) -> (Option<u6
             let words: Vec<&str> = line.split_whitespace().collect();
             let at = |i: usize| words.get(i).and_then(|w| w.parse().ok());
             (at(1), at(4))
+        }
+        Tracer::InKernel | Tracer::InKernelStacks => {
+            // Nothing goes through the ring: what was counted, and what the ring lost.
+            // "tcptrace: counted in the kernel: N opens, M closes, P processes"
+            let counted = stderr.iter().find_map(|l| {
+                let words: Vec<u64> = l
+                    .strip_prefix("tcptrace: counted in the kernel: ")?
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|w| w.parse().ok())
+                    .collect();
+                Some(words.first()? + words.get(1)?)
+            });
+            (counted, delivered(Tracer::Trace, stdout, stderr).1)
         }
         Tracer::Leaks | Tracer::LeaksNoStacks | Tracer::LeaksNoCgroup => {
             let report: serde_json::Value =
