@@ -21,7 +21,7 @@ pub fn gap_after(every: Duration, took: Duration) -> Duration {
 
 /// Whether a sweep that took `took` puts the next one later than `every` asked.
 pub fn stretched(every: Duration, took: Duration) -> bool {
-    took.saturating_mul(SPACING) > every
+    gap_after(every, took).saturating_add(took) > every
 }
 
 #[cfg(test)]

@@ -312,15 +312,7 @@ fn delivered(tracer: Tracer, stdout: &[String], stderr: &[String]) -> (Option<u6
         lines.iter().find_map(|l| l.strip_prefix(prefix)?.split_whitespace().next()?.parse().ok())
     };
     match tracer {
-        Tracer::Floor | Tracer::Minimum | Tracer::Trace => {
-            // "tcptrace: N events read, M lost"
-            let Some(line) = stderr.iter().find(|l| l.contains(" events read, ")) else {
-                return (None, None);
-            };
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at = |i: usize| words.get(i).and_then(|w| w.parse().ok());
-            (at(1), at(4))
-        }
+        Tracer::Floor | Tracer::Minimum | Tracer::Trace => trace_summary(stderr),
         Tracer::InKernel | Tracer::InKernelStacks => {
             // Nothing goes through the ring: what was counted, and what the ring lost.
             // "tcptrace: counted in the kernel: N opens, M closes, P processes"
@@ -332,7 +324,7 @@ fn delivered(tracer: Tracer, stdout: &[String], stderr: &[String]) -> (Option<u6
                     .collect();
                 Some(words.first()? + words.get(1)?)
             });
-            (counted, delivered(Tracer::Trace, stdout, stderr).1)
+            (counted, trace_summary(stderr).1)
         }
         Tracer::Leaks | Tracer::LeaksNoStacks | Tracer::LeaksNoCgroup => {
             let report: serde_json::Value =
@@ -350,4 +342,15 @@ fn delivered(tracer: Tracer, stdout: &[String], stderr: &[String]) -> (Option<u6
         Tracer::BpftracePrintf => (None, number_after(stderr, "Lost ").or(Some(0))),
         Tracer::Baseline | Tracer::Tcplife | Tracer::Tcpstates => (None, None),
     }
+}
+
+/// (events read, events lost) from `tcptrace trace`'s last line: "tcptrace: N events read, M
+/// lost, ...".
+fn trace_summary(stderr: &[String]) -> (Option<u64>, Option<u64>) {
+    let Some(line) = stderr.iter().find(|l| l.contains(" events read, ")) else {
+        return (None, None);
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = |i: usize| words.get(i).and_then(|w| w.parse().ok());
+    (at(1), at(4))
 }
