@@ -184,12 +184,21 @@ fn lifecycle_changes_leave_out_what_aggregation_does_not_use() {
     h.expect_nothing_lost();
 }
 
+/// The bench tests one at a time: each counts the connections of this process, host-wide, so
+/// the other's loopback connection would be counted too.
+#[cfg(feature = "bench")]
+fn one_bench_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static BENCH_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BENCH_TESTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(feature = "bench")]
 #[test]
 #[ignore = "loads BPF programs: needs root (cargo xtask test)"]
 fn the_bench_minimum_sends_one_record_at_each_open_and_close() {
     use tcptrace::kernel::probes::Bench;
 
+    let _alone = one_bench_test_at_a_time();
     let _serial = no_forks();
     let Loopback { mut h, me, client, server, .. } =
         Loopback::open_with(LOCALHOST_V4, |_| Harness::load_bench(Bench::Minimum));
@@ -242,6 +251,7 @@ fn the_bench_in_kernel_counts_each_open_and_close_and_sends_no_record() {
     use tcptrace::kernel::probes::Bench;
     use tcptrace_common::BenchCounts;
 
+    let _alone = one_bench_test_at_a_time();
     let _serial = no_forks();
     let Loopback { mut h, me, client, server, .. } =
         Loopback::open_with(LOCALHOST_V4, |_| Harness::load_bench(Bench::InKernel));
